@@ -1,0 +1,26 @@
+#pragma once
+// Argument checks shared by the CPU and CUDA entry points. The Python layer checks first and
+// raises ValueError/TypeError; these guard direct torch.ops.fastgen.*_native callers.
+#include <torch/library.h>
+#include <ATen/core/Tensor.h>
+
+namespace fastgen {
+
+inline void check_same_float_tensor(const at::Tensor& ref, const char* ref_name,
+                                    const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "fastgen: ", name,
+                   " must be a floating-point tensor, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "fastgen: ", name, " has dtype ",
+                   t.scalar_type(), " but ", ref_name, " has ", ref.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), "fastgen: ", name, " has shape ", t.sizes(),
+                    " but ", ref_name, " has shape ", ref.sizes());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "fastgen: ", name, " is on ", t.device(),
+                    " but ", ref_name, " is on ", ref.device());
+}
+
+// Per-sample scalars of a rank>=1 tensor: the dtype the reductions are kept in.
+inline at::ScalarType opmath_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace fastgen

@@ -1,0 +1,34 @@
+// Every native kernel schema, defined once. The public ops (torch.ops.fastgen.<name>, with
+// backend choice, fake and autograd) are defined by the Python registry in
+// fastgen/ops/_registry.py and call these `*_native` kernels for the "cpu" and "cuda" backends.
+// Kernels: csrc/cpu/*.cpp (CPU key) and csrc/cuda/*.cu (CUDA key).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// A real Python module so `import fastgen._C` loads this library (and runs the registrations).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastgen native kernels",
+                                          -1, nullptr};
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+#ifdef FASTGEN_WITH_CUDA
+  PyModule_AddIntConstant(m, "WITH_CUDA", 1);
+#else
+  PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+#endif
+#ifdef CPU_CAPABILITY_AVX2
+  PyModule_AddStringConstant(m, "CPU_SIMD", "AVX2");
+#else
+  PyModule_AddStringConstant(m, "CPU_SIMD", "none");
+#endif
+  return m;
+}
+}
+
+TORCH_LIBRARY(fastgen, m) {
+  // gaussian_reparam_kl: z = mu + exp(logvar/2) * eps, kl[b] = -1/2 sum(1 + logvar - mu^2 - exp(logvar))
+  m.def("gaussian_reparam_kl_native(Tensor mu, Tensor logvar, Tensor eps) -> (Tensor, Tensor)");
+  m.def("gaussian_reparam_kl_backward_native(Tensor grad_z, Tensor grad_kl, Tensor mu, "
+        "Tensor logvar, Tensor eps) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,62 @@
+"""`fastgen.info()` / `fastgen info`: versions, device, and which backends are live per op."""
+import platform
+
+import torch
+
+from . import _backend, _ext
+from .kernels import _compat as _triton
+
+
+def device_name(device=None) -> str:
+    """A human-readable name for `device` (default: the GPU if visible, else the CPU)."""
+    device = torch.device(device) if device is not None else None
+    if (device is None and torch.cuda.is_available()) or (device is not None and device.type == "cuda"):
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU ({name}, {torch.get_num_threads()} threads)"
+
+
+def info(print_report: bool = True) -> dict:
+    """Report torch/triton versions, the device, the native build, and per op which backends
+    are live (and why not). Returns the report as a dict; prints it unless print_report=False."""
+    from .ops import REGISTRY
+
+    report = {
+        "fastgen": __import__("fastgen").__version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _triton.TRITON_VERSION or _triton.TRITON_ERROR,
+        "triton_interpreter": _triton.INTERPRET,
+        "device": device_name(),
+        "gpu_visible": torch.cuda.is_available(),
+        "native_extension": ("built" + (" with CUDA" if _ext.WITH_CUDA else " (CPU only)")
+                             + f", CPU SIMD: {_ext.CPU_SIMD}") if _ext.NATIVE else _ext.NATIVE_ERROR,
+        "default_backend": _backend.current_backend(),
+        "ops": {name: {b: {"live": live, "note": note} for b, (live, note) in op.status().items()}
+                for name, op in sorted(REGISTRY.items())},
+    }
+    if print_report:
+        print(format_info(report))
+    return report
+
+
+def format_info(report: dict) -> str:
+    lines = [f"fastgen {report['fastgen']}"]
+    for key in ("torch", "torch_cuda", "triton", "triton_interpreter", "device", "gpu_visible",
+                "native_extension", "default_backend"):
+        lines.append(f"  {key:<19} {report[key]}")
+    lines.append("ops (backend: live / why not):")
+    for name, backends in report["ops"].items():
+        lines.append(f"  {name}")
+        for backend, s in backends.items():
+            mark = "live" if s["live"] else "  - "
+            lines.append(f"    {backend:<10} {mark}  {s['note']}")
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+"""fastgen's fused ops. Each is `torch.ops.fastgen.<name>` underneath (see _registry.py)."""
+from ._registry import REGISTRY
+from .vae import gaussian_reparam_kl
+
+__all__ = ["REGISTRY", "gaussian_reparam_kl"]

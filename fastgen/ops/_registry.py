@@ -1,0 +1,145 @@
+"""One mechanism that turns a fused op's implementations into `torch.ops.fastgen.<name>`.
+
+A `FusedOp` defines the public schema (the op's arguments plus a keyword-only
+`str backend='auto'`), registers one dispatcher for the CPU and CUDA keys that picks the kernel
+(reference / cpu / triton / cuda, see fastgen/_backend.py), a fake for tracing, and optionally
+autograd. The C++ kernels are separate ops, `torch.ops.fastgen.<name>_native`, defined in
+csrc/fastgen.cpp; the dispatcher calls them for the "cpu" and "cuda" backends.
+"""
+import functools
+import warnings
+
+import torch
+
+from .. import _backend, _ext
+from ..kernels import _compat as _triton
+
+LIB = torch.library.Library("fastgen", "FRAGMENT")
+REGISTRY = {}
+
+_DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+class FusedOp:
+    """A fused op registered as `torch.ops.fastgen.<name>`.
+
+    name:      op name
+    args:      schema of the tensor arguments, e.g. "Tensor mu, Tensor logvar, Tensor eps"
+    returns:   schema of the results, e.g. "(Tensor, Tensor)"
+    reference: plain-PyTorch implementation (fastgen/ops/reference.py)
+    fake:      output metadata for tracing (shapes, dtypes, strides)
+    check:     argument validation; raises TypeError/ValueError naming the argument
+    triton:    launcher taking the op's arguments (kernels/<family>.py), or None
+    native:    True if csrc/ defines `<name>_native` with CPU/CUDA kernels
+    autograd:  (backward, setup_context) for torch.library.register_autograd, or None
+    """
+
+    def __init__(self, name, args, returns, *, reference, fake, check, triton=None, native=False,
+                 autograd=None):
+        self.name = name
+        self.qualname = f"fastgen::{name}"
+        self.reference = reference
+        self.triton = triton
+        self.native_qualname = f"fastgen::{name}_native" if native else None
+        self.check = check
+        self._kernels = {}
+        LIB.define(f"{name}({args}, *, str backend='auto') -> {returns}")
+        for device, key in _DEVICE_KEYS.items():
+            LIB.impl(name, functools.partial(self._run, device), key)
+
+        def fake_impl(*tensors, backend="auto"):
+            check(*tensors)
+            return fake(*tensors)
+
+        torch.library.register_fake(self.qualname, fake_impl, lib=LIB)
+        if autograd is not None:
+            backward, setup_context = autograd
+            torch.library.register_autograd(self.qualname, backward, setup_context=setup_context, lib=LIB)
+        self.op = getattr(torch.ops.fastgen, name).default
+        REGISTRY[name] = self
+
+    def __call__(self, *tensors, backend=None):
+        return self.op(*tensors, backend=_backend.resolve(backend))
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _run(self, device, *tensors, backend="auto"):
+        self.check(*tensors)
+        kernel = self._kernels.get((device, backend))
+        if kernel is None:
+            kernel = self._kernels[(device, backend)] = self._select(device, backend)
+        return kernel(*tensors)
+
+    def _select(self, device, backend):
+        if backend != "auto":
+            why = self.unavailable(backend, device)
+            if why is not None:
+                raise RuntimeError(f"fastgen.{self.name}: backend {backend!r} cannot run {device} "
+                                   f"tensors: {why}")
+            return self._implementation(backend)
+        order = ("triton", "cuda") if device == "cuda" else ("cpu",)
+        reasons = []
+        for candidate in order:
+            why = self.unavailable(candidate, device)
+            if why is None:
+                break
+            reasons.append(f"{candidate}: {why}")
+        else:
+            candidate = "reference"
+        if reasons:
+            warnings.warn(f"fastgen.{self.name} on {device} tensors uses the {candidate} backend "
+                          f"({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
+        return self._implementation(candidate)
+
+    def _implementation(self, backend):
+        if backend == "reference":
+            return self.reference
+        if backend == "triton":
+            return self.triton
+        namespace, name = self.native_qualname.split("::")
+        return getattr(getattr(torch.ops, namespace), name).default
+
+    def unavailable(self, backend, device):
+        """None if `backend` can run this op on `device` tensors, else the reason why not."""
+        if backend == "reference":
+            return None
+        if backend in ("cpu", "cuda"):
+            if device != backend:
+                return f"the {backend} backend runs {backend} tensors only"
+            return self._native_missing(_DEVICE_KEYS[device])
+        if backend == "triton":
+            if self.triton is None:
+                return "no Triton kernel for this op"
+            if _triton.TRITON_ERROR:
+                return _triton.TRITON_ERROR
+            if device == "cpu" and not _triton.INTERPRET:
+                return "Triton runs CPU tensors only under TRITON_INTERPRET=1"
+            return None
+        raise ValueError(f"fastgen: unknown backend {backend!r}; expected one of {_backend.BACKENDS}")
+
+    def _native_missing(self, key):
+        if self.native_qualname is None:
+            return "no C++ kernel for this op"
+        if _ext.NATIVE is None:
+            return _ext.NATIVE_ERROR
+        if key == "CUDA" and not _ext.WITH_CUDA:
+            return ("extension built without CUDA (rebuild where a GPU is visible, or with "
+                    "FASTGEN_FORCE_CUDA=1)")
+        if not _ext.has_kernel(self.native_qualname, key):
+            return f"no {key} kernel registered for {self.native_qualname}"
+        return None
+
+    def status(self):
+        """{backend: (live, note)} on each backend's natural device, for `fastgen info`."""
+        gpu = torch.cuda.is_available()
+        out = {"reference": (True, "plain PyTorch")}
+        why = self.unavailable("cpu", "cpu")
+        out["cpu"] = (why is None, why or "C++ CPU kernel")
+        why = self.unavailable("triton", "cuda" if gpu else "cpu")
+        out["triton"] = (why is None, why or ("Triton on GPU" if gpu else "Triton interpreter on CPU tensors"))
+        why = self._native_missing("CUDA")
+        if why is None and not gpu:
+            out["cuda"] = (False, "CUDA kernel registered; no GPU visible to run it")
+        else:
+            out["cuda"] = (why is None, why or "CUDA C++ kernel")
+        return out

@@ -1,0 +1,130 @@
+"""Build fastgen and its one extension, ``fastgen._C``.
+
+Environment switches (see README):
+  FASTGEN_SKIP_EXT=1         build nothing native (pure Python + Triton still work)
+  FASTGEN_SKIP_CUDA_BUILD=1  build the CPU kernels only
+  FASTGEN_FORCE_CUDA=1       build the CUDA kernels even with no GPU visible (CI does this)
+  TORCH_CUDA_ARCH_LIST       CUDA architectures, default "8.0;9.0"
+  CUDA_HOME                  the CUDA toolkit's own folder (the one whose lib64 holds libcudart)
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _cuda_home():
+    """The toolkit folder. torch guesses it from the nvcc on PATH, which may be a wrapper
+    script outside the toolkit; then linking fails. Prefer an explicit CUDA_HOME, else the
+    folder that actually holds lib64/libcudart."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for path in candidates:
+        if path and glob.glob(os.path.join(path, "lib*", "libcudart.so*")):
+            return os.path.realpath(path)
+    return None
+
+
+def _wheel_cuda_includes():
+    """Headers (cublas, cusparse, ...) that torch's CUDA wheel installs under nvidia/*/include.
+    torch's own CUDA headers include them and a bare toolkit may lack them."""
+    dirs = []
+    for site in sys.path:
+        dirs += glob.glob(os.path.join(site, "nvidia", "cu1*", "include"))
+        dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    seen, out = set(), []
+    for d in dirs:
+        if os.path.isdir(d) and d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def _cpu_simd_flags():
+    """at::vec only vectorizes (and uses Sleef's exp) when compiled for a capability.
+    Use AVX2+FMA when the build machine has them; FASTGEN_CPU_SIMD=0 turns this off."""
+    if os.environ.get("FASTGEN_CPU_SIMD", "1") == "0" or not sys.platform.startswith("linux"):
+        return []
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return []
+    if {"avx2", "fma"} <= flags:
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return []
+
+
+def _extensions():
+    if _flag("FASTGEN_SKIP_EXT"):
+        print("fastgen: FASTGEN_SKIP_EXT=1, building no native extension")
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    sources = ["csrc/fastgen.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    cxx = ["-O3", "-fopenmp"] + _cpu_simd_flags()
+    include_dirs = [os.path.join(ROOT, "csrc")]
+
+    with_cuda = False
+    if not _flag("FASTGEN_SKIP_CUDA_BUILD"):
+        home = _cuda_home()
+        want = _flag("FASTGEN_FORCE_CUDA") or torch.cuda.is_available()
+        if want and home is None:
+            msg = "fastgen: no CUDA toolkit found (set CUDA_HOME to the folder whose lib64 holds libcudart)"
+            if _flag("FASTGEN_FORCE_CUDA"):
+                raise RuntimeError(msg)
+            print(msg + "; building CPU kernels only")
+        elif want and torch.version.cuda is None:
+            msg = "fastgen: this torch build has no CUDA"
+            if _flag("FASTGEN_FORCE_CUDA"):
+                raise RuntimeError(msg)
+            print(msg + "; building CPU kernels only")
+        elif want:
+            with_cuda = True
+            os.environ["CUDA_HOME"] = home
+            cpp_extension.CUDA_HOME = home  # torch read CUDA_HOME at import; overrule its guess
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+            include_dirs += _wheel_cuda_includes()
+
+    os.environ.setdefault("MAX_JOBS", str(max(1, min(4, os.cpu_count() or 1))))
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    if with_cuda:
+        print(f"fastgen: building CPU + CUDA kernels for {os.environ['TORCH_CUDA_ARCH_LIST']} "
+              f"with CUDA_HOME={os.environ['CUDA_HOME']}")
+        ext = cpp_extension.CUDAExtension(
+            "fastgen._C", sources + cuda_sources, include_dirs=include_dirs,
+            define_macros=[("FASTGEN_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+    else:
+        print("fastgen: building CPU kernels only")
+        ext = cpp_extension.CppExtension(
+            "fastgen._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    return [ext], {"build_ext": build_ext}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="fastgen",
+    version="0.1.0",
+    description="Fused Triton / CUDA / CPU kernels for generative models",
+    packages=["fastgen", "fastgen.ops", "fastgen.bench", "fastgen.kernels"],
+    package_dir={"fastgen.kernels": "kernels"},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.6", "numpy", "tqdm", "matplotlib"],
+    extras_require={"test": ["pytest", "expecttest"], "triton": ["triton>=3.6"]},
+    entry_points={"console_scripts": ["fastgen=fastgen.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
