@@ -42,6 +42,7 @@ class FusedOp:
         self.triton = triton
         self.native_qualname = f"fastgen::{name}_native" if native else None
         self.check = check
+        self.arg_names = tuple(a.split()[-1] for a in args.split(","))
         self._kernels = {}
         LIB.define(f"{name}({args}, *, str backend='auto') -> {returns}")
         for device, key in _DEVICE_KEYS.items():
@@ -59,6 +60,10 @@ class FusedOp:
         REGISTRY[name] = self
 
     def __call__(self, *tensors, backend=None):
+        # The dispatcher would reject a non-tensor with a RuntimeError; say it the usual way.
+        for name, t in zip(self.arg_names, tensors):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"fastgen.{self.name}: {name} must be a torch.Tensor, got {type(t).__name__}")
         return self.op(*tensors, backend=_backend.resolve(backend))
 
     # -- dispatch ---------------------------------------------------------------------------

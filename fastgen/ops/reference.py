@@ -11,14 +11,19 @@ def math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def per_sample_sum(x):
+    """Sum over every dim but the first (the batch); shape (B,)."""
+    return x.reshape(x.shape[0], -1).sum(1) if x.numel() else x.new_zeros(x.shape[0])
+
+
 def gaussian_reparam_kl(mu, logvar, eps):
     """z = mu + exp(logvar/2) * eps; kl[b] = -1/2 * sum_j (1 + logvar - mu^2 - exp(logvar)),
     summed over every non-batch dim. Returns (z in mu's dtype, kl[B] in the math dtype)."""
     t = math_dtype(mu.dtype)
     m, lv, e = mu.to(t), logvar.to(t), eps.to(t)
     z = m + torch.exp(0.5 * lv) * e
-    kl = -0.5 * (1 + lv - m * m - torch.exp(lv)).reshape(mu.shape[0], -1).sum(1)
-    return z.to(mu.dtype), kl
+    kl = -0.5 * per_sample_sum(1 + lv - m * m - torch.exp(lv))
+    return z.to(mu.dtype).contiguous(), kl
 
 
 def gaussian_reparam_kl_backward(grad_z, grad_kl, mu, logvar, eps):
@@ -29,4 +34,4 @@ def gaussian_reparam_kl_backward(grad_z, grad_kl, mu, logvar, eps):
     sd = torch.exp(0.5 * lv)
     d_mu = gz + gkl * m
     d_logvar = 0.5 * (gz * e * sd + gkl * (sd * sd - 1))
-    return d_mu.to(mu.dtype), d_logvar.to(mu.dtype)
+    return d_mu.to(mu.dtype).contiguous(), d_logvar.to(mu.dtype).contiguous()

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh) and run the test suite. Without a GPU, Triton kernels run under the
+# interpreter and the C++/CPU kernels natively; the CUDA kernels are compiled and linked.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k vae -x`.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+cd "$FASTGEN_ROOT"
+export TRITON_INTERPRET="${TRITON_INTERPRET:-$(.venv/bin/python -c 'import torch; print(0 if torch.cuda.is_available() else 1)')}"
+# A backend that should be live but is not fails the run instead of skipping.
+export FASTGEN_TEST_REQUIRE="${FASTGEN_TEST_REQUIRE:-cpu,triton}"
+export FASTGEN_TEST_REQUIRE_CUDA_BUILD="${FASTGEN_TEST_REQUIRE_CUDA_BUILD:-$FASTGEN_FORCE_CUDA}"
+exec .venv/bin/python -m pytest -q "$@"
