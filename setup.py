@@ -119,7 +119,7 @@ setup(
     name="fastgen",
     version="0.1.0",
     description="Fused Triton / CUDA / CPU kernels for generative models",
-    packages=["fastgen", "fastgen.ops", "fastgen.bench", "fastgen.kernels"],
+    packages=["fastgen", "fastgen.ops", "fastgen.bench", "fastgen.kernels", "fastgen.data"],
     package_dir={"fastgen.kernels": "kernels"},
     python_requires=">=3.9",
     install_requires=["torch>=2.6", "numpy", "tqdm", "matplotlib"],

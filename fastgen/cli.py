@@ -1,5 +1,6 @@
-"""The `fastgen` command: `fastgen info`, `fastgen bench`."""
+"""The `fastgen` command: `fastgen info | bench | train | sample | eval`."""
 import argparse
+import ast
 import json
 import sys
 
@@ -19,6 +20,55 @@ def _bench(args) -> int:
     return bench.run(args)
 
 
+def _options(pairs):
+    """["size=16", "decoder='gaussian'"] -> {"size": 16, "decoder": "gaussian"}."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"fastgen: expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare word is a string
+    return out
+
+
+def _train(args) -> int:
+    from fastgen import train
+
+    result = train.train(args.model, args.data, steps=args.steps, batch=args.batch, lr=args.lr,
+                         device=args.device, out=args.out, seed=args.seed, force=args.force,
+                         resume=args.resume, log_every=args.log_every, plot_every=args.plot_every,
+                         ckpt_every=args.ckpt_every, data_options=_options(args.data_opt),
+                         model_options=_options(args.model_opt))
+    if "eval" in result:
+        print(json.dumps(result["eval"], indent=2))
+    return 0
+
+
+def _sample(args) -> int:
+    from fastgen import train
+
+    path, samples = train.sample(args.model, args.ckpt, n=args.n, out=args.out, seed=args.seed,
+                                 device=args.device, force=args.force)
+    print(f"{len(samples)} samples -> {path}")
+    return 0
+
+
+def _eval(args) -> int:
+    from fastgen import train
+
+    print(json.dumps(train.evaluate(args.model, args.ckpt, seed=args.seed, device=args.device), indent=2))
+    return 0
+
+
+def _device_default():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,12 +80,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_arguments(p)
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("train", help="train a reference model (see fastgen.models)")
+    p.add_argument("model", help="model name, e.g. vae")
+    p.add_argument("--data", required=True, help="dataset name, e.g. moons, shapes (see fastgen.data)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=256, help="batch size per process")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--plot-every", type=int, default=500)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="dataset option, e.g. size=16")
+    p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. latent_dim=8")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sample", help="draw samples from a checkpoint (PNG + .pt)")
+    p.add_argument("model")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--out", default=None, help="PNG path (default: next to the checkpoint)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("eval", help="held-out metrics of a checkpoint")
+    p.add_argument("model")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_eval)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if getattr(args, "device", "unset") is None:
+        args.device = _device_default()
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
+        if args.command in ("train", "sample", "eval"):  # user errors: one line, no traceback
+            print(f"fastgen {args.command}: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
