@@ -38,13 +38,26 @@ def as_images(x, spec):
     return None
 
 
+def _grid_figure(plt, grid, title, width=7.0):
+    """A figure shaped like the image grid (no big empty margins)."""
+    h, w = grid.shape[:2]
+    fig, ax = plt.subplots(figsize=(width, width * h / w + (0.5 if title else 0.1)), dpi=100)
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.axis("off")
+    return fig, ax
+
+
 def save_tensor_plot(x, spec, path, *, reference=None, title=None):
     """Plot samples `x` (shaped like the data described by `spec`) to `path`. For 2D points,
     `reference` (real data) is drawn underneath."""
     plt = _pyplot()
     x = x.detach().float().cpu()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     images = as_images(x, spec)
+    if images is not None:
+        fig, ax = _grid_figure(plt, image_grid(images[:64]), title, width=5.0)
+    else:
+        fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     if spec.kind == "points2d":
         if reference is not None:
             r = reference.detach().float().cpu()
@@ -52,12 +65,7 @@ def save_tensor_plot(x, spec, path, *, reference=None, title=None):
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.6, label="samples")
         ax.set_aspect("equal")
         ax.legend(loc="upper right", markerscale=4)
-    elif images is not None:
-        grid = image_grid(images[:64])
-        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
-                  interpolation="nearest")
-        ax.axis("off")
-    else:  # sequences and anything else: one row per sample
+    elif images is None:  # sequences and anything else: one row per sample
         ax.imshow(x.reshape(x.shape[0], -1)[:64].numpy(), aspect="auto", interpolation="nearest")
     if title:
         ax.set_title(title, fontsize=9)
@@ -83,11 +91,7 @@ def save_samples(model, dataset, path, *, n=None, title=None, seed=0):
         rows = torch.cat([as_images(real.cpu(), spec), as_images(recon, spec),
                           as_images(samples[:32], spec)])
         plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
-        grid = image_grid(rows, nrow=16)
-        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
-                  interpolation="nearest")
-        ax.axis("off")
+        fig, ax = _grid_figure(plt, image_grid(rows, nrow=16), title)
         ax.set_title((title + "\n" if title else "") + "data (rows 1-2), reconstructions (3-4), samples (5-6)",
                      fontsize=8)
         fig.tight_layout()
