@@ -11,7 +11,7 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,7 +49,8 @@ def _wheel_cuda_includes():
 
 def _cpu_simd_flags():
     """at::vec only vectorizes (and uses Sleef's exp) when compiled for a capability.
-    Use AVX2+FMA when the build machine has them; FASTGEN_CPU_SIMD=0 turns this off."""
+    Use AVX-512 (else AVX2+FMA) when the build machine has it, like -march=native: build where
+    you run. FASTGEN_CPU_SIMD=0 turns this off (portable, slower)."""
     if os.environ.get("FASTGEN_CPU_SIMD", "1") == "0" or not sys.platform.startswith("linux"):
         return []
     try:
@@ -57,6 +58,9 @@ def _cpu_simd_flags():
             flags = set(f.read().split())
     except OSError:
         return []
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     if {"avx2", "fma"} <= flags:
         return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     return []
@@ -119,7 +123,7 @@ setup(
     name="fastgen",
     version="0.1.0",
     description="Fused Triton / CUDA / CPU kernels for generative models",
-    packages=["fastgen", "fastgen.ops", "fastgen.bench", "fastgen.kernels", "fastgen.data"],
+    packages=["fastgen"] + [f"fastgen.{p}" for p in find_packages("fastgen")] + ["fastgen.kernels"],
     package_dir={"fastgen.kernels": "kernels"},
     python_requires=">=3.9",
     install_requires=["torch>=2.6", "numpy", "tqdm", "matplotlib"],

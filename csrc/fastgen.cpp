@@ -17,7 +17,9 @@ PyObject* PyInit__C(void) {
 #else
   PyModule_AddIntConstant(m, "WITH_CUDA", 0);
 #endif
-#ifdef CPU_CAPABILITY_AVX2
+#if defined(CPU_CAPABILITY_AVX512)
+  PyModule_AddStringConstant(m, "CPU_SIMD", "AVX512");
+#elif defined(CPU_CAPABILITY_AVX2)
   PyModule_AddStringConstant(m, "CPU_SIMD", "AVX2");
 #else
   PyModule_AddStringConstant(m, "CPU_SIMD", "none");
@@ -31,4 +33,7 @@ TORCH_LIBRARY(fastgen, m) {
   m.def("gaussian_reparam_kl_native(Tensor mu, Tensor logvar, Tensor eps) -> (Tensor, Tensor)");
   m.def("gaussian_reparam_kl_backward_native(Tensor grad_z, Tensor grad_kl, Tensor mu, "
         "Tensor logvar, Tensor eps) -> (Tensor, Tensor)");
+  // vq_nearest: per row of z [N, D], the nearest of codebook [K, D] -> (indices int64 [N],
+  // squared distances [N]); metric "l2" or "cosine"; never builds the N x K matrix.
+  m.def("vq_nearest_native(Tensor z, Tensor codebook, str metric) -> (Tensor, Tensor)");
 }

@@ -6,6 +6,7 @@ A `FusedOp` defines the public schema (the op's arguments plus a keyword-only
 autograd. The C++ kernels are separate ops, `torch.ops.fastgen.<name>_native`, defined in
 csrc/fastgen.cpp; the dispatcher calls them for the "cpu" and "cuda" backends.
 """
+import ast
 import functools
 import warnings
 
@@ -42,13 +43,19 @@ class FusedOp:
         self.triton = triton
         self.native_qualname = f"fastgen::{name}_native" if native else None
         self.check = check
-        self.arg_names = tuple(a.split()[-1] for a in args.split(","))
+        # (name, is_tensor) per argument, from e.g. "Tensor z, Tensor codebook, str metric='l2'",
+        # and the defaults: the dispatcher leaves out trailing arguments equal to their default.
+        decls = [a.split() for a in args.split(",")]
+        self.arg_names = tuple((d[-1].split("=")[0], d[0].startswith("Tensor")) for d in decls)
+        self.defaults = [ast.literal_eval(d[-1].split("=", 1)[1]) if "=" in d[-1] else None
+                         for d in decls]
         self._kernels = {}
         LIB.define(f"{name}({args}, *, str backend='auto') -> {returns}")
         for device, key in _DEVICE_KEYS.items():
             LIB.impl(name, functools.partial(self._run, device), key)
 
         def fake_impl(*tensors, backend="auto"):
+            tensors = tensors + tuple(self.defaults[len(tensors):])
             check(*tensors)
             return fake(*tensors)
 
@@ -61,14 +68,16 @@ class FusedOp:
 
     def __call__(self, *tensors, backend=None):
         # The dispatcher would reject a non-tensor with a RuntimeError; say it the usual way.
-        for name, t in zip(self.arg_names, tensors):
-            if not isinstance(t, torch.Tensor):
+        for (name, is_tensor), t in zip(self.arg_names, tensors):
+            if is_tensor and not isinstance(t, torch.Tensor):
                 raise TypeError(f"fastgen.{self.name}: {name} must be a torch.Tensor, got {type(t).__name__}")
         return self.op(*tensors, backend=_backend.resolve(backend))
 
     # -- dispatch ---------------------------------------------------------------------------
 
     def _run(self, device, *tensors, backend="auto"):
+        if len(tensors) < len(self.defaults):
+            tensors = tensors + tuple(self.defaults[len(tensors):])
         self.check(*tensors)
         kernel = self._kernels.get((device, backend))
         if kernel is None:

@@ -35,3 +35,47 @@ def gaussian_reparam_kl_backward(grad_z, grad_kl, mu, logvar, eps):
     d_mu = gz + gkl * m
     d_logvar = 0.5 * (gz * e * sd + gkl * (sd * sd - 1))
     return d_mu.to(mu.dtype).contiguous(), d_logvar.to(mu.dtype).contiguous()
+
+
+# -- vector quantization -----------------------------------------------------------------------
+
+VQ_METRICS = ("l2", "cosine")
+
+
+def vq_distances(z, codebook, metric="l2"):
+    """Full [N, K] squared distances in the math dtype (the eager path the fused op avoids).
+    metric="cosine" measures between the L2-normalized vectors (2 - 2 cos)."""
+    t = math_dtype(z.dtype)
+    z, e = z.to(t), codebook.to(t)
+    if metric == "cosine":
+        z = torch.nn.functional.normalize(z, dim=1)
+        e = torch.nn.functional.normalize(e, dim=1)
+    return (z * z).sum(1, keepdim=True) - 2 * (z @ e.t()) + (e * e).sum(1)
+
+
+def vq_nearest(z, codebook, metric="l2"):
+    """Index of the nearest code per row of z [N, D] among codebook [K, D] and its squared
+    distance (fp32; fp64 for fp64 inputs), clamped at 0. Ties go to the lowest index; NaN
+    distances count as +inf (a NaN code is never chosen; an all-NaN row maps to code 0 with
+    distance inf)."""
+    d = vq_distances(z, codebook, metric)
+    d = torch.where(torch.isnan(d), torch.full_like(d, float("inf")), d)
+    if d.shape[1] == 0 or d.shape[0] == 0:
+        return (torch.zeros(d.shape[0], dtype=torch.int64, device=z.device),
+                torch.full((d.shape[0],), float("inf"), dtype=d.dtype, device=z.device))
+    dist, idx = d.min(1)  # first minimum on ties, like argmin
+    return idx, dist.clamp_min(0)
+
+
+def vq_quantize(z, codebook, beta, legacy=True):
+    """Nearest code, straight-through and taming's VectorQuantizer2 loss, for z [N, D]:
+    z_q = z + (codebook[idx] - z).detach();
+    legacy:     loss = mean((sg(z_q) - z)^2) + beta * mean((z_q - sg(z))^2)
+    not legacy: loss = beta * mean((sg(z_q) - z)^2) + mean((z_q - sg(z))^2)."""
+    idx, _ = vq_nearest(z.detach(), codebook.detach())
+    e = codebook[idx]
+    commit = torch.mean((e.detach() - z) ** 2)
+    embed = torch.mean((e - z.detach()) ** 2)
+    loss = commit + beta * embed if legacy else beta * commit + embed
+    z_q = z + (e - z).detach()
+    return z_q, loss, idx
