@@ -23,3 +23,61 @@ register_case(Case(
     fastgen=lambda backend, **kw: fastgen.ops.gaussian_reparam_kl(**kw, backend=backend),
     grad_inputs=("mu", "logvar"),
 ))
+
+
+# -- vector quantization ---------------------------------------------------------------------
+
+def _vq_inputs(shape, dtype, device, requires_grad):
+    n, k, d = shape
+    g = torch.Generator(device).manual_seed(0)
+    return {"z": torch.randn(n, d, generator=g, device=device, dtype=dtype),
+            "codebook": torch.randn(k, d, generator=g, device=device, dtype=dtype)}
+
+
+def _vq_check(actual, expected, dtype, what):
+    """Distances must agree; indices may differ only on rounding-level near-ties."""
+    from fastgen import testing
+
+    idx, dist = actual[:2]
+    idx_ref, dist_ref = expected[:2]
+    testing.assert_close(dist.to(dist_ref.dtype), dist_ref, rtol=1e-3, atol=1e-3, name=f"{what} distances")
+    agree = float((idx.to(idx_ref.device) == idx_ref).float().mean())
+    if agree < 0.999:
+        raise AssertionError(f"{what}: only {agree:.4%} of the indices agree with the reference")
+
+
+def _faiss_peer(device):
+    if device != "cpu":
+        return "faiss-cpu searches CPU tensors"
+    try:
+        import faiss
+    except ImportError:
+        return "faiss not installed (pip install faiss-cpu)"
+
+    def search(z, codebook):
+        index = faiss.IndexFlatL2(codebook.shape[1])
+        index.add(codebook.numpy())
+        dist, idx = index.search(z.numpy(), 1)
+        return torch.from_numpy(idx[:, 0]), torch.from_numpy(dist[:, 0])
+    return search
+
+
+def _cdist_peer(device):
+    def search(z, codebook):
+        dist, idx = torch.cdist(z, codebook).min(1)
+        return idx, dist * dist
+    return search
+
+
+register_case(Case(
+    op="vq_nearest",
+    # (N, K, D): the issue's grid, N = 65536
+    shapes=[(65536, k, d) for k in (512, 1024, 8192) for d in (8, 64, 256)],
+    quick_shapes=[(4096, 512, 64)],
+    make_inputs=_vq_inputs,
+    reference=reference.vq_nearest,
+    fastgen=lambda backend, **kw: fastgen.ops.vq_nearest(**kw, backend=backend),
+    peers={"faiss": _faiss_peer, "cdist": _cdist_peer},
+    check=_vq_check,
+    modes=("fwd",),
+))
