@@ -69,9 +69,11 @@ inline std::pair<T, int64_t> tile_row_min(const T* s, const T* enorm, int64_t n)
 constexpr int64_t kDirectMaxD = 32;
 constexpr int kRows = 8;
 
-template <typename T>
-void nearest_direct(const T* z, const T* et, const T* enorm, int64_t n, int64_t d, int64_t kp,
-                    T* best, int64_t* best_idx) {
+// DIM > 0: D known at compile time (fully unrolled inner loop); DIM == 0: runtime d.
+template <typename T, int DIM>
+void nearest_direct(const T* z, const T* et, const T* enorm, int64_t n, int64_t d_runtime,
+                    int64_t kp, T* best, int64_t* best_idx) {
+  const int64_t d = DIM > 0 ? DIM : d_runtime;
   using V = Vectorized<T>;
   constexpr int64_t W = V::size();
   const T inf = std::numeric_limits<T>::infinity();
@@ -134,9 +136,17 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
       et.narrow(1, 0, k).copy_(e.t());
       auto en = at::full({kp}, std::numeric_limits<double>::infinity(), z.options());
       en.narrow(0, 0, k).copy_(enorm);
-      nearest_direct<scalar_t>(z.const_data_ptr<scalar_t>(), et.const_data_ptr<scalar_t>(),
-                               en.const_data_ptr<scalar_t>(), n, z.size(1), kp,
-                               best.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>());
+      const auto run = [&](auto kernel) {
+        kernel(z.const_data_ptr<scalar_t>(), et.const_data_ptr<scalar_t>(), en.const_data_ptr<scalar_t>(),
+               n, z.size(1), kp, best.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>());
+      };
+      switch (z.size(1)) {  // the common small latent sizes get an unrolled kernel
+        case 4: run(nearest_direct<scalar_t, 4>); break;
+        case 8: run(nearest_direct<scalar_t, 8>); break;
+        case 16: run(nearest_direct<scalar_t, 16>); break;
+        case 32: run(nearest_direct<scalar_t, 32>); break;
+        default: run(nearest_direct<scalar_t, 0>);
+      }
     });
     return {idx, vq_finish(best, idx, (z * z).sum(1))};
   }
