@@ -24,5 +24,7 @@ step pytest "$PY" -m pytest -q -rs tests
 tail -n 5 "$OUT/pytest.log"
 step bench_quick "$PY" -m fastgen bench --quick --device cuda --out "$OUT/bench"
 step bench_gaussian_reparam_kl "$PY" benchmarks/bench_gaussian_reparam_kl.py --device cuda --out "$OUT/bench"
+step bench_vq_nearest "$PY" benchmarks/bench_vq_nearest.py --device cuda --out "$OUT/bench"
+step bench_vq_nearest_bf16 "$PY" benchmarks/bench_vq_nearest.py --device cuda --dtype bf16 --out "$OUT/bench"
 cat "$OUT"/bench_*.log | grep -v "^\s*$" | tail -n 60
 exit $status
