@@ -84,3 +84,20 @@ register_case(Case(
     check=_vq_check,
     modes=("fwd",),
 ))
+
+
+def _vq_quantize_inputs(shape, dtype, device, requires_grad):
+    inputs = _vq_inputs(shape, dtype, device, requires_grad)
+    return {k: v.requires_grad_(requires_grad) for k, v in inputs.items()}
+
+
+register_case(Case(
+    op="vq_quantize",
+    shapes=[(65536, 1024, 64)],
+    quick_shapes=[(4096, 512, 64)],
+    make_inputs=_vq_quantize_inputs,
+    reference=lambda z, codebook: reference.vq_quantize(z, codebook, 0.25),
+    fastgen=lambda backend, **kw: fastgen.ops.vq_quantize(**kw, beta=0.25, backend=backend),
+    grad_inputs=("z", "codebook"),
+    registry_op="vq_nearest",
+))

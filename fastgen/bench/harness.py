@@ -42,6 +42,8 @@ class Case:
     peers: {name: factory(device) -> callable(**inputs) -> outputs, or a str saying why not}
     check(actual, expected, dtype, what): raises AssertionError on a mismatch (default:
         fastgen.testing.assert_close on every output, and every gradient in fwd+bwd)
+    registry_op: the registered op whose backends decide the fastgen providers, when the case
+        benchmarks a composite built on it (default: `op`)
     """
     op: str
     shapes: list
@@ -53,6 +55,7 @@ class Case:
     peers: dict = field(default_factory=dict)
     check: Callable = None
     modes: tuple = MODES
+    registry_op: str = None
 
 
 CASES = {}
@@ -89,7 +92,7 @@ def providers_for(case, device):
     Call once per shape: it starts a fresh torch.compile of the reference."""
     live = {"eager": _returning_tuple(case.reference), "compile": _compiled(case.reference)}
     skipped = {}
-    op = fastgen.ops.REGISTRY[case.op]
+    op = fastgen.ops.REGISTRY[case.registry_op or case.op]
     for backend in FASTGEN_BACKENDS:
         why = op.unavailable(backend, device)
         if why is None and backend == "triton" and device == "cpu":
