@@ -165,6 +165,16 @@ class _IndexRemap:
             inds = torch.where(inds >= used.shape[0], 0, inds)
         return used[inds]
 
+    def get_codebook_entry(self, indices, shape):
+        """Codes for `indices`; with `shape` = (B, H, W, C) they come back as BCHW."""
+        if self.remap is not None:
+            batch = shape[0] if shape is not None else 1
+            indices = self.unmap_to_all(indices.reshape(batch, -1)).reshape(-1)
+        z_q = self.embedding(indices)
+        if shape is not None:
+            z_q = z_q.view(shape).permute(0, 3, 1, 2).contiguous()
+        return z_q
+
 
 class VectorQuantizer(_IndexRemap, nn.Module):
     """Drop-in for taming-transformers' `VectorQuantizer2` (and `VectorQuantizer`, with
@@ -212,16 +222,6 @@ class VectorQuantizer(_IndexRemap, nn.Module):
         if self.sane_index_shape:
             idx = idx.reshape(b, h, w)
         return z_q, loss, (None, None, idx)
-
-    def get_codebook_entry(self, indices, shape):
-        """Codes for `indices`; with `shape` = (B, H, W, C) they come back as BCHW."""
-        if self.remap is not None:
-            batch = shape[0] if shape is not None else 1
-            indices = self.unmap_to_all(indices.reshape(batch, -1)).reshape(-1)
-        z_q = self.embedding(indices)
-        if shape is not None:
-            z_q = z_q.view(shape).permute(0, 3, 1, 2).contiguous()
-        return z_q
 
 
 class _EMAEmbedding(nn.Module):
@@ -289,16 +289,6 @@ class EMAVectorQuantizer(_IndexRemap, nn.Module):
         if self.remap is not None:
             idx = self.remap_to_used(idx.reshape(z.shape[0], -1)).reshape(-1)
         return z_q, loss, (perplexity, None, idx)
-
-    def get_codebook_entry(self, indices, shape):
-        """Codes for `indices`; with `shape` = (B, H, W, C) they come back as BCHW."""
-        if self.remap is not None:
-            batch = shape[0] if shape is not None else 1
-            indices = self.unmap_to_all(indices.reshape(batch, -1)).reshape(-1)
-        z_q = self.embedding(indices)
-        if shape is not None:
-            z_q = z_q.view(shape).permute(0, 3, 1, 2).contiguous()
-        return z_q
 
 
 # -- vector-quantize-pytorch --------------------------------------------------------------------
