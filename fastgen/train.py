@@ -1,9 +1,16 @@
 """The training harness behind `fastgen train / sample / eval`.
 
 One loop for every reference model: data from `fastgen.data.stream`, Adam, a tqdm bar with the
-loss, periodic sample plots, checkpoints that resume exactly (model, optimizer, step, RNG
+loss, periodic sample plots, checkpoints that resume exactly (model, optimizers, step, RNG
 states, loss history), and a metrics JSON per run. Under `torchrun` the model is wrapped in
 DistributedDataParallel (NCCL on GPU, gloo on CPU); every rank draws its own data shard.
+
+A model that trains more than one network (a GAN, VQGAN) owns its step instead: when it defines
+    configure_optimizers(lr) -> [Optimizer, ...]
+    training_step(x, y, optimizers, step) -> (loss: tensor or float, {name: scalar})
+the loop calls training_step (which zeroes, backpropagates and steps itself; `step` = steps done
+so far) in place of forward / backward / Adam. Under torchrun such a model is not wrapped in
+DDP; every optimizer averages its gradients over the ranks just before it steps.
 """
 import hashlib
 import json
@@ -50,6 +57,9 @@ def parameter_digest(model) -> str:
 # -- checkpoints --------------------------------------------------------------------------------
 
 def save_checkpoint(path, *, model, optimizer, step, run_config, history):
+    """`optimizer`: one optimizer, or a list (one state dict is stored as before; more as a list)."""
+    optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    opt_states = [o.state_dict() for o in optimizers]
     state = {
         "format": CHECKPOINT_FORMAT,
         "fastgen_version": __import__("fastgen").__version__,
@@ -59,7 +69,7 @@ def save_checkpoint(path, *, model, optimizer, step, run_config, history):
         "run_config": run_config,
         "step": step,
         "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
+        "optimizer_state": opt_states[0] if len(opt_states) == 1 else opt_states,
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "history": history,
@@ -85,6 +95,39 @@ def load_checkpoint(path, model_name=None, map_location="cpu"):
     if model_name is not None and state["model"] != model_name:
         raise ValueError(f"{path} is a checkpoint of model {state['model']!r}, not {model_name!r}")
     return state
+
+
+def load_optimizer_states(optimizers, state):
+    """Restore every optimizer from a checkpoint (a single state dict or a list of them)."""
+    saved = state["optimizer_state"]
+    saved = list(saved) if isinstance(saved, (list, tuple)) else [saved]
+    if len(saved) != len(optimizers):
+        raise ValueError(f"checkpoint holds {len(saved)} optimizer state(s), the model has "
+                         f"{len(optimizers)} optimizer(s)")
+    for opt, sd in zip(optimizers, saved):
+        opt.load_state_dict(sd)
+
+
+def _owns_step(model):
+    return hasattr(model, "configure_optimizers") and hasattr(model, "training_step")
+
+
+def _average_gradients_before_step(optimizer, world):
+    """Under torchrun, a model that steps itself gets DDP's gradient average from a pre-step hook:
+    one all-reduce of the optimizer's flattened gradients (a missing gradient counts as zero, on
+    every rank alike, so the collectives always match)."""
+    def hook(opt, args, kwargs):
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        flat /= world
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p.grad))
+
+    optimizer.register_step_pre_hook(hook)
 
 
 def model_from_checkpoint(state, device="cpu"):
@@ -118,12 +161,14 @@ def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu"
     holdout = fdata.make(data_name, split="test", seed=seed, **data_options)
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = model_cls(DataSpec.of(holdout), **model_options).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    owns_step = _owns_step(model)
+    optimizers = (list(model.configure_optimizers(lr)) if owns_step
+                  else [torch.optim.Adam(model.parameters(), lr=lr)])
     start, history = 0, []
     if resume:
         state = load_checkpoint(ckpt_path, model_name, map_location=device)
         model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
+        load_optimizer_states(optimizers, state)
         start, history = state["step"], state["history"]
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] is not None and torch.cuda.is_available():
@@ -132,7 +177,10 @@ def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu"
     if not resume:
         torch.manual_seed(seed + 1000003 * rank)
     net = model
-    if world > 1:
+    if world > 1 and owns_step:
+        for opt in optimizers:
+            _average_gradients_before_step(opt, world)
+    elif world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -145,13 +193,17 @@ def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu"
     for step in bar:
         x, y = next(stream)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logs = net(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if owns_step:
+            loss, logs = model.training_step(x, y, optimizers, step)
+        else:
+            loss, logs = net(x, y)
+            optimizers[0].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[0].step()
         done = step + 1
         if done % log_every == 0 or done == steps:
-            row = {"step": done, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
+            loss = loss.detach() if torch.is_tensor(loss) else loss  # training_step may give a float
+            row = {"step": done, "loss": float(loss), **{k: float(v) for k, v in logs.items()}}
             history.append(row)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -161,7 +213,7 @@ def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu"
                                   title=f"{model_name} on {data_name}, step {done}")
             model.train()
         if rank == 0 and (done % ckpt_every == 0 or done == steps):
-            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, step=done,
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizers, step=done,
                             run_config=run_config, history=history)
     model.eval()
     result = {"run": run_config, "history": history, "train_seconds": time.time() - t0,

@@ -4,5 +4,6 @@ A model registers itself with `@register("name")` and subclasses `GenerativeMode
 """
 from .base import MODELS, DataSpec, GenerativeModel, get_model, register
 from . import vae  # noqa: F401  (registers "vae")
+from . import vqgan  # noqa: F401  (registers "vqgan")
 
 __all__ = ["MODELS", "DataSpec", "GenerativeModel", "get_model", "register"]
