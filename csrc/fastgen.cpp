@@ -36,4 +36,14 @@ TORCH_LIBRARY(fastgen, m) {
   // vq_nearest: per row of z [N, D], the nearest of codebook [K, D] -> (indices int64 [N],
   // squared distances [N]); metric "l2" or "cosine"; never builds the N x K matrix.
   m.def("vq_nearest_native(Tensor z, Tensor codebook, str metric) -> (Tensor, Tensor)");
+  // vq_quantize: nearest code, taming's straight-through value and loss -> (z_q, loss, indices);
+  // backward -> (dz, dcodebook), dcodebook summed per code in a fixed order (no float atomics).
+  m.def("vq_quantize_native(Tensor z, Tensor codebook, float beta, bool legacy) -> (Tensor, Tensor, Tensor)");
+  m.def("vq_quantize_backward_native(Tensor grad_zq, Tensor grad_loss, Tensor z, Tensor codebook, "
+        "Tensor indices, float beta, bool legacy) -> (Tensor, Tensor)");
+  // vq_code_sums: per-code counts [K] and row sums [K, D]; vq_ema_update: the same sums fused
+  // with the in-place EMA of cluster_size / embed_sum -> (codebook, perplexity).
+  m.def("vq_code_sums_native(Tensor z, Tensor indices, int num_codes) -> (Tensor, Tensor)");
+  m.def("vq_ema_update_native(Tensor z, Tensor indices, Tensor(a!) cluster_size, Tensor(b!) embed_sum, "
+        "float decay, float eps) -> (Tensor, Tensor)");
 }

@@ -90,3 +90,161 @@ def vq_nearest(z, codebook, metric="l2"):
                              codebook.stride(0), D_PAD=d_pad, BLOCK_D=block_d,
                              IEEE=z.dtype == torch.float32)
     return idx, dist
+
+
+# -- vq_quantize: gather + straight-through value + per-row squared error; backward dz ---------
+
+@jit
+def _vq_gather_st_kernel(z_ptr, e_ptr, idx_ptr, zq_ptr, sq_ptr, N, D, stride_z, stride_e,
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    code = tl.load(idx_ptr + rows, mask=rmask, other=0)
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        m = rmask[:, None] & (ds < D)[None, :]
+        z = tl.load(z_ptr + rows[:, None] * stride_z + ds[None, :], mask=m, other=0.0)
+        e = tl.load(e_ptr + code[:, None] * stride_e + ds[None, :], mask=m, other=0.0)
+        diff = e.to(tl.float32) - z.to(tl.float32)
+        # taming's value z + (e - z): both steps rounded to z's dtype, as torch does them
+        q = z.to(tl.float32) + diff.to(z.dtype).to(tl.float32)
+        tl.store(zq_ptr + rows[:, None] * D + ds[None, :], q.to(z.dtype), mask=m)
+        acc += tl.sum(diff * diff, axis=1)
+    tl.store(sq_ptr + rows, acc, mask=rmask)
+
+
+@jit
+def _vq_dz_kernel(gzq_ptr, gl_ptr, z_ptr, e_ptr, idx_ptr, dz_ptr, N, D, stride_g, stride_z, stride_e,
+                  scale, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    code = tl.load(idx_ptr + rows, mask=rmask, other=0)
+    c = tl.load(gl_ptr).to(tl.float32) * scale  # grad_loss stays on the device: no host sync
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        m = rmask[:, None] & (ds < D)[None, :]
+        g = tl.load(gzq_ptr + rows[:, None] * stride_g + ds[None, :], mask=m, other=0.0)
+        z = tl.load(z_ptr + rows[:, None] * stride_z + ds[None, :], mask=m, other=0.0)
+        e = tl.load(e_ptr + code[:, None] * stride_e + ds[None, :], mask=m, other=0.0)
+        dz = g.to(tl.float32) + c * (z.to(tl.float32) - e.to(tl.float32))
+        tl.store(dz_ptr + rows[:, None] * D + ds[None, :], dz.to(z.dtype), mask=m)
+
+
+# -- per-code sums: rows grouped by code (stable sort), each group summed in row order --------
+
+@jit
+def _vq_segment_kernel(z_ptr, e_ptr, order_ptr, start_ptr, out_ptr, cs_ptr, D, stride_z, stride_e,
+                       decay, SUBTRACT: tl.constexpr, EMA: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    k = tl.program_id(0).to(tl.int64)
+    ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = ds < D
+    lo = tl.load(start_ptr + k)
+    hi = tl.load(start_ptr + k + 1)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    if SUBTRACT:
+        ev = tl.load(e_ptr + k * stride_e + ds, mask=dmask, other=0.0).to(tl.float32)
+    for r0 in range(lo, hi, BLOCK_R):
+        rs = r0 + tl.arange(0, BLOCK_R)
+        rm = rs < hi
+        rows = tl.load(order_ptr + rs, mask=rm, other=0)
+        m = rm[:, None] & dmask[None, :]
+        x = tl.load(z_ptr + rows[:, None] * stride_z + ds[None, :], mask=m, other=0.0).to(tl.float32)
+        if SUBTRACT:
+            x = tl.where(m, x - ev[None, :], 0.0)
+        acc += tl.sum(x, axis=0)
+    if EMA:
+        old = tl.load(out_ptr + k * D + ds, mask=dmask, other=0.0)
+        new = old.to(tl.float32) * decay + (1.0 - decay) * acc
+        tl.store(out_ptr + k * D + ds, new.to(old.dtype), mask=dmask)
+        if tl.program_id(1) == 0:
+            cs = tl.load(cs_ptr + k)
+            tl.store(cs_ptr + k, (cs.to(tl.float32) * decay + (1.0 - decay) * (hi - lo).to(tl.float32)).to(cs.dtype))
+    else:
+        tl.store(out_ptr + k * D + ds, acc, mask=dmask)
+
+
+_ROW_BLOCK = 32
+
+
+def _no_fp64(name, *tensors):
+    if any(t.dtype == torch.float64 for t in tensors):
+        raise TypeError(f"fastgen.{name}: the triton kernels take float16, bfloat16 or float32 "
+                        "(fp32 accumulation); use backend='cpu' or 'reference' for float64")
+
+
+def _rows(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _block_d(d):
+    return max(16, min(128, next_power_of_2(d)))
+
+
+def vq_quantize(z, codebook, beta=0.25, legacy=True):
+    _no_fp64("vq_quantize", z)
+    idx, _ = vq_nearest(z, codebook, "l2")
+    z, codebook = _rows(z), _rows(codebook)
+    n, d = z.shape
+    zq = torch.empty((n, d), dtype=z.dtype, device=z.device)
+    sq = torch.empty(n, dtype=torch.float32, device=z.device)
+    if n:
+        _vq_gather_st_kernel[(triton.cdiv(n, _ROW_BLOCK),)](
+            z, codebook, idx, zq, sq, n, d, z.stride(0), codebook.stride(0),
+            BLOCK_N=_ROW_BLOCK, BLOCK_D=_block_d(d))
+    # both terms of taming's loss have the value mse; the weights split only the gradients
+    loss = sq.sum() * ((1.0 + beta) / (n * d)) if n * d else sq.new_full((), float("nan"))
+    return zq, loss.to(z.dtype), idx
+
+
+def vq_quantize_backward(grad_zq, grad_loss, z, codebook, indices, beta=0.25, legacy=True):
+    _no_fp64("vq_quantize_backward", z)
+    grad_zq, z, codebook = _rows(grad_zq), _rows(z), _rows(codebook)
+    n, d = z.shape
+    w_z, w_e = (1.0, beta) if legacy else (beta, 1.0)
+    scale = 2.0 / (n * d) if n * d else 0.0
+    dz = torch.empty((n, d), dtype=z.dtype, device=z.device)
+    if n:
+        _vq_dz_kernel[(triton.cdiv(n, _ROW_BLOCK),)](
+            grad_zq, grad_loss, z, codebook, indices, dz, n, d, grad_zq.stride(0), z.stride(0),
+            codebook.stride(0), scale * w_z, BLOCK_N=_ROW_BLOCK, BLOCK_D=_block_d(d))
+    _, diff_sums = _segment_sums(z, indices, codebook.shape[0], codebook=codebook)
+    dcode = (diff_sums * (grad_loss.float() * (-scale * w_e))).to(codebook.dtype)
+    return dz, dcode
+
+
+def _group_rows(indices, k):
+    """Rows grouped by code: order (stable) and start offsets [k + 1]. Out-of-range indices
+    fall outside every group, so they are skipped rather than read or written out of bounds."""
+    sorted_idx, order = torch.sort(indices, stable=True)
+    starts = torch.searchsorted(sorted_idx, torch.arange(k + 1, device=indices.device, dtype=indices.dtype))
+    return order, starts
+
+
+def _segment_sums(z, indices, k, codebook=None, ema=None):
+    d = z.shape[1]
+    order, starts = _group_rows(indices, k)
+    if ema is None:
+        out, cs, decay = torch.empty((k, d), dtype=torch.float32, device=z.device), starts, 0.0
+    else:
+        cs, out, decay = ema
+    e = codebook if codebook is not None else z
+    block_d = min(64, _block_d(d))
+    _vq_segment_kernel[(k, triton.cdiv(d, block_d))](
+        z, e, order, starts, out, cs, d, z.stride(0), e.stride(0), decay,
+        SUBTRACT=codebook is not None, EMA=ema is not None, BLOCK_R=32, BLOCK_D=block_d)
+    return (starts[1:] - starts[:-1]).float(), out
+
+
+def vq_code_sums(z, indices, num_codes):
+    _no_fp64("vq_code_sums", z)
+    return _segment_sums(_rows(z), indices, num_codes)
+
+
+def vq_ema_update(z, indices, cluster_size, embed_sum, decay=0.99, eps=1e-5):
+    _no_fp64("vq_ema_update", z, cluster_size, embed_sum)
+    k = embed_sum.shape[0]
+    counts, _ = _segment_sums(_rows(z), indices, k, ema=(cluster_size, embed_sum, decay))
+    from fastgen.ops.reference import vq_ema_finish  # lazy: fastgen.ops imports this module
+    return vq_ema_finish(counts, cluster_size, embed_sum, eps)

@@ -244,8 +244,8 @@ def test_vq_ema_update_all_reduces_when_distributed(monkeypatch):
     cs, es = torch.rand(6, generator=g), torch.randn(6, 3, generator=g)
     cs2, es2 = cs.clone(), es.clone()
     calls = []
-    monkeypatch.setattr(nnvq, "_distributed", lambda: True)
-    monkeypatch.setattr(nnvq.dist, "all_reduce", lambda t: calls.append(t.shape) or t.mul_(2))
+    monkeypatch.setattr(fastgen.ops.vq, "_distributed", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: calls.append(t.shape) or t.mul_(2))
     got = vq_ema_update_(z, idx, cs, es, 0.8, 1e-5)
     monkeypatch.undo()
     want = vq_ema_update_(torch.cat([z, z]), torch.cat([idx, idx]), cs2, es2, 0.8, 1e-5)

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/macros.h"
 
 namespace fastgen {
 
@@ -44,6 +45,57 @@ inline at::Tensor vq_finish(const at::Tensor& best, at::Tensor& idx, const at::T
   idx.masked_fill_(bad_row, 0);
   const auto inf = at::full({}, std::numeric_limits<double>::infinity(), best.options());
   return at::where(bad_row | best.isinf(), inf, (best + znorm).clamp_min(0));
+}
+
+// vq_quantize / vq_code_sums / vq_ema_update ------------------------------------------------
+
+inline void check_vq_indices(const at::Tensor& indices, int64_t n, const at::Tensor& z) {
+  TORCH_CHECK_VALUE(indices.scalar_type() == at::kLong && indices.dim() == 1 && indices.size(0) == n,
+                    "fastgen: indices must be an int64 tensor of shape (", n, ",), got ",
+                    indices.scalar_type(), " of shape ", indices.sizes());
+  TORCH_CHECK_VALUE(indices.device() == z.device(), "fastgen: indices is on ", indices.device(),
+                    " but z is on ", z.device());
+}
+
+inline void check_vq_ema(const at::Tensor& z, const at::Tensor& indices, const at::Tensor& cluster_size,
+                         const at::Tensor& embed_sum) {
+  TORCH_CHECK_TYPE(at::isFloatingType(z.scalar_type()), "fastgen: z must be a floating-point tensor");
+  TORCH_CHECK_VALUE(z.dim() == 2, "fastgen: z must have shape (N, D), got ", z.sizes());
+  TORCH_CHECK_VALUE(embed_sum.dim() == 2 && embed_sum.size(1) == z.size(1) && embed_sum.size(0) > 0,
+                    "fastgen: embed_sum must have shape (K, ", z.size(1), "), got ", embed_sum.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(embed_sum.scalar_type()) &&
+                       cluster_size.scalar_type() == embed_sum.scalar_type(),
+                   "fastgen: cluster_size and embed_sum must share one float dtype");
+  TORCH_CHECK_VALUE(cluster_size.dim() == 1 && cluster_size.size(0) == embed_sum.size(0),
+                    "fastgen: cluster_size must have shape (", embed_sum.size(0), ",)");
+  TORCH_CHECK_VALUE(cluster_size.is_contiguous() && embed_sum.is_contiguous(),
+                    "fastgen: cluster_size and embed_sum are updated in place and must be contiguous");
+  TORCH_CHECK_VALUE(cluster_size.device() == z.device() && embed_sum.device() == z.device(),
+                    "fastgen: cluster_size and embed_sum must be on z's device");
+  check_vq_indices(indices, z.size(0), z);
+}
+
+// taming's straight-through value z + (e - z).detach(): each step rounded to T, as torch does it.
+template <typename T, typename A>
+FASTGEN_HD T vq_st_value(T z, T e) {
+  const T diff = static_cast<T>(static_cast<A>(e) - static_cast<A>(z));
+  return static_cast<T>(static_cast<A>(z) + static_cast<A>(diff));
+}
+
+// One EMA step of a buffer entry, in taming's order: old * decay, then + (1 - decay) * x.
+template <typename A>
+FASTGEN_HD A vq_ema(A old, A x, A decay) {
+  return old * decay + (A(1) - decay) * x;
+}
+
+// After the in-place EMA: codebook = embed_sum / Laplace-smoothed cluster sizes, and the
+// perplexity of this step's code usage (as fastgen.ops.reference.vq_ema_finish).
+inline std::tuple<at::Tensor, at::Tensor> vq_ema_finish(const at::Tensor& counts, const at::Tensor& cluster_size,
+                                                        const at::Tensor& embed_sum, double eps) {
+  const auto n = cluster_size.sum();
+  const auto smoothed = (cluster_size + eps) / (n + static_cast<double>(cluster_size.size(0)) * eps) * n;
+  const auto p = counts / counts.sum().clamp_min(1);
+  return {embed_sum / smoothed.unsqueeze(1), at::exp(-(p * at::log(p + 1e-10)).sum())};
 }
 
 }  // namespace fastgen

@@ -6,11 +6,14 @@
 // (value, index), tiles are visited in order and merged with strict <. NaN never wins a `<`.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <limits>
+#include <numeric>
+#include <vector>
 
 #include "common/vq.h"
 
@@ -181,8 +184,206 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
   return {idx, vq_finish(best, idx, (z * z).sum(1))};
 }
 
+// -- vq_quantize ---------------------------------------------------------------------------------
+
+#define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+constexpr int64_t kRowGrain = 64;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_quantize_cpu(const at::Tensor& z_in, const at::Tensor& e_in,
+                                                               double beta, bool legacy) {
+  auto [idx, dist] = vq_nearest_cpu(z_in, e_in, "l2");
+  const auto z = z_in.contiguous();
+  const auto e = e_in.contiguous();
+  const int64_t n = z.size(0), d = z.size(1);
+  auto zq = at::empty({n, d}, z.options());
+  auto sq = at::empty({n}, z.options().dtype(opmath_dtype(z.scalar_type())));
+  FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "vq_quantize_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* pz = z.const_data_ptr<scalar_t>();
+    const scalar_t* pe = e.const_data_ptr<scalar_t>();
+    const int64_t* pi = idx.const_data_ptr<int64_t>();
+    scalar_t* pq = zq.mutable_data_ptr<scalar_t>();
+    A* psq = sq.mutable_data_ptr<A>();
+    at::parallel_for(0, n, kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* zr = pz + r * d;
+        const scalar_t* er = pe + pi[r] * d;
+        scalar_t* qr = pq + r * d;
+        A acc = 0;
+        for (int64_t c = 0; c < d; ++c) {
+          const A diff = static_cast<A>(er[c]) - static_cast<A>(zr[c]);
+          qr[c] = vq_st_value<scalar_t, A>(zr[c], er[c]);
+          acc += diff * diff;
+        }
+        psq[r] = acc;
+      }
+    });
+  });
+  // both terms of taming's loss have the value mse; the weights only split the gradients
+  const double weight = n * d != 0 ? (1.0 + beta) / static_cast<double>(n * d) : std::numeric_limits<double>::quiet_NaN();
+  return {zq, (sq.sum() * weight).to(z.scalar_type()), idx};
+}
+
+// Rows grouped by code (a counting sort): rows of code c are order[starts[c] .. starts[c + 1]),
+// in increasing row order, so every per-code sum below runs in a fixed order.
+struct CodeGroups {
+  std::vector<int64_t> starts, order;
+};
+
+CodeGroups group_rows(const at::Tensor& indices, int64_t k) {
+  const auto idx = indices.contiguous();
+  const int64_t n = idx.size(0);
+  const int64_t* pi = idx.const_data_ptr<int64_t>();
+  CodeGroups g;
+  g.starts.assign(k + 1, 0);
+  g.order.resize(n);
+  for (int64_t r = 0; r < n; ++r) {
+    TORCH_CHECK_VALUE(pi[r] >= 0 && pi[r] < k, "fastgen: indices must lie in [0, ", k, "), got ", pi[r],
+                      " at position ", r);
+    ++g.starts[pi[r] + 1];
+  }
+  std::partial_sum(g.starts.begin(), g.starts.end(), g.starts.begin());
+  std::vector<int64_t> pos(g.starts.begin(), g.starts.end() - 1);
+  for (int64_t r = 0; r < n; ++r) g.order[pos[pi[r]]++] = r;
+  return g;
+}
+
+// emit(code, count, sums) with sums[c] = sum over the code's rows of z[row, c] (minus sub[code, c]
+// when sub is given), accumulated in A, rows in order. Codes run in parallel.
+template <typename T, typename A, typename Emit>
+void for_each_code_sum(const T* z, const T* sub, int64_t d, const CodeGroups& g, const Emit& emit) {
+  const int64_t k = static_cast<int64_t>(g.starts.size()) - 1;
+  at::parallel_for(0, k, 16, [&](int64_t k0, int64_t k1) {
+    std::vector<A> acc(d);
+    for (int64_t code = k0; code < k1; ++code) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      if (sub == nullptr) {
+        for (int64_t r = g.starts[code]; r < g.starts[code + 1]; ++r) {
+          const T* row = z + g.order[r] * d;
+          for (int64_t c = 0; c < d; ++c) acc[c] += static_cast<A>(row[c]);
+        }
+      } else {  // per-row differences: sum(z) - count * e would cancel catastrophically
+        const T* e = sub + code * d;
+        for (int64_t r = g.starts[code]; r < g.starts[code + 1]; ++r) {
+          const T* row = z + g.order[r] * d;
+          for (int64_t c = 0; c < d; ++c) acc[c] += static_cast<A>(row[c]) - static_cast<A>(e[c]);
+        }
+      }
+      emit(code, g.starts[code + 1] - g.starts[code], acc.data());
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> vq_quantize_backward_cpu(const at::Tensor& gzq_in, const at::Tensor& grad_loss,
+                                                            const at::Tensor& z_in, const at::Tensor& e_in,
+                                                            const at::Tensor& indices, double beta, bool legacy) {
+  check_vq_nearest(z_in, e_in, "l2");
+  check_same_float_tensor(z_in, "z", gzq_in, "grad_zq");
+  check_vq_indices(indices, z_in.size(0), z_in);
+  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastgen: grad_loss must have one element");
+  const auto z = z_in.contiguous();
+  const auto e = e_in.contiguous();
+  const auto gzq = gzq_in.contiguous();
+  const auto idx = indices.contiguous();
+  const int64_t n = z.size(0), d = z.size(1), k = e.size(0);
+  const double scale = n * d != 0 ? 2.0 * grad_loss.item<double>() / static_cast<double>(n * d) : 0.0;
+  const double c_z = scale * (legacy ? 1.0 : beta), c_e = scale * (legacy ? beta : 1.0);
+  const auto groups = group_rows(idx, k);  // validates the indices before any gather
+  auto dz = at::empty({n, d}, z.options());
+  auto dcode = at::empty({k, d}, e.options());
+  FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "vq_quantize_backward_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const scalar_t* pz = z.const_data_ptr<scalar_t>();
+    const scalar_t* pe = e.const_data_ptr<scalar_t>();
+    const scalar_t* pg = gzq.const_data_ptr<scalar_t>();
+    const int64_t* pi = idx.const_data_ptr<int64_t>();
+    scalar_t* pdz = dz.mutable_data_ptr<scalar_t>();
+    scalar_t* pdc = dcode.mutable_data_ptr<scalar_t>();
+    const A cz = static_cast<A>(c_z), ce = static_cast<A>(c_e);
+    at::parallel_for(0, n, kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* er = pe + pi[r] * d;
+        for (int64_t c = 0; c < d; ++c) {
+          const int64_t i = r * d + c;
+          pdz[i] = static_cast<scalar_t>(static_cast<A>(pg[i]) +
+                                         cz * (static_cast<A>(pz[i]) - static_cast<A>(er[c])));
+        }
+      }
+    });
+    for_each_code_sum<scalar_t, A>(pz, pe, d, groups, [&](int64_t code, int64_t, const A* sums) {
+      for (int64_t c = 0; c < d; ++c) pdc[code * d + c] = static_cast<scalar_t>(-ce * sums[c]);
+    });
+  });
+  return {dz, dcode};
+}
+
+// -- vq_code_sums / vq_ema_update -----------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor> vq_code_sums_cpu(const at::Tensor& z_in, const at::Tensor& indices,
+                                                    int64_t num_codes) {
+  TORCH_CHECK_TYPE(at::isFloatingType(z_in.scalar_type()), "fastgen: z must be a floating-point tensor");
+  TORCH_CHECK_VALUE(z_in.dim() == 2, "fastgen: z must have shape (N, D), got ", z_in.sizes());
+  TORCH_CHECK_VALUE(num_codes > 0, "fastgen: num_codes must be positive, got ", num_codes);
+  check_vq_indices(indices, z_in.size(0), z_in);
+  const auto z = z_in.contiguous();
+  const int64_t d = z.size(1);
+  const auto groups = group_rows(indices, num_codes);
+  const auto opts = z.options().dtype(opmath_dtype(z.scalar_type()));
+  auto counts = at::empty({num_codes}, opts);
+  auto sums = at::empty({num_codes, d}, opts);
+  FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "vq_code_sums_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    A* pc = counts.mutable_data_ptr<A>();
+    A* ps = sums.mutable_data_ptr<A>();
+    for_each_code_sum<scalar_t, A>(z.const_data_ptr<scalar_t>(), nullptr, d, groups,
+                                   [&](int64_t code, int64_t count, const A* s) {
+                                     pc[code] = static_cast<A>(count);
+                                     std::copy(s, s + d, ps + code * d);
+                                   });
+  });
+  return {counts, sums};
+}
+
+std::tuple<at::Tensor, at::Tensor> vq_ema_update_cpu(const at::Tensor& z_in, const at::Tensor& indices,
+                                                     at::Tensor cluster_size, at::Tensor embed_sum,
+                                                     double decay, double eps) {
+  check_vq_ema(z_in, indices, cluster_size, embed_sum);
+  const auto z = z_in.contiguous();
+  const int64_t d = z.size(1), k = embed_sum.size(0);
+  const auto groups = group_rows(indices, k);
+  auto counts = at::empty({k}, z.options().dtype(opmath_dtype(z.scalar_type())));
+  FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "vq_ema_update_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    using T = scalar_t;
+    A* pc = counts.mutable_data_ptr<A>();
+    FASTGEN_DISPATCH_FLOATS(embed_sum.scalar_type(), "vq_ema_update_cpu_buffers", [&] {
+      using B = scalar_t;  // the buffers' dtype
+      using M = at::opmath_type<B>;
+      B* pcs = cluster_size.mutable_data_ptr<B>();
+      B* pes = embed_sum.mutable_data_ptr<B>();
+      const M dec = static_cast<M>(decay);
+      // the batch statistics and the EMA of both buffers in one pass per code
+      for_each_code_sum<T, A>(z.const_data_ptr<T>(), nullptr, d, groups, [&](int64_t code, int64_t count, const A* s) {
+        pc[code] = static_cast<A>(count);
+        pcs[code] = static_cast<B>(vq_ema<M>(static_cast<M>(pcs[code]), static_cast<M>(count), dec));
+        for (int64_t c = 0; c < d; ++c)
+          pes[code * d + c] = static_cast<B>(vq_ema<M>(static_cast<M>(pes[code * d + c]), static_cast<M>(s[c]), dec));
+      });
+    });
+  });
+  return vq_ema_finish(counts, cluster_size, embed_sum, eps);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CPU, m) { m.impl("vq_nearest_native", &vq_nearest_cpu); }
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
+  m.impl("vq_nearest_native", &vq_nearest_cpu);
+  m.impl("vq_quantize_native", &vq_quantize_cpu);
+  m.impl("vq_quantize_backward_native", &vq_quantize_backward_cpu);
+  m.impl("vq_code_sums_native", &vq_code_sums_cpu);
+  m.impl("vq_ema_update_native", &vq_ema_update_cpu);
+}
 
 }  // namespace fastgen

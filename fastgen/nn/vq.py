@@ -4,7 +4,7 @@
   signature, return values, index shapes, remapping and state dict), with the search done by
   the fused nearest-code op instead of an N x K distance matrix.
 - `EMAVectorQuantizer`: the EMA-codebook quantizer taming ships but cannot construct, working.
-- `vq_ema_update_`: one EMA codebook step from segmented sums (no N x K one-hot), all-reduced
+- `vq_ema_update_`: one EMA codebook step (the fused `fastgen.ops.vq_ema_update`), all-reduced
   across replicas when torch.distributed is up.
 - `VectorQuantize` / `ResidualVQ`: the commonly used part of lucidrains'
   vector-quantize-pytorch (EMA or learned codebook, k-means init, cosine codebook, dead-code
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..ops import reference
 
 __all__ = ["EMAVectorQuantizer", "ResidualVQ", "VectorQuantize", "VectorQuantizer", "vq_ema_update_"]
 
@@ -48,63 +49,17 @@ def _rows_to_fmap(rows, like):
     return out.contiguous()
 
 
-def _segment_sums(z, indices, k, dtype):
-    """Per-code sums of the rows of z and per-code counts, as one (k, D + 1) tensor (counts in
-    the last column) so that a single all-reduce syncs both. Segmented sums, no one-hot."""
-    d = z.shape[1]
-    stats = torch.zeros(k, d + 1, dtype=dtype, device=z.device)
-    stats[:, :d].index_add_(0, indices, z.to(dtype))
-    stats[:, d].index_add_(0, indices, torch.ones(indices.shape[0], dtype=dtype, device=z.device))
-    return stats
-
-
-def _perplexity(counts):
-    """exp(entropy) of the code usage distribution counts / sum(counts)."""
-    p = counts / counts.sum().clamp_min(1)
-    return torch.exp(-torch.sum(p * torch.log(p + 1e-10)))
-
-
 def _smoothed_codebook(cluster_size, embed_sum, eps):
-    """Codebook = EMA sums / Laplace-smoothed EMA counts, (c + eps) / (n + K eps) * n."""
-    n = cluster_size.sum()
-    smoothed = (cluster_size + eps) / (n + cluster_size.shape[0] * eps) * n
-    return embed_sum / smoothed.unsqueeze(1)
+    """Codebook = EMA sums / Laplace-smoothed EMA counts (as the EMA step computes it)."""
+    return reference.vq_ema_finish(cluster_size, cluster_size, embed_sum, eps)[0]
 
 
-@torch.no_grad()
 def vq_ema_update_(z_flat, indices, cluster_size, embed_sum, decay, eps):
-    """One EMA codebook step (VQ-VAE appendix / taming's EmbeddingEMA / lucidrains' EMA).
-
-    Counts and sums of the rows of `z_flat` (N, D) per assigned code `indices` (N,) are built
-    with segmented sums (index_add_, never an N x K one-hot), summed over replicas when
-    torch.distributed is initialized (so every replica computes the same codebook), then
-        cluster_size <- decay * cluster_size + (1 - decay) * counts      (in place)
-        embed_sum    <- decay * embed_sum    + (1 - decay) * sums        (in place)
-        codebook      = embed_sum / ((cluster_size + eps) / (n + K eps) * n),  n = sum(cluster_size)
-
-    Args: cluster_size (K,) and embed_sum (K, D) float buffers on z's device.
-    Returns: (codebook (K, D) in embed_sum's dtype, perplexity of this step's code usage).
-    """
-    def bad(name, want, t):
-        return ValueError(f"fastgen.nn.vq_ema_update_: {name} must have shape {want}, got {tuple(t.shape)}")
-
-    if z_flat.dim() != 2:
-        raise bad("z_flat", "(N, D)", z_flat)
-    n, d = z_flat.shape
-    if indices.shape != (n,):
-        raise bad("indices", f"({n},)", indices)
-    if embed_sum.dim() != 2 or embed_sum.shape[1] != d:
-        raise bad("embed_sum", f"(K, {d})", embed_sum)
-    k = embed_sum.shape[0]
-    if cluster_size.shape != (k,):
-        raise bad("cluster_size", f"({k},)", cluster_size)
-    stats = _segment_sums(z_flat, indices, k, embed_sum.dtype)
-    if _distributed():
-        dist.all_reduce(stats)
-    counts = stats[:, d]
-    cluster_size.mul_(decay).add_(counts.to(cluster_size.dtype), alpha=1 - decay)
-    embed_sum.mul_(decay).add_(stats[:, :d], alpha=1 - decay)
-    return _smoothed_codebook(cluster_size.to(embed_sum.dtype), embed_sum, eps), _perplexity(counts)
+    """One EMA codebook step, updating `cluster_size` (K,) and `embed_sum` (K, D) in place and
+    returning (codebook, perplexity): `fastgen.ops.vq_ema_update` (fused segmented sums + EMA,
+    all-reduced over replicas when torch.distributed is initialized) under the name the
+    modules use."""
+    return ops.vq_ema_update(z_flat, indices, cluster_size, embed_sum, decay, eps)
 
 
 # -- taming-transformers ------------------------------------------------------------------------
@@ -283,7 +238,7 @@ class EMAVectorQuantizer(_IndexRemap, nn.Module):
         else:
             counts = torch.zeros(self.n_embed, dtype=dtype, device=idx.device)
             counts.index_add_(0, idx, torch.ones(idx.shape[0], dtype=dtype, device=idx.device))
-            perplexity = _perplexity(counts)
+            perplexity = reference.vq_perplexity(counts)
         loss = self.beta * F.mse_loss(z_q.detach(), rows)
         z_q = _rows_to_fmap(rows + (z_q - rows).detach(), z)
         if self.remap is not None:
@@ -316,11 +271,12 @@ def _kmeans(samples, k, iters, metric):
     counts = None
     for _ in range(iters):
         idx, _ = ops.vq_nearest(samples, means, metric)
-        stats = _segment_sums(samples, idx, k, samples.dtype)
+        counts, sums = ops.vq_code_sums(samples, idx, k)
         if _distributed():
+            stats = torch.cat([sums, counts[:, None]], 1)
             dist.all_reduce(stats)
-        counts = stats[:, d]
-        new = stats[:, :d] / counts.clamp_min(1).unsqueeze(1)
+            counts, sums = stats[:, d], stats[:, :d]
+        new = (sums / counts.clamp_min(1).unsqueeze(1)).to(samples.dtype)
         if metric == "cosine":
             new = F.normalize(new, dim=-1, eps=1e-6)
         means = torch.where((counts == 0).unsqueeze(1), means, new)
