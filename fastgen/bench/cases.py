@@ -80,6 +80,7 @@ register_case(Case(
     make_inputs=_vq_inputs,
     reference=reference.vq_nearest,
     fastgen=lambda backend, **kw: fastgen.ops.vq_nearest(**kw, backend=backend),
+    gpu_shapes=[(65536, 16384, 256)],
     peers={"faiss": _faiss_peer, "cdist": _cdist_peer},
     check=_vq_check,
     modes=("fwd",),
@@ -95,9 +96,48 @@ register_case(Case(
     op="vq_quantize",
     shapes=[(65536, 1024, 64)],
     quick_shapes=[(4096, 512, 64)],
+    gpu_shapes=[(65536, 16384, 256)],
     make_inputs=_vq_quantize_inputs,
     reference=lambda z, codebook: reference.vq_quantize(z, codebook, 0.25),
     fastgen=lambda backend, **kw: fastgen.ops.vq_quantize(**kw, beta=0.25, backend=backend),
     grad_inputs=("z", "codebook"),
-    registry_op="vq_nearest",
+))
+
+
+def _ema_inputs(shape, dtype, device, requires_grad):
+    n, k, d = shape
+    g = torch.Generator(device).manual_seed(0)
+    z = torch.randn(n, d, generator=g, device=device, dtype=dtype)
+    return {"z": z, "indices": torch.randint(0, k, (n,), generator=g, device=device),
+            "cluster_size": torch.rand(k, generator=g, device=device),
+            "embed_sum": torch.randn(k, d, generator=g, device=device)}
+
+
+def _onehot_ema(z, indices, cluster_size, embed_sum):
+    """The EMA step as taming's EmbeddingEMA / most VQ-VAE code writes it: an N x K one-hot."""
+    onehot = torch.nn.functional.one_hot(indices, embed_sum.shape[0]).to(z.dtype)
+    # written without add(..., alpha=): torch 2.14.1's inductor drops alpha in
+    # c.mul(x).add(a @ b, alpha=y) on CPU (computes x*c + a@b), which made `compile` wrong here
+    cs = cluster_size * 0.99 + onehot.sum(0) * 0.01
+    es = embed_sum * 0.99 + (onehot.t() @ z) * 0.01
+    n = cs.sum()
+    codebook = es / ((cs + 1e-5) / (n + cs.shape[0] * 1e-5) * n).unsqueeze(1)
+    p = onehot.mean(0)
+    return codebook, torch.exp(-torch.sum(p * torch.log(p + 1e-10)))
+
+
+register_case(Case(
+    op="vq_ema_update",
+    # the buffers are updated in place: every provider gets fresh copies (the harness re-makes
+    # inputs per provider) and the timing loop's repeated updates keep the shapes and costs
+    shapes=[(65536, 1024, 64), (65536, 8192, 256)],
+    quick_shapes=[(4096, 512, 64)],
+    make_inputs=_ema_inputs,
+    reference=_onehot_ema,
+    fastgen=lambda backend, **kw: fastgen.ops.vq_ema_update(**{k: v.clone() if k in ("cluster_size", "embed_sum")
+                                                                else v for k, v in kw.items()},
+                                                             decay=0.99, eps=1e-5, backend=backend),
+    modes=("fwd",),
+    peers={"index_add": lambda device: lambda z, indices, cluster_size, embed_sum:
+           fastgen.ops.vq_ema_update(z, indices, cluster_size.clone(), embed_sum.clone(), backend="reference")},
 ))

@@ -44,6 +44,7 @@ class Case:
         fastgen.testing.assert_close on every output, and every gradient in fwd+bwd)
     registry_op: the registered op whose backends decide the fastgen providers, when the case
         benchmarks a composite built on it (default: `op`)
+    gpu_shapes: shapes to run on CUDA instead of `shapes` (sizes only a GPU handles in time)
     """
     op: str
     shapes: list
@@ -56,6 +57,7 @@ class Case:
     check: Callable = None
     modes: tuple = MODES
     registry_op: str = None
+    gpu_shapes: list = None
 
 
 CASES = {}
@@ -174,7 +176,9 @@ def run_case(case, *, device, dtype, quick, modes, provider_filter=None, progres
             "commit": git_commit(), "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
     case_modes = [m for m in case.modes if m in modes]
     rows, skipped = [], {}
-    for shape in (case.quick_shapes if quick else case.shapes):
+    shapes = case.quick_shapes if quick else (case.gpu_shapes if device == "cuda" and case.gpu_shapes else
+                                              case.shapes)
+    for shape in shapes:
         live, skipped = providers_for(case, device)
         if provider_filter is not None:
             live = {k: v for k, v in live.items() if k == "eager" or k in provider_filter}
