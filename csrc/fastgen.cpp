@@ -46,4 +46,10 @@ TORCH_LIBRARY(fastgen, m) {
   m.def("vq_code_sums_native(Tensor z, Tensor indices, int num_codes) -> (Tensor, Tensor)");
   m.def("vq_ema_update_native(Tensor z, Tensor indices, Tensor(a!) cluster_size, Tensor(b!) embed_sum, "
         "float decay, float eps) -> (Tensor, Tensor)");
+  // flash_attention: softmax(q k^T * scale) v over (B, H, L, Dh) with GQA, top-left causal mask
+  // and key padding mask (True = padded) -> (out, lse); backward -> (dq, dk, dv).
+  m.def("flash_attention_native(Tensor q, Tensor k, Tensor v, bool causal, float? scale, "
+        "Tensor? key_padding_mask) -> (Tensor, Tensor)");
+  m.def("flash_attention_backward_native(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, "
+        "Tensor out, Tensor lse, bool causal, float? scale, Tensor? key_padding_mask) -> (Tensor, Tensor, Tensor)");
 }

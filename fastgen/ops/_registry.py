@@ -43,10 +43,11 @@ class FusedOp:
         self.triton = triton
         self.native_qualname = f"fastgen::{name}_native" if native else None
         self.check = check
-        # (name, is_tensor) per argument, from e.g. "Tensor z, Tensor codebook, str metric='l2'",
-        # and the defaults: the dispatcher leaves out trailing arguments equal to their default.
+        # (name, is_tensor, optional) per argument, from e.g. "Tensor z, Tensor? mask=None", and
+        # the defaults: the dispatcher leaves out trailing arguments equal to their default.
         decls = [a.split() for a in args.split(",")]
-        self.arg_names = tuple((d[-1].split("=")[0], d[0].startswith("Tensor")) for d in decls)
+        self.arg_names = tuple((d[-1].split("=")[0], d[0].startswith("Tensor"), d[0].endswith("?"))
+                               for d in decls)
         self.defaults = [ast.literal_eval(d[-1].split("=", 1)[1]) if "=" in d[-1] else None
                          for d in decls]
         self._kernels = {}
@@ -68,8 +69,8 @@ class FusedOp:
 
     def __call__(self, *tensors, backend=None):
         # The dispatcher would reject a non-tensor with a RuntimeError; say it the usual way.
-        for (name, is_tensor), t in zip(self.arg_names, tensors):
-            if is_tensor and not isinstance(t, torch.Tensor):
+        for (name, is_tensor, optional), t in zip(self.arg_names, tensors):
+            if is_tensor and not isinstance(t, torch.Tensor) and not (optional and t is None):
                 raise TypeError(f"fastgen.{self.name}: {name} must be a torch.Tensor, got {type(t).__name__}")
         return self.op(*tensors, backend=_backend.resolve(backend))
 

@@ -138,3 +138,51 @@ def vq_ema_update(z, indices, cluster_size, embed_sum, decay=0.99, eps=1e-5):
     """One EMA codebook step from z [N, D] and its codes indices [N] (see vq_ema_apply_)."""
     counts, sums = vq_code_sums(z, indices, embed_sum.shape[0])
     return vq_ema_apply_(counts, sums, cluster_size, embed_sum, decay, eps)
+
+
+# -- attention -----------------------------------------------------------------------------------
+
+def attention_valid(lq, lk, causal, key_padding_mask, device):
+    """Which (query, key) pairs take part: [B or 1, 1, Lq, Lk] bool. Causal is top-left aligned,
+    as torch's SDPA `is_causal` (query i sees keys j <= i); key_padding_mask [B, Lk] marks padded
+    keys with True, as nn.MultiheadAttention's."""
+    valid = torch.ones(1, 1, lq, lk, dtype=torch.bool, device=device)
+    if causal:
+        valid = valid & torch.ones(lq, lk, dtype=torch.bool, device=device).tril()
+    if key_padding_mask is not None:
+        valid = valid & ~key_padding_mask[:, None, None, :]
+    return valid
+
+
+def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None):
+    """Math attention in fp32 (fp64 for fp64): q [B, H, Lq, Dh], k and v [B, Hkv, Lk, Dh] with
+    H a multiple of Hkv (grouped-query attention: query head h reads kv head h // (H / Hkv)).
+    scale defaults to 1/sqrt(Dh). Returns (out [B, H, Lq, Dh] in q's dtype, lse [B, H, Lq] the
+    natural log-sum-exp of the scaled, masked scores). A query with no visible key gets out 0
+    and lse -inf."""
+    t = math_dtype(q.dtype)
+    group = q.shape[1] // k.shape[1]
+    qf, kf, vf = q.to(t), k.to(t).repeat_interleave(group, 1), v.to(t).repeat_interleave(group, 1)
+    scale = 1.0 / q.shape[-1] ** 0.5 if scale is None else scale
+    s = (qf @ kf.transpose(-1, -2)) * scale
+    valid = attention_valid(q.shape[2], k.shape[2], causal, key_padding_mask, q.device)
+    s = s.masked_fill(~valid, float("-inf"))
+    # softmax spelled out so that a query with no visible key gives 0 (and no NaN gradients)
+    m = s.amax(-1, keepdim=True).detach()
+    m = m.masked_fill(m == float("-inf"), 0)
+    e = torch.exp(s - m)
+    denom = e.sum(-1, keepdim=True)
+    tiny = torch.finfo(t).tiny
+    p = e / denom.clamp_min(tiny)
+    lse = torch.where(denom > 0, m + torch.log(denom.clamp_min(tiny)), float("-inf")).squeeze(-1)
+    return (p @ vf).to(q.dtype), lse
+
+
+def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None,
+                             key_padding_mask=None):
+    """Gradients of flash_attention w.r.t. (q, k, v), by torch autograd through the reference."""
+    with torch.enable_grad():
+        qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+        o, l = flash_attention(qq, kk, vv, causal, scale, key_padding_mask)
+        grads = torch.autograd.grad((o, l), (qq, kk, vv), (grad_out, grad_lse), allow_unused=True)
+        return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, (q, k, v)))

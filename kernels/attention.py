@@ -1,0 +1,271 @@
+"""Triton flash attention: forward with an online softmax in base 2, backward as two passes
+(dK/dV per key block, dQ per query block), so no atomics: deterministic.
+
+Layout (B, H, L, Dh) with any strides; grouped-query attention reads kv head h // GROUP.
+Causal masking is top-left aligned (query i sees keys j <= i, as SDPA's is_causal); a key
+padding mask [B, Lk] marks padded keys with True. A query with no visible key writes 0 and
+lse = -inf. Scores are scaled by scale * log2(e) once so the softmax can use exp2.
+"""
+import math
+
+import torch
+
+from ._compat import jit, next_power_of_2, tl, triton
+
+LOG2E = 1.4426950408889634
+
+
+@jit
+def _scores(q, k, offs_m, offs_n, LK, kpm_ptr, qk_scale, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr,
+            IEEE: tl.constexpr):
+    """Scaled (base-2) scores of a [BLOCK_M, BLOCK_N] tile with masked pairs at -inf."""
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * qk_scale
+    valid = (offs_n < LK)[None, :]
+    if CAUSAL:
+        valid = valid & (offs_n[None, :] <= offs_m[:, None])
+    if HAS_KPM:
+        pad = tl.load(kpm_ptr + offs_n, mask=offs_n < LK, other=1)
+        valid = valid & (pad == 0)[None, :]
+    return tl.where(valid, s, float("-inf"))
+
+
+@jit
+def _lse2(lse):
+    """lse in base 2 for recomputing p = exp2(s - lse2); a query that saw no key gets +inf, so
+    its p is 0 without an inf - inf."""
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+
+
+@jit
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
+                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, skpm,
+                     H, GROUP, LQ, LK, D,
+                     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    mmask = offs_m < LQ
+    q_base = q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+    k_base = k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    kpm_base = kpm_ptr + b.to(tl.int64) * skpm
+    q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = LK
+    if CAUSAL:
+        hi = tl.minimum(LK, (pid_m + 1) * BLOCK_M)  # keys past the block's last query are masked
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
+        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
+    o_rows = (bh.to(tl.int64) * LQ + offs_m) * D
+    tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=mmask[:, None] & dmask[None, :])
+    tl.store(lse_ptr + bh.to(tl.int64) * LQ + offs_m, lse, mask=mmask)
+
+
+@jit
+def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr, dk_ptr, dv_ptr,
+                          qk_scale, sm_scale, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, skpm,
+                          H, HKV, GROUP, LQ, LK, D,
+                          CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_n = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // HKV
+    hk = bhk % HKV
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
+    k = tl.load(k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n[:, None] * skn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_n[:, None] * svn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    kpm_base = kpm_ptr + b.to(tl.int64) * skpm
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    lo = 0
+    if CAUSAL:
+        lo = (pid_n * BLOCK_N) // BLOCK_M * BLOCK_M  # earlier queries see none of these keys
+    for g in range(0, GROUP):  # the query heads sharing this kv head, in order: no atomics
+        h = hk * GROUP + g
+        bh = b * H + h
+        q_base = q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        for start_m in range(lo, LQ, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            mmask = offs_m < LQ
+            qd_mask = mmask[:, None] & dmask[None, :]
+            q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :], mask=qd_mask, other=0.0)
+            rows = bh.to(tl.int64) * LQ + offs_m
+            do = tl.load(do_ptr + rows[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+            lse2 = _lse2(tl.load(lse_ptr + rows, mask=mmask, other=float("-inf")))
+            delta = tl.load(delta_ptr + rows, mask=mmask, other=0.0)
+            s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
+            p = tl.exp2(s - lse2[:, None])
+            if IEEE:
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision="ieee")
+                dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+            else:
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+                dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            if IEEE:
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
+            else:
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    out_rows = (bhk.to(tl.int64) * LK + offs_n) * D
+    tl.store(dk_ptr + out_rows[:, None] + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptr + out_rows[:, None] + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@jit
+def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr, dq_ptr,
+                        qk_scale, sm_scale, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, skpm,
+                        H, GROUP, LQ, LK, D,
+                        CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    mmask = offs_m < LQ
+    qd_mask = mmask[:, None] & dmask[None, :]
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=qd_mask, other=0.0)
+    rows = bh.to(tl.int64) * LQ + offs_m
+    do = tl.load(do_ptr + rows[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+    lse2 = _lse2(tl.load(lse_ptr + rows, mask=mmask, other=float("-inf")))
+    delta = tl.load(delta_ptr + rows, mask=mmask, other=0.0)
+    k_base = k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    kpm_base = kpm_ptr + b.to(tl.int64) * skpm
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = LK
+    if CAUSAL:
+        hi = tl.minimum(LK, (pid_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
+        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
+        p = tl.exp2(s - lse2[:, None])
+        if IEEE:
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+        else:
+            dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(dq_ptr + rows[:, None] * D + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=qd_mask)
+
+
+def _blocks(d):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps): smaller key blocks for the widest heads so a
+    tile of K and V fits in shared memory."""
+    block_d = max(16, next_power_of_2(d))
+    if block_d <= 64:
+        return 64, 64, block_d, 4
+    if block_d <= 128:
+        return 64, 32, block_d, 4
+    return 32, 32, block_d, 8
+
+
+def _row_strided(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _common(q, k, v, scale, key_padding_mask):
+    if q.dtype == torch.float64:
+        raise TypeError("fastgen.flash_attention: the triton kernels take float16, bfloat16 or float32; "
+                        "use backend='cpu' or 'reference' for float64")
+    q, k, v = _row_strided(q), _row_strided(k), _row_strided(v)
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if key_padding_mask is None:
+        kpm, has_kpm = q.new_zeros(1, dtype=torch.int8), False
+    else:
+        kpm, has_kpm = key_padding_mask.to(torch.int8).contiguous(), True
+    return q, k, v, sm_scale, kpm, has_kpm
+
+
+def _strides(q, k, v, kpm, has_kpm):
+    return (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), kpm.stride(0) if has_kpm else 0)
+
+
+def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None):
+    q, k, v, sm_scale, kpm, has_kpm = _common(q, k, v, scale, key_padding_mask)
+    b, h, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    out = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    block_m, block_n, block_d, warps = _blocks(d)
+    _attn_fwd_kernel[(triton.cdiv(lq, block_m), b * h)](
+        q, k, v, out, lse, kpm, sm_scale * LOG2E, *_strides(q, k, v, kpm, has_kpm),
+        h, h // hkv, lq, lk, d, CAUSAL=causal, HAS_KPM=has_kpm, IEEE=q.dtype == torch.float32,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
+    return out, lse
+
+
+def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None,
+                             key_padding_mask=None):
+    q, k, v, sm_scale, kpm, has_kpm = _common(q, k, v, scale, key_padding_mask)
+    b, h, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    do = grad_out.contiguous()
+    # delta_i = sum_d dO * O (softmax Jacobian); a gradient on lse adds p * grad_lse to dS,
+    # which is the same as subtracting it from delta
+    delta = (do.float() * out.float()).sum(-1) - grad_lse.float()
+    lse = lse.float().contiguous()
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty((b, hkv, lk, d), dtype=k.dtype, device=k.device)
+    dv = torch.empty((b, hkv, lk, d), dtype=v.dtype, device=v.device)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    block_m, block_n, block_d, warps = _blocks(d)
+    common = dict(CAUSAL=causal, HAS_KPM=has_kpm, IEEE=q.dtype == torch.float32, BLOCK_M=block_m,
+                  BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
+    strides = _strides(q, k, v, kpm, has_kpm)
+    _attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hkv)](
+        q, k, v, do, lse, delta, kpm, dk, dv, sm_scale * LOG2E, sm_scale, *strides,
+        h, hkv, h // hkv, lq, lk, d, **common)
+    _attn_bwd_dq_kernel[(triton.cdiv(lq, block_m), b * h)](
+        q, k, v, do, lse, delta, kpm, dq, sm_scale * LOG2E, sm_scale, *strides,
+        h, h // hkv, lq, lk, d, **common)
+    return dq, dk, dv
