@@ -55,7 +55,8 @@ at::Tensor sees_a_key(const at::Tensor& q, int64_t lk, bool causal, const c10::o
     first = at::full({b}, lk > 0 ? 0 : 1, q.options().dtype(at::kLong));
   }
   const auto rows = at::arange(lq, q.options().dtype(at::kLong));
-  const auto sees = causal ? first.view({b, 1}) <= rows.view({1, lq}) : (first < lk).view({b, 1}).expand({b, lq});
+  auto sees = (first < lk).view({b, 1}).expand({b, lq});
+  if (causal) sees = sees & (first.view({b, 1}) <= rows.view({1, lq}));
   return sees.view({b, 1, lq, 1});
 }
 

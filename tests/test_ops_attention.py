@@ -1,0 +1,165 @@
+"""flash_attention on every backend against the math reference."""
+import pytest
+import torch
+
+import fastgen
+from fastgen.ops import reference
+from fastgen.testing import assert_close, tolerance
+
+from conftest import require_backend
+
+OP = "flash_attention"
+# (B, H, Hkv, Lq, Lk, Dh): lengths of 1, odd, not multiples of the blocks, Lq != Lk, GQA, and
+# the head dims people use (80, 96 and 256 included)
+SHAPES = [(1, 1, 1, 1, 1, 16), (2, 3, 3, 17, 33, 32), (1, 4, 2, 70, 45, 64), (2, 2, 1, 9, 130, 80),
+          (1, 2, 2, 33, 33, 96), (1, 1, 1, 40, 21, 128), (1, 2, 1, 19, 37, 256), (1, 1, 1, 5, 3, 7)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def _setup(device_backend, dtype=torch.float32):
+    device, backend = device_backend
+    require_backend(OP, device, backend)
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the triton kernels take fp16/bf16/fp32 (fp64 raises a TypeError: tested below)")
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("bf16 tl.dot is wrong under the Triton interpreter (DESIGN.md §4): GPU only")
+    return device, backend
+
+
+def _inputs(shape, dtype, device, seed=0):
+    b, h, hkv, lq, lk, d = shape
+    g = torch.Generator().manual_seed(seed + lq * 31 + lk)
+    q = torch.randn(b, h, lq, d, generator=g, dtype=torch.float64)
+    k = torch.randn(b, hkv, lk, d, generator=g, dtype=torch.float64)
+    v = torch.randn(b, hkv, lk, d, generator=g, dtype=torch.float64)
+    return [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
+
+
+def _padding(b, lk, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kpm = torch.rand(b, lk, generator=g) < 0.3
+    kpm[0, : min(3, lk)] = True          # early keys padded: causal rows see nothing at first
+    if b > 1:
+        kpm[-1] = True                   # a sequence with every key padded
+    return kpm.to(device)
+
+
+def _compare(device, backend, dtype, q, k, v, causal, kpm, scale=None):
+    out, lse = fastgen.ops.flash_attention(q, k, v, causal, scale, kpm, backend=backend)
+    out_ref, lse_ref = reference.flash_attention(q, k, v, causal, scale, kpm)
+    assert out.dtype == q.dtype and out.shape == q.shape and lse.shape == q.shape[:3]
+    assert_close(out, out_ref, dtype=dtype, backend=backend, name="out")
+    dead = lse_ref == float("-inf")
+    assert bool((lse[dead] == float("-inf")).all()), "queries that see no key must have lse -inf"
+    assert bool((out[dead.unsqueeze(-1).expand_as(out)] == 0).all()), "... and output 0"
+    assert_close(lse[~dead].to(lse_ref.dtype), lse_ref[~dead], dtype=dtype, backend=backend, name="lse")
+    g = torch.Generator().manual_seed(1)
+    g_out = torch.randn(out.shape, generator=g).to(device, dtype)
+    g_lse = torch.randn(lse.shape, generator=g).to(device, lse.dtype)
+    grads = torch.autograd.grad((out, lse), (q, k, v), (g_out, g_lse))
+    grads_ref = torch.autograd.grad((out_ref, lse_ref.masked_fill(dead, 0)), (q, k, v), (g_out, g_lse.to(lse_ref.dtype)))
+    rtol, atol = tolerance(dtype)
+    for name, a, e in zip(("dq", "dk", "dv"), grads, grads_ref):
+        # dk/dv sum over the queries (and the heads of a GQA group)
+        assert_close(a, e, dtype=dtype, backend=backend, name=name, atol=atol * max(1, q.shape[2]) ** 0.5)
+
+
+@pytest.mark.parametrize("padding", [False, True], ids=["nomask", "keypad"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_reference_fp32(device_backend, shape, causal, padding):
+    device, backend = _setup(device_backend)
+    q, k, v = _inputs(shape, torch.float32, device)
+    kpm = _padding(shape[0], shape[4], device) if padding else None
+    _compare(device, backend, torch.float32, q, k, v, causal, kpm)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[3]], ids=str)
+def test_dtypes(device_backend, shape, dtype):
+    device, backend = _setup(device_backend, dtype)
+    q, k, v = _inputs(shape, dtype, device)
+    _compare(device, backend, dtype, q, k, v, True, _padding(shape[0], shape[4], device), scale=0.3)
+
+
+def test_gradcheck_fp64(device_backend):
+    device, backend = _setup(device_backend, torch.float64)
+    q, k, v = _inputs((1, 2, 1, 5, 6, 4), torch.float64, device)
+    kpm = torch.tensor([[False, True, False, False, True, False]], device=device)
+    f = lambda q, k, v: fastgen.ops.flash_attention(q, k, v, True, None, kpm, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+def test_deterministic_backward(device_backend):
+    device, backend = _setup(device_backend)
+    q, k, v = _inputs((1, 4, 1, 50, 70, 32), torch.float32, device)
+    runs = []
+    for _ in range(2):
+        out, lse = fastgen.ops.flash_attention(q, k, v, backend=backend)
+        runs.append(torch.autograd.grad(out.square().sum(), (q, k, v)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_non_contiguous_and_empty(device_backend):
+    device, backend = _setup(device_backend)
+    # (B, L, H, Dh) memory viewed as (B, H, L, Dh), as attention modules produce it
+    q = torch.randn(2, 11, 3, 16, device=device).transpose(1, 2).requires_grad_()
+    k = torch.randn(2, 13, 3, 16, device=device).transpose(1, 2).requires_grad_()
+    v = torch.randn(2, 13, 3, 16, device=device).transpose(1, 2).requires_grad_()
+    _compare(device, backend, torch.float32, q, k, v, False, None)
+    out, lse = fastgen.ops.flash_attention(torch.randn(2, 3, 0, 16, device=device),
+                                           torch.randn(2, 3, 5, 16, device=device),
+                                           torch.randn(2, 3, 5, 16, device=device), backend=backend)
+    assert out.shape == (2, 3, 0, 16) and lse.shape == (2, 3, 0)
+
+
+def test_opcheck(device_backend):
+    device, backend = _setup(device_backend)
+    q, k, v = _inputs((1, 2, 1, 7, 9, 16), torch.float32, device)
+    kpm = _padding(1, 9, device)
+    torch.library.opcheck(torch.ops.fastgen.flash_attention.default, (q, k, v, True, 0.5, kpm), {"backend": backend})
+    torch.library.opcheck(torch.ops.fastgen.flash_attention.default, (q, k, v), {"backend": backend})
+
+
+def test_torch_compile_fullgraph():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch._dynamo.reset()
+
+    def f(q, k, v, kpm):
+        out, lse = fastgen.ops.flash_attention(q, k, v, True, None, kpm)
+        return out.square().sum() + lse.clamp_min(-10).sum()
+
+    q, k, v = _inputs((2, 2, 2, 9, 9, 16), torch.float32, device)
+    kpm = _padding(2, 9, device)
+    got = torch.compile(f, fullgraph=True)(q, k, v, kpm)
+    g1 = torch.autograd.grad(got, (q, k, v))
+    want = f(q, k, v, kpm)
+    g2 = torch.autograd.grad(want, (q, k, v))
+    assert_close(got, want)
+    for a, b in zip(g1, g2):
+        assert_close(a, b)
+
+
+def test_bad_inputs_name_the_argument():
+    q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 6, 16)
+    with pytest.raises(ValueError, match="must be a multiple of the number of key/value heads"):
+        fastgen.ops.flash_attention(q, torch.randn(1, 3, 6, 16), torch.randn(1, 3, 6, 16))
+    with pytest.raises(ValueError, match=r"q must have shape \(B, H, L, Dh\)"):
+        fastgen.ops.flash_attention(q[0], k, k)
+    with pytest.raises(ValueError, match=r"k must have shape \(1, Hkv, Lk, 16\)"):
+        fastgen.ops.flash_attention(q, torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8))
+    with pytest.raises(ValueError, match="v has shape"):
+        fastgen.ops.flash_attention(q, k, torch.randn(1, 2, 7, 16))
+    with pytest.raises(TypeError, match="k has dtype torch.float16 but q has torch.float32"):
+        fastgen.ops.flash_attention(q, k.half(), k.half())
+    with pytest.raises(ValueError, match=r"key_padding_mask must be a bool tensor of shape \(1, 6\)"):
+        fastgen.ops.flash_attention(q, k, k, key_padding_mask=torch.zeros(1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="head dim must be in"):
+        fastgen.ops.flash_attention(torch.randn(1, 1, 2, 300), torch.randn(1, 1, 2, 300), torch.randn(1, 1, 2, 300))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        fastgen.ops.flash_attention(q, k, k, scale=-1.0)
+    from fastgen.kernels import attention as triton_attention
+
+    with pytest.raises(TypeError, match="triton kernels take float16, bfloat16 or float32"):
+        triton_attention.flash_attention(q.double(), k.double(), k.double())
