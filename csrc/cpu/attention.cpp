@@ -66,13 +66,14 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q, cons
   check_attention(q, k, v);
   const int64_t group = q.size(1) / k.size(1);
   const auto math = opmath_dtype(q.scalar_type());
-  const auto sees = sees_a_key(q, k.size(2), causal, key_padding_mask);
   if (q.numel() == 0 || k.size(2) == 0) {
     return {at::zeros(q.sizes(), q.options()),
             at::full({q.size(0), q.size(1), q.size(2)}, -std::numeric_limits<double>::infinity(), q.options().dtype(math))};
   }
   auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(
       q, expand_heads(k, group), expand_heads(v, group), 0.0, causal, additive_mask(key_padding_mask, q), scale);
+  if (!key_padding_mask.has_value()) return {out.contiguous(), lse.to(math).contiguous()};  // every query sees key 0
+  const auto sees = sees_a_key(q, k.size(2), causal, key_padding_mask);
   out = at::where(sees, out, at::zeros({}, out.options()));
   lse = at::where(sees.squeeze(-1), lse.to(math), at::full({}, -std::numeric_limits<double>::infinity(), lse.options().dtype(math)));
   return {out.contiguous(), lse.contiguous()};

@@ -141,3 +141,33 @@ register_case(Case(
     peers={"index_add": lambda device: lambda z, indices, cluster_size, embed_sum:
            fastgen.ops.vq_ema_update(z, indices, cluster_size.clone(), embed_sum.clone(), backend="reference")},
 ))
+
+
+# -- attention -----------------------------------------------------------------------------------
+
+def _attention_inputs(shape, dtype, device, requires_grad):
+    b, h, hkv, lq, lk, d = shape
+    g = torch.Generator(device).manual_seed(0)
+    make = lambda n, l: torch.randn(b, n, l, d, generator=g, device=device, dtype=dtype).requires_grad_(requires_grad)  # noqa: E731
+    return {"q": make(h, lq), "k": make(hkv, lk), "v": make(hkv, lk)}
+
+
+def _sdpa_peer(device):
+    def attend(q, k, v):  # torch picks its best fused kernel for the device (flash / efficient / CPU flash)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                enable_gqa=q.shape[1] != k.shape[1])
+    return attend
+
+
+register_case(Case(
+    op="flash_attention",
+    # (B, H, Hkv, Lq, Lk, Dh), causal
+    shapes=[(4, 8, 8, 512, 512, 64), (2, 8, 2, 1024, 1024, 64), (4, 4, 4, 256, 256, 128)],
+    quick_shapes=[(2, 4, 4, 256, 256, 64)],
+    gpu_shapes=[(4, 16, 16, 2048, 2048, 64), (4, 16, 16, 2048, 2048, 128), (4, 32, 8, 4096, 4096, 128)],
+    make_inputs=_attention_inputs,
+    reference=lambda q, k, v: reference.flash_attention(q, k, v, True)[0],
+    fastgen=lambda backend, **kw: fastgen.ops.flash_attention(**kw, causal=True, backend=backend)[0],
+    grad_inputs=("q", "k", "v"),
+    peers={"sdpa": _sdpa_peer},
+))

@@ -1,4 +1,5 @@
 """Drop-in nn.Modules backed by fastgen's fused ops."""
+from .attention import MultiheadAttention, scaled_dot_product_attention
 from .vq import EMAVectorQuantizer, ResidualVQ, VectorQuantize, VectorQuantizer, vq_ema_update_
 
-__all__ = ["EMAVectorQuantizer", "ResidualVQ", "VectorQuantize", "VectorQuantizer", "vq_ema_update_"]
+__all__ = ["MultiheadAttention", "scaled_dot_product_attention", "EMAVectorQuantizer", "ResidualVQ", "VectorQuantize", "VectorQuantizer", "vq_ema_update_"]
