@@ -52,4 +52,8 @@ TORCH_LIBRARY(fastgen, m) {
         "Tensor? key_padding_mask) -> (Tensor, Tensor)");
   m.def("flash_attention_backward_native(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, "
         "Tensor out, Tensor lse, bool causal, float? scale, Tensor? key_padding_mask) -> (Tensor, Tensor, Tensor)");
+  // decode_attention: the Lq newest queries of each sequence against a KV cache holding
+  // cache_seqlens[b] valid positions (bottom-right causal) -> out.
+  m.def("decode_attention_native(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float? scale) "
+        "-> Tensor");
 }

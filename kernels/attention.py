@@ -269,3 +269,92 @@ def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False
         q, k, v, do, lse, delta, kpm, dq, sm_scale * LOG2E, sm_scale, *strides,
         h, h // hkv, lq, lk, d, **common)
     return dq, dk, dv
+
+
+# -- decode: few queries against a KV cache, split over the keys ("flash-decoding") -----------
+
+@jit
+def _decode_partial_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, m_ptr, l_ptr, acc_ptr, qk_scale,
+                           sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+                           H, GROUP, LQ, D, SPLIT_LEN, NSPLIT,
+                           IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_D: tl.constexpr):
+    """Unnormalized partial attention of one (batch, head)'s queries over one key split:
+    running max (base 2), sum and accumulator, merged by the combine step."""
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    seqlen = tl.load(seqlens_ptr + b)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mmask = offs_m < LQ
+    dmask = offs_d < D
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                mask=mmask[:, None] & dmask[None, :], other=0.0)
+    limit = seqlen - (LQ - 1 - offs_m)  # query i (bottom-right aligned) sees keys j < limit_i
+    k_base = k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    lo = split * SPLIT_LEN
+    hi = tl.minimum(lo + SPLIT_LEN, seqlen)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n < hi)[:, None] & dmask[None, :]
+        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where((offs_n[None, :] < limit[:, None]) & (offs_n < hi)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    row = (bh.to(tl.int64) * NSPLIT + split) * LQ + offs_m
+    tl.store(m_ptr + row, m_i, mask=mmask)
+    tl.store(l_ptr + row, l_i, mask=mmask)
+    tl.store(acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=mmask[:, None] & dmask[None, :])
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None):
+    if q.dtype == torch.float64:
+        raise TypeError("fastgen.decode_attention: the triton kernels take float16, bfloat16 or float32; "
+                        "use backend='cpu' or 'reference' for float64")
+    q, k, v = _row_strided(q), _row_strided(k_cache), _row_strided(v_cache)
+    b, h, lq, d = q.shape
+    hkv, lmax = k.shape[1], k.shape[2]
+    out = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    block_n = 64 if d <= 128 else 32
+    # enough splits to fill the device when B * H is small, each at least a few key blocks long
+    nsplit = max(1, min(64, triton.cdiv(lmax, 4 * block_n)))
+    split_len = triton.cdiv(triton.cdiv(lmax, nsplit), block_n) * block_n
+    nsplit = triton.cdiv(lmax, split_len)
+    m = torch.empty((b * h, nsplit, lq), dtype=torch.float32, device=q.device)
+    l = torch.empty_like(m)
+    acc = torch.empty((b * h, nsplit, lq, d), dtype=torch.float32, device=q.device)
+    _decode_partial_kernel[(b * h, nsplit)](
+        q, k, v, cache_seqlens.to(torch.int64), m, l, acc, sm_scale * LOG2E,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), h, h // hkv, lq, d, split_len, nsplit,
+        IEEE=q.dtype == torch.float32, BLOCK_M=max(16, next_power_of_2(lq)), BLOCK_N=block_n,
+        BLOCK_D=max(16, next_power_of_2(d)), num_warps=4)
+    # combine the splits: weights 2^(m_s - max m), a split that saw nothing weighs 0
+    m_max = m.amax(1, keepdim=True)
+    w = torch.exp2(m - m_max.masked_fill(m_max == float("-inf"), 0))
+    num = (w.unsqueeze(-1) * acc).sum(1)
+    den = (w * l).sum(1).unsqueeze(-1)
+    return torch.where(den > 0, num / den.clamp_min(1e-30), 0.0).view(b, h, lq, d).to(q.dtype)

@@ -163,3 +163,63 @@ def test_bad_inputs_name_the_argument():
 
     with pytest.raises(TypeError, match="triton kernels take float16, bfloat16 or float32"):
         triton_attention.flash_attention(q.double(), k.double(), k.double())
+
+
+# -- decode_attention / kv_cache_append ------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(3, 4, 2, 1, 300, 64), (2, 2, 2, 3, 70, 80), (1, 1, 1, 1, 5, 16),
+                                   (2, 6, 3, 2, 129, 128)], ids=str)  # (B, H, Hkv, Lq, Lmax, Dh)
+def test_decode_matches_reference(device_backend, shape, dtype):
+    device, backend = device_backend
+    require_backend("decode_attention", device, backend)
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the triton kernels take fp16/bf16/fp32")
+    b, h, hkv, lq, lmax, d = shape
+    g = torch.Generator().manual_seed(lmax)
+    q = torch.randn(b, h, lq, d, generator=g).to(device, dtype)
+    kc = torch.randn(b, hkv, lmax, d, generator=g).to(device, dtype)
+    vc = torch.randn(b, hkv, lmax, d, generator=g).to(device, dtype)
+    seqlens = torch.randint(1, lmax + 1, (b,), generator=g)
+    seqlens[0] = lmax                      # a full cache
+    if b > 1:
+        seqlens[1] = min(lq, lmax) if lq > 1 else 1   # the first query of a short sequence sees 1 key
+    seqlens = seqlens.to(device, torch.int32)
+    out = fastgen.ops.decode_attention(q, kc, vc, seqlens, backend=backend)
+    want = reference.decode_attention(q, kc, vc, seqlens)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert_close(out, want, dtype=dtype, backend=backend, name="out")
+
+
+def test_decode_equals_flash_attention_on_the_prefix(device_backend):
+    """One new query against a cache of length L is row L-1 of causal attention over L tokens."""
+    device, backend = device_backend
+    require_backend("decode_attention", device, backend)
+    q, k, v = (t.detach() for t in _inputs((2, 4, 2, 23, 23, 32), torch.float32, device))
+    full, _ = reference.flash_attention(q, k, v, True)
+    cache_k = torch.zeros(2, 2, 40, 32, device=device)
+    cache_v = torch.zeros(2, 2, 40, 32, device=device)
+    seqlens = torch.zeros(2, dtype=torch.int64, device=device)
+    fastgen.ops.kv_cache_append(cache_k, cache_v, seqlens, k, v)
+    assert seqlens.tolist() == [23, 23]
+    out = fastgen.ops.decode_attention(q[:, :, -1:], cache_k, cache_v, seqlens, backend=backend)
+    assert_close(out, full[:, :, -1:], backend=backend)
+    out = fastgen.ops.decode_attention(q[:, :, -5:], cache_k, cache_v, seqlens, backend=backend)
+    assert_close(out, full[:, :, -5:], backend=backend)
+
+
+def test_decode_checks_and_cache_overflow():
+    q, kc = torch.randn(2, 2, 1, 8), torch.randn(2, 2, 10, 8)
+    with pytest.raises(ValueError, match=r"cache_seqlens must be an int32/int64 tensor of shape \(2,\)"):
+        fastgen.ops.decode_attention(q, kc, kc, torch.tensor([3.0, 4.0]))
+    seqlens = torch.tensor([9, 2])
+    with pytest.raises(ValueError, match="overflows the cache"):
+        fastgen.ops.kv_cache_append(kc, kc.clone(), seqlens, torch.randn(2, 2, 2, 8), torch.randn(2, 2, 2, 8))
+
+
+def test_decode_opcheck(device_backend):
+    device, backend = device_backend
+    require_backend("decode_attention", device, backend)
+    q, kc = torch.randn(2, 2, 1, 8, device=device), torch.randn(2, 1, 10, 8, device=device)
+    torch.library.opcheck(torch.ops.fastgen.decode_attention.default,
+                          (q, kc, kc.clone(), torch.tensor([3, 10], device=device)), {"backend": backend})

@@ -58,8 +58,8 @@ __device__ __forceinline__ A dot(const A (&x)[kMaxPerLane], const A (&y)[kMaxPer
 
 template <typename T, typename A>
 __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                                const bool* __restrict__ kpm, T* __restrict__ out, A* __restrict__ lse,
-                                Geometry g, A scale, bool causal) {
+                                const bool* __restrict__ kpm, const int64_t* __restrict__ seqlens,
+                                T* __restrict__ out, A* __restrict__ lse, Geometry g, A scale, bool causal) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, i)
   if (row >= g.b * g.h * g.lq) return;
   const int64_t i = row % g.lq, bh = row / g.lq, h = bh % g.h, b = bh / g.h, hk = h / (g.h / g.hkv);
@@ -69,7 +69,11 @@ __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k
   const T* vb = v + b * g.svb + hk * g.svh;
   const bool* pad = kpm == nullptr ? nullptr : kpm + b * g.lk;
   A m = -INFINITY, l = 0;
-  const int64_t hi = causal ? (i + 1 < g.lk ? i + 1 : g.lk) : g.lk;
+  int64_t hi = causal ? (i + 1 < g.lk ? i + 1 : g.lk) : g.lk;
+  if (seqlens != nullptr) {  // decoding: query i is at position seqlens[b] - lq + i, bottom-right causal
+    const int64_t limit = seqlens[b] - (g.lq - 1 - i);
+    hi = limit < 0 ? 0 : (limit < g.lk ? limit : g.lk);
+  }
   for (int64_t j = 0; j < hi; ++j) {
     if (!visible(i, j, causal, pad)) continue;
     load_row(kb + j * g.skn, g.d, kr);
@@ -210,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
   FASTGEN_DISPATCH_FLOATS(q.scalar_type(), "flash_attention_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     attn_fwd_kernel<scalar_t, A><<<warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream()>>>(
-        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), pad,
+        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), pad, nullptr,
         out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<A>(), g, static_cast<A>(s), causal);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -253,9 +257,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
   return {dq, dk, dv};
 }
 
+// Decoding: the forward kernel with per-sequence key limits (one warp per new query; the
+// split-KV version is the Triton kernel).
+at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                 const at::Tensor& cache_seqlens, c10::optional<double> scale) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
+  const Geometry g = geometry(q, k, v);
+  TORCH_CHECK_VALUE(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == g.b, "fastgen: cache_seqlens must have shape (B,)");
+  const auto seqlens = cache_seqlens.to(at::kLong).contiguous();
+  auto out = at::empty({g.b, g.h, g.lq, g.d}, q.options());
+  auto lse = at::empty({g.b, g.h, g.lq}, q.options().dtype(opmath_dtype(q.scalar_type())));
+  const int64_t rows = g.b * g.h * g.lq;
+  if (rows == 0) return out;
+  const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(g.d));
+  FASTGEN_DISPATCH_FLOATS(q.scalar_type(), "decode_attention_cuda", [&] {
+    using A = at::opmath_type<scalar_t>;
+    attn_fwd_kernel<scalar_t, A><<<warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream()>>>(
+        q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), nullptr,
+        seqlens.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<A>(), g,
+        static_cast<A>(s), false);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+  m.impl("decode_attention_native", &decode_attention_cuda);
   m.impl("flash_attention_native", &flash_attention_cuda);
   m.impl("flash_attention_backward_native", &flash_attention_backward_cuda);
 }

@@ -116,3 +116,64 @@ def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, *,
     """
     return _op(q, k, v, bool(causal), None if scale is None else float(scale), key_padding_mask,
                backend=backend)
+
+
+# -- decoding against a KV cache -------------------------------------------------------------------
+
+def _check_decode(q, k_cache, v_cache, cache_seqlens, scale=None):
+    _check(q, k_cache, v_cache, False, scale, None)
+    _checks.tensor("cache_seqlens", cache_seqlens)
+    if cache_seqlens.dtype not in (torch.int32, torch.int64) or tuple(cache_seqlens.shape) != (q.shape[0],):
+        raise ValueError(f"fastgen: cache_seqlens must be an int32/int64 tensor of shape ({q.shape[0]},), got "
+                         f"{cache_seqlens.dtype} of shape {tuple(cache_seqlens.shape)}")
+    if cache_seqlens.device != q.device:
+        raise ValueError(f"fastgen: cache_seqlens is on {cache_seqlens.device} but q is on {q.device}")
+
+
+def _fake_decode(q, k_cache, v_cache, cache_seqlens, scale=None):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+_decode = FusedOp(
+    "decode_attention", "Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float? scale=None",
+    "Tensor", reference=reference.decode_attention, fake=_fake_decode, check=_check_decode,
+    triton=_triton_attention.decode_attention, native=True)
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None, *, backend=None):
+    """Attention of a few new queries against a KV cache, for incremental decoding (inference:
+    no autograd).
+
+    Args:
+        q: (B, H, Lq, Dh), the Lq newest tokens of each sequence (Lq small: 1 when sampling).
+        k_cache, v_cache: (B, Hkv, Lmax, Dh) with H a multiple of Hkv (GQA).
+        cache_seqlens: (B,) int32/int64 on q's device: the valid length of each sequence's cache,
+            the new tokens' keys included (they are its last Lq entries). Read on the device: no
+            host sync, so a decode step can be captured in a CUDA graph.
+        scale: default 1/sqrt(Dh).
+
+    Query i of sequence b sits at position cache_seqlens[b] - Lq + i and sees keys up to its own.
+    Triton splits the keys over programs ("flash-decoding") and merges the partial softmaxes.
+    """
+    return _decode(q, k_cache, v_cache, cache_seqlens, None if scale is None else float(scale), backend=backend)
+
+
+@torch.no_grad()
+def kv_cache_append(k_cache, v_cache, cache_seqlens, k_new, v_new):
+    """Write k_new, v_new (B, Hkv, T, Dh) into the caches at positions cache_seqlens[b] + t and
+    advance cache_seqlens by T, all in place and on the device (no host sync). The caller keeps
+    cache_seqlens + T <= Lmax (positions past the end are an error on CPU)."""
+    b, hkv, t, d = k_new.shape
+    if k_cache.shape[:2] != (b, hkv) or k_cache.shape[3] != d or v_cache.shape != k_cache.shape:
+        raise ValueError(f"fastgen: k_cache/v_cache must have shape ({b}, {hkv}, Lmax, {d}), got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    if v_new.shape != k_new.shape:
+        raise ValueError(f"fastgen: v_new has shape {tuple(v_new.shape)} but k_new has {tuple(k_new.shape)}")
+    if cache_seqlens.device.type == "cpu" and t and int(cache_seqlens.max()) + t > k_cache.shape[2]:
+        raise ValueError(f"fastgen: appending {t} tokens overflows the cache (Lmax={k_cache.shape[2]}, "
+                         f"longest sequence {int(cache_seqlens.max())})")
+    pos = (cache_seqlens.long()[:, None] + torch.arange(t, device=k_new.device)[None, :])  # [B, T]
+    index = pos[:, None, :, None].expand(b, hkv, t, d)
+    k_cache.scatter_(2, index, k_new.to(k_cache.dtype))
+    v_cache.scatter_(2, index, v_new.to(v_cache.dtype))
+    cache_seqlens.add_(t)

@@ -186,3 +186,28 @@ def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False
         o, l = flash_attention(qq, kk, vv, causal, scale, key_padding_mask)
         grads = torch.autograd.grad((o, l), (qq, kk, vv), (grad_out, grad_lse), allow_unused=True)
         return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, (q, k, v)))
+
+
+def decode_attention_valid(lq, lmax, cache_seqlens):
+    """[B, 1, Lq, Lmax] bool for decoding: the Lq new queries of sequence b sit at the last Lq
+    of its cache_seqlens[b] positions and see every key up to their own (bottom-right causal)."""
+    j = torch.arange(lmax, device=cache_seqlens.device)
+    i = torch.arange(lq, device=cache_seqlens.device)
+    limit = cache_seqlens.long()[:, None] - (lq - 1 - i)[None, :]      # [B, Lq]: keys j < limit
+    return (j[None, None, :] < limit[:, :, None]).unsqueeze(1)
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None):
+    """Attention of a few new queries q [B, H, Lq, Dh] against a KV cache [B, Hkv, Lmax, Dh]
+    holding cache_seqlens[b] valid positions per sequence (the new tokens' keys included, at
+    the end). Returns out [B, H, Lq, Dh] in q's dtype (0 for a query that sees no key)."""
+    t = math_dtype(q.dtype)
+    group = q.shape[1] // k_cache.shape[1]
+    qf = q.to(t)
+    kf = k_cache.to(t).repeat_interleave(group, 1)
+    vf = v_cache.to(t).repeat_interleave(group, 1)
+    scale = 1.0 / q.shape[-1] ** 0.5 if scale is None else scale
+    s = (qf @ kf.transpose(-1, -2)) * scale
+    s = s.masked_fill(~decode_attention_valid(q.shape[2], k_cache.shape[2], cache_seqlens), float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)  # a row with nothing visible: 0
+    return (p @ vf).to(q.dtype)
