@@ -118,3 +118,22 @@ def test_multihead_attention_compiles_fullgraph():
     pad = torch.tensor([[False] * 5, [False, False, False, True, True]], device=DEVICE)
     f = lambda x: mha(x, x, x, key_padding_mask=pad, need_weights=False)[0]  # noqa: E731
     assert_close(torch.compile(f, fullgraph=True)(x), f(x))
+
+
+def test_kv_cache_incremental_decoding_matches_full_causal_attention():
+    """Prompt of 5 tokens, then 6 single-token steps: every step's output equals the matching
+    row of causal attention recomputed over the whole sequence."""
+    from fastgen.nn import KVCache
+
+    g = torch.Generator().manual_seed(0)
+    b, h, hkv, n, d = 2, 4, 2, 11, 16
+    q, k, v = (torch.randn(b, m, n, d, generator=g).to(DEVICE) for m in (h, hkv, hkv))
+    full, _ = fastgen.ops.flash_attention(q, k, v, causal=True)
+    cache = KVCache(b, hkv, 16, d, device=DEVICE)
+    cache.append(k[:, :, :5], v[:, :, :5])
+    assert_close(cache.attend(q[:, :, :5]), full[:, :, :5])
+    for t in range(5, n):
+        cache.append(k[:, :, t:t + 1], v[:, :, t:t + 1])
+        assert_close(cache.attend(q[:, :, t:t + 1]), full[:, :, t:t + 1], name=f"step {t}")
+    assert cache.seqlens.tolist() == [n, n]
+    assert cache.reset().seqlens.tolist() == [0, 0]

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import ops
 
-__all__ = ["MultiheadAttention", "scaled_dot_product_attention"]
+__all__ = ["KVCache", "MultiheadAttention", "scaled_dot_product_attention"]
 
 _NOTED = set()
 
@@ -127,3 +127,38 @@ class MultiheadAttention(nn.MultiheadAttention):
         out, _ = ops.flash_attention(q, k, v, is_causal, None, key_padding_mask)
         out = self.out_proj(out.transpose(1, 2).reshape(b, lq, e))
         return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+class KVCache(nn.Module):
+    """Keys and values of the tokens decoded so far, for incremental decoding.
+
+    Buffers `k`, `v` (B, Hkv, max_len, Dh) and `seqlens` (B,) int64 live on the device; `append`
+    writes new tokens in place and `attend` runs `fastgen.ops.decode_attention` of the newest
+    queries against everything cached: no host sync per step, so a decode step can be captured
+    in a CUDA graph. A prompt goes in with `append` followed by `attend` of its queries (causal
+    among themselves) or with flash_attention on the prompt.
+    """
+
+    def __init__(self, batch_size, num_kv_heads, max_len, head_dim, dtype=torch.float32, device=None):
+        super().__init__()
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("seqlens", torch.zeros(batch_size, dtype=torch.int64, device=device), persistent=False)
+
+    @property
+    def max_len(self):
+        return self.k.shape[2]
+
+    def reset(self):
+        self.seqlens.zero_()
+        return self
+
+    def append(self, k_new, v_new):
+        """Cache (B, Hkv, T, Dh) new keys/values after each sequence's current end."""
+        ops.kv_cache_append(self.k, self.v, self.seqlens, k_new, v_new)
+        return self
+
+    def attend(self, q, scale=None):
+        """Attention of the newest Lq queries (B, H, Lq, Dh), whose keys were just appended."""
+        return ops.decode_attention(q, self.k, self.v, self.seqlens, scale)
