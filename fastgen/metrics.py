@@ -28,6 +28,7 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_BANDWIDTH_MULTIPLES",
+    "average_precision",
     "bits_per_dim",
     "median_heuristic",
     "mmd_rbf",
@@ -416,3 +417,37 @@ def precision_recall_knn(real: Tensor, fake: Tensor, *, k: int = 3, block_size: 
         "precision": _fraction_covered(f, r, real_radii, rows),
         "recall": _fraction_covered(r, f, fake_radii, rows),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# detection
+
+def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """Average precision per class (column) of `scores` [N, C] against binary `targets` [N, C]:
+    the mean, over the positives, of the precision among the items ranked at or above each one
+    (ranked by decreasing score; no interpolation: sklearn's `average_precision_score`, with
+    tied scores counted together). A class with no positive gets NaN."""
+    scores = _check_float_tensor(scores, "scores")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if scores.dim() == 1:
+        scores, targets = scores[:, None], targets[:, None]
+    if scores.dim() != 2 or targets.shape != scores.shape:
+        raise ValueError(f"scores and targets must both have shape [N, C], got {tuple(scores.shape)} "
+                         f"and {tuple(targets.shape)}")
+    t = targets.to(torch.float64)
+    order = scores.argsort(dim=0, descending=True, stable=True)
+    s = scores.gather(0, order)
+    hits = t.gather(0, order)
+    tp = hits.cumsum(0)
+    n = s.shape[0]
+    # tied scores form one threshold: every item of a tie group takes the precision at its end
+    last_of_tie = torch.ones_like(s, dtype=torch.bool)
+    last_of_tie[:-1] = s[1:] != s[:-1]
+    positions = torch.arange(n, device=s.device)[:, None].expand_as(s)
+    end = torch.where(last_of_tie, positions, n).flip(0).cummin(0).values.flip(0)
+    precision_at_end = tp.gather(0, end) / (end + 1).to(torch.float64)
+    n_pos = t.sum(0)
+    ap = (hits * precision_at_end).sum(0) / n_pos
+    ap = torch.where(n_pos > 0, ap, torch.full_like(ap, float("nan")))
+    return ap.to(scores.dtype)

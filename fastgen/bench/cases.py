@@ -171,3 +171,34 @@ register_case(Case(
     grad_inputs=("q", "k", "v"),
     peers={"sdpa": _sdpa_peer},
 ))
+
+
+def _decode_inputs(shape, dtype, device, requires_grad):
+    b, h, hkv, lq, lmax, d = shape
+    g = torch.Generator(device).manual_seed(0)
+    make = lambda n, l: torch.randn(b, n, l, d, generator=g, device=device, dtype=dtype)  # noqa: E731
+    # sequences filled to between half and all of the cache
+    seqlens = torch.randint(lmax // 2, lmax + 1, (b,), generator=g, device=device)
+    return {"q": make(h, lq), "k_cache": make(hkv, lmax), "v_cache": make(hkv, lmax), "cache_seqlens": seqlens}
+
+
+def _sdpa_decode_peer(device):
+    def attend(q, k_cache, v_cache, cache_seqlens):  # what a KV-cache loop on SDPA does: a length mask
+        mask = reference.decode_attention_valid(q.shape[2], k_cache.shape[2], cache_seqlens)
+        return torch.nn.functional.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask,
+                                                                enable_gqa=q.shape[1] != k_cache.shape[1])
+    return attend
+
+
+register_case(Case(
+    op="decode_attention",
+    # (B, H, Hkv, Lq, Lmax, Dh): one new token per sequence
+    shapes=[(8, 8, 8, 1, 2048, 64), (4, 16, 4, 1, 4096, 128)],
+    quick_shapes=[(4, 8, 8, 1, 1024, 64)],
+    gpu_shapes=[(16, 32, 8, 1, 8192, 128), (1, 32, 8, 1, 32768, 128)],
+    make_inputs=_decode_inputs,
+    reference=reference.decode_attention,
+    fastgen=lambda backend, **kw: fastgen.ops.decode_attention(**kw, backend=backend),
+    peers={"sdpa": _sdpa_decode_peer},
+    modes=("fwd",),
+))

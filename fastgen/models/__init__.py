@@ -5,5 +5,7 @@ A model registers itself with `@register("name")` and subclasses `GenerativeMode
 from .base import MODELS, DataSpec, GenerativeModel, get_model, register
 from . import vae  # noqa: F401  (registers "vae")
 from . import vqgan  # noqa: F401  (registers "vqgan")
+from . import gpt_prior  # noqa: F401  (registers "gpt_prior"; after vqgan, which it loads)
+from . import oadtr  # noqa: F401  (registers "oadtr")
 
 __all__ = ["MODELS", "DataSpec", "GenerativeModel", "get_model", "register"]
