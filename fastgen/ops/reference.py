@@ -79,3 +79,79 @@ def vq_quantize(z, codebook, beta, legacy=True):
     loss = commit + beta * embed if legacy else beta * commit + embed
     z_q = z + (e - z).detach()
     return z_q, loss, idx
+
+
+# -- normalizing flows -------------------------------------------------------------------------
+
+COUPLING_SCALE_FNS = ("exp", "sigmoid", "tanh_exp", "atan_exp")
+# FrEIA's soft clamp multiplies atan by 0.636 (about 2/pi): the constant is part of the spec.
+ATAN_CLAMP_GAIN = 0.636
+
+
+def coupling_log_scale(raw_scale, scale_fn="exp", clamp=2.0):
+    """log s of the affine coupling's scale, from the conditioner's raw output (math dtype):
+    exp:      log s = raw                               (RealNVP)
+    sigmoid:  log s = log sigmoid(raw + 2)              (Glow)
+    tanh_exp: log s = clamp * tanh(raw / clamp)         (soft clamp to (-clamp, clamp))
+    atan_exp: log s = clamp * 0.636 * atan(raw / clamp) (FrEIA's soft clamp)."""
+    if scale_fn == "exp":
+        return raw_scale
+    if scale_fn == "sigmoid":
+        return torch.nn.functional.logsigmoid(raw_scale + 2.0)
+    if scale_fn == "tanh_exp":
+        return clamp * torch.tanh(raw_scale / clamp)
+    if scale_fn == "atan_exp":
+        return clamp * ATAN_CLAMP_GAIN * torch.atan(raw_scale / clamp)
+    raise ValueError(f"fastgen: scale_fn must be one of {COUPLING_SCALE_FNS}, got {scale_fn!r}")
+
+
+def affine_coupling(x_b, shift, raw_scale, scale_fn="exp", clamp=2.0, inverse=False):
+    """The coupled half of an affine coupling layer, s = exp(log s) with log s from
+    `coupling_log_scale(raw_scale, scale_fn, clamp)`:
+        forward: y = x_b * s + shift,    logdet[b] =  sum log s over the sample's elements
+        inverse: y = (x_b - shift) / s,  logdet[b] = -sum log s.
+    Returns (y in x_b's dtype, logdet[B] in the math dtype)."""
+    t = math_dtype(x_b.dtype)
+    x, sh = x_b.to(t), shift.to(t)
+    log_s = coupling_log_scale(raw_scale.to(t), scale_fn, clamp)
+    if inverse:
+        y, logdet = (x - sh) * torch.exp(-log_s), -per_sample_sum(log_s)
+    else:
+        y, logdet = x * torch.exp(log_s) + sh, per_sample_sum(log_s)
+    return y.to(x_b.dtype).contiguous(), logdet
+
+
+def coupling_dlog_scale(raw_scale, scale_fn="exp", clamp=2.0):
+    """d log s / d raw_scale for `coupling_log_scale` (math dtype)."""
+    if scale_fn == "exp":
+        return torch.ones_like(raw_scale)
+    if scale_fn == "sigmoid":
+        return torch.sigmoid(-(raw_scale + 2.0))
+    if scale_fn == "tanh_exp":
+        return 1 - torch.tanh(raw_scale / clamp) ** 2
+    if scale_fn == "atan_exp":
+        return ATAN_CLAMP_GAIN / (1 + (raw_scale / clamp) ** 2)
+    raise ValueError(f"fastgen: scale_fn must be one of {COUPLING_SCALE_FNS}, got {scale_fn!r}")
+
+
+def affine_coupling_backward(grad_y, grad_logdet, x_b, shift, raw_scale, scale_fn="exp", clamp=2.0,
+                             inverse=False):
+    """Gradients of affine_coupling w.r.t. (x_b, raw_scale), in x_b's dtype, with g = grad_y,
+    gl = grad_logdet[b], d = d log s / d raw:
+        forward: d x_b = g * s,   d raw = (g * x_b * s + gl) * d
+        inverse: d x_b = g / s,   d raw = -(g * y + gl) * d,   y = (x_b - shift) / s.
+    The gradient of shift is grad_y (forward) or -d x_b (inverse): the caller forms it."""
+    t = math_dtype(x_b.dtype)
+    g, x, r = grad_y.to(t), x_b.to(t), raw_scale.to(t)
+    gl = grad_logdet.to(t).reshape((-1,) + (1,) * (x_b.dim() - 1))
+    log_s = coupling_log_scale(r, scale_fn, clamp)
+    d = coupling_dlog_scale(r, scale_fn, clamp)
+    if inverse:
+        inv_s = torch.exp(-log_s)
+        d_x = g * inv_s
+        d_r = -(g * (x - shift.to(t)) * inv_s + gl) * d
+    else:
+        s = torch.exp(log_s)
+        d_x = g * s
+        d_r = (g * x * s + gl) * d
+    return d_x.to(x_b.dtype).contiguous(), d_r.to(x_b.dtype).contiguous()
