@@ -36,4 +36,11 @@ TORCH_LIBRARY(fastgen, m) {
   // vq_nearest: per row of z [N, D], the nearest of codebook [K, D] -> (indices int64 [N],
   // squared distances [N]); metric "l2" or "cosine"; never builds the N x K matrix.
   m.def("vq_nearest_native(Tensor z, Tensor codebook, str metric) -> (Tensor, Tensor)");
+  // flows
+  // affine_coupling: y = x_b * s + shift (inverse: (x_b - shift) / s), s = exp(log s) with log s
+  // from raw_scale by scale_fn; logdet[b] = +-sum log s (csrc/common/flow.h)
+  m.def("affine_coupling_native(Tensor x_b, Tensor shift, Tensor raw_scale, str scale_fn, "
+        "float clamp, bool inverse) -> (Tensor, Tensor)");
+  m.def("affine_coupling_backward_native(Tensor grad_y, Tensor grad_logdet, Tensor x_b, "
+        "Tensor shift, Tensor raw_scale, str scale_fn, float clamp, bool inverse) -> (Tensor, Tensor)");
 }

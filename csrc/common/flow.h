@@ -1,0 +1,106 @@
+#pragma once
+// Normalizing-flow math shared by the CPU (.cpp) and CUDA (.cu) kernels. Every formula is a
+// template on T, which is the math type (float, or double for fp64 inputs) on the GPU and in
+// the CPU's scalar tails, and at::vec::Vectorized<float|double> in the CPU's SIMD loops: the CPU
+// file declares the Vectorized overloads of fexp/flog1p/ftanh/fatan/vabs/vmin/vmax before
+// including this header, so the CPU tests run the formulas the GPU runs.
+//
+// Affine coupling, with log s from raw by scale function FN (see fastgen/ops/reference.py):
+//   kExp      log s = raw
+//   kSigmoid  log s = log sigmoid(raw + 2) = min(u, 0) - log1p(exp(-|u|)),  u = raw + 2
+//   kTanhExp  log s = clamp * tanh(raw / clamp)
+//   kAtanExp  log s = clamp * gain * atan(raw / clamp),  gain = 0.636
+//   forward: y = x * exp(log s) + t        inverse: y = (x - t) * exp(-log s)
+//   logdet[b] = +-sum of log s over the sample (the caller reduces).
+#include "common/macros.h"
+
+namespace fastgen {
+
+FASTGEN_HD float flog1p(float x) { return ::log1pf(x); }
+FASTGEN_HD double flog1p(double x) { return ::log1p(x); }
+FASTGEN_HD float ftanh(float x) { return ::tanhf(x); }
+FASTGEN_HD double ftanh(double x) { return ::tanh(x); }
+FASTGEN_HD float fatan(float x) { return ::atanf(x); }
+FASTGEN_HD double fatan(double x) { return ::atan(x); }
+FASTGEN_HD float vabs(float x) { return ::fabsf(x); }
+FASTGEN_HD double vabs(double x) { return ::fabs(x); }
+// NaN in, NaN out is enough here: every caller also feeds the argument to exp or log1p.
+FASTGEN_HD float vmin(float a, float b) { return a < b ? a : b; }
+FASTGEN_HD double vmin(double a, double b) { return a < b ? a : b; }
+FASTGEN_HD float vmax(float a, float b) { return a > b ? a : b; }
+FASTGEN_HD double vmax(double a, double b) { return a > b ? a : b; }
+
+enum CouplingScaleFn : int { kExp = 0, kSigmoid = 1, kTanhExp = 2, kAtanExp = 3 };
+constexpr double kAtanClampGain = 0.636;  // FrEIA's soft-clamp constant: part of the spec
+
+// Scalars the coupling formulas need, broadcast once per span (T may be a SIMD vector).
+template <typename T>
+struct CouplingParams {
+  T clamp, gain, zero, one, two;
+  template <typename M>
+  FASTGEN_HD explicit CouplingParams(M clamp_)
+      : clamp(clamp_), gain(M(kAtanClampGain)), zero(M(0)), one(M(1)), two(M(2)) {}
+};
+
+template <int FN, typename T>
+FASTGEN_HD T coupling_log_scale(const T& r, const CouplingParams<T>& p) {
+  if constexpr (FN == kExp) {
+    return r;
+  } else if constexpr (FN == kSigmoid) {
+    const T u = r + p.two;
+    return vmin(u, p.zero) - flog1p(fexp(p.zero - vabs(u)));
+  } else if constexpr (FN == kTanhExp) {
+    return p.clamp * ftanh(r / p.clamp);
+  } else {
+    return p.clamp * p.gain * fatan(r / p.clamp);
+  }
+}
+
+// d log s / d raw.
+template <int FN, typename T>
+FASTGEN_HD T coupling_dlog_scale(const T& r, const CouplingParams<T>& p) {
+  if constexpr (FN == kExp) {
+    return p.one;
+  } else if constexpr (FN == kSigmoid) {
+    const T u = r + p.two;  // sigmoid(-u), written so that no exp overflows
+    return fexp(p.zero - vmax(u, p.zero) - flog1p(fexp(p.zero - vabs(u))));
+  } else if constexpr (FN == kTanhExp) {
+    const T th = ftanh(r / p.clamp);
+    return p.one - th * th;
+  } else {
+    const T q = r / p.clamp;
+    return p.gain / (p.one + q * q);
+  }
+}
+
+template <int FN, bool INVERSE, typename T>
+FASTGEN_HD T coupling_forward(const T& x, const T& t, const T& r, const CouplingParams<T>& p, T* log_s) {
+  *log_s = coupling_log_scale<FN>(r, p);
+  if constexpr (INVERSE) {
+    return (x - t) * fexp(p.zero - *log_s);
+  } else {
+    return x * fexp(*log_s) + t;
+  }
+}
+
+// Gradients of y (g, per element) and of logdet (gl, per sample) w.r.t. x and raw; d shift is
+// g (forward) or -dx (inverse) and is formed by the caller. With d = d log s / d raw:
+//   forward: dx = g * s,  draw = (g * x * s + gl) * d
+//   inverse: dx = g / s,  draw = -(g * y + gl) * d,  y = (x - t) / s
+template <int FN, bool INVERSE, typename T>
+FASTGEN_HD void coupling_backward(const T& g, const T& gl, const T& x, const T& t, const T& r,
+                                  const CouplingParams<T>& p, T* dx, T* dr) {
+  const T ls = coupling_log_scale<FN>(r, p);
+  const T d = coupling_dlog_scale<FN>(r, p);
+  if constexpr (INVERSE) {
+    const T inv_s = fexp(p.zero - ls);
+    *dx = g * inv_s;
+    *dr = (p.zero - (g * ((x - t) * inv_s) + gl)) * d;
+  } else {
+    const T s = fexp(ls);
+    *dx = g * s;
+    *dr = (g * x * s + gl) * d;
+  }
+}
+
+}  // namespace fastgen
