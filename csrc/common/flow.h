@@ -104,3 +104,52 @@ FASTGEN_HD void coupling_backward(const T& g, const T& gl, const T& x, const T& 
 }
 
 }  // namespace fastgen
+
+namespace fastgen {
+
+// ActNorm per element, with the channel's scale = exp(log_scale) (forward) or exp(-log_scale)
+// (inverse) computed once per channel:
+//   forward: y = (x + loc) * scale        inverse: y = x * scale - loc
+// The backward needs only per-channel sums of g and g * x (see flow_host.h: actnorm_finish).
+template <bool INVERSE, typename T>
+FASTGEN_HD T actnorm_forward(const T& x, const T& loc, const T& scale) {
+  if constexpr (INVERSE) {
+    return x * scale - loc;
+  } else {
+    return (x + loc) * scale;
+  }
+}
+
+// Flow NLL: -log p(z) = sum_j prior_term(z_j) + const, with
+//   kGaussian: term = z^2 / 2                    (const = D log(2 pi) / 2)
+//   kLogistic: term = |z| + 2 log1p(exp(-|z|))   (= softplus(z) + softplus(-z), const = 0)
+// and d term / dz = z or tanh(z / 2).
+enum FlowPrior : int { kGaussian = 0, kLogistic = 1 };
+
+template <typename T>
+struct PriorConsts {
+  T zero, half, two;
+  template <typename M>
+  FASTGEN_HD explicit PriorConsts(M) : zero(M(0)), half(M(0.5)), two(M(2)) {}
+};
+
+template <int PRIOR, typename T>
+FASTGEN_HD T prior_term(const T& z, const PriorConsts<T>& k) {
+  if constexpr (PRIOR == kGaussian) {
+    return k.half * z * z;
+  } else {
+    const T a = vabs(z);
+    return a + k.two * flog1p(fexp(k.zero - a));
+  }
+}
+
+template <int PRIOR, typename T>
+FASTGEN_HD T prior_term_grad(const T& z, const PriorConsts<T>& k) {
+  if constexpr (PRIOR == kGaussian) {
+    return z;
+  } else {
+    return ftanh(k.half * z);
+  }
+}
+
+}  // namespace fastgen

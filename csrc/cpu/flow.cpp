@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
+#include <utility>
 #include <vector>
 
 namespace fastgen {
@@ -205,11 +207,315 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(
   return {dx, dr};
 }
 
+// -- actnorm ------------------------------------------------------------------------------------
+// Two layouts of x viewed as (N, C, S): NCHW planes (S > 1) are SIMD over s, one task per
+// (n, c) plane; (N, D) rows (S == 1) are SIMD over the channels, tasks over blocks of rows.
+// Backward per-channel sums of g and g * x: one partial per plane / row block, added over n
+// (blocks) in a fixed order.
+
+template <bool INVERSE, typename scalar_t>
+void actnorm_plane(const scalar_t* x, scalar_t* y, int64_t n, at::opmath_type<scalar_t> loc,
+                   at::opmath_type<scalar_t> scale) {
+  using L = VecLanes<scalar_t>;
+  using VecM = typename L::VecM;
+  const VecM lv(loc), sv(scale);
+  int64_t i = 0;
+  for (; i + L::step <= n; i += L::step) {
+    VecM xv[L::parts], out[L::parts];
+    L::load(x + i, xv);
+    for (int p = 0; p < L::parts; ++p) out[p] = actnorm_forward<INVERSE>(xv[p], lv, sv);
+    L::store(y + i, out);
+  }
+  for (; i < n; ++i) y[i] = static_cast<scalar_t>(actnorm_forward<INVERSE>(
+      static_cast<at::opmath_type<scalar_t>>(x[i]), loc, scale));
+}
+
+// dx of one plane; returns (sum g, sum g * x).
+template <typename scalar_t>
+std::pair<double, double> actnorm_plane_backward(const scalar_t* g, const scalar_t* x, scalar_t* dx,
+                                                 int64_t n, at::opmath_type<scalar_t> scale) {
+  using L = VecLanes<scalar_t>;
+  using opmath_t = typename L::opmath_t;
+  using VecM = typename L::VecM;
+  const VecM sv(scale);
+  double sum_g = 0, sum_gx = 0;
+  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+    const int64_t b1 = std::min(n, b0 + kBlock);
+    VecM ag(opmath_t(0)), agx(opmath_t(0));
+    opmath_t tg = 0, tgx = 0;
+    int64_t i = b0;
+    for (; i + L::step <= b1; i += L::step) {
+      VecM gv[L::parts], xv[L::parts], out[L::parts];
+      L::load(g + i, gv);
+      L::load(x + i, xv);
+      for (int p = 0; p < L::parts; ++p) {
+        out[p] = gv[p] * sv;
+        ag = ag + gv[p];
+        agx = agx + gv[p] * xv[p];
+      }
+      L::store(dx + i, out);
+    }
+    for (; i < b1; ++i) {
+      const opmath_t gi = g[i];
+      dx[i] = static_cast<scalar_t>(gi * scale);
+      tg += gi;
+      tgx += gi * static_cast<opmath_t>(x[i]);
+    }
+    sum_g += static_cast<double>(L::sum(ag) + tg);
+    sum_gx += static_cast<double>(L::sum(agx) + tgx);
+  }
+  return {sum_g, sum_gx};
+}
+
+// One row of an (N, D) input; with `sums`, also accumulates g and g * x per channel.
+template <bool INVERSE, bool BACKWARD, typename scalar_t>
+void actnorm_row(const scalar_t* in, const scalar_t* x, scalar_t* out, int64_t c,
+                 const at::opmath_type<scalar_t>* loc, const at::opmath_type<scalar_t>* scale,
+                 at::opmath_type<scalar_t>* sum_g, at::opmath_type<scalar_t>* sum_gx) {
+  using L = VecLanes<scalar_t>;
+  using opmath_t = typename L::opmath_t;
+  using VecM = typename L::VecM;
+  constexpr int64_t m = VecM::size();
+  int64_t i = 0;
+  for (; i + L::step <= c; i += L::step) {
+    VecM iv[L::parts], res[L::parts];
+    L::load(in + i, iv);
+    for (int p = 0; p < L::parts; ++p) {
+      const VecM sv = VecM::loadu(scale + i + p * m);
+      if constexpr (BACKWARD) {
+        res[p] = iv[p] * sv;
+      } else {
+        res[p] = actnorm_forward<INVERSE>(iv[p], VecM::loadu(loc + i + p * m), sv);
+      }
+    }
+    L::store(out + i, res);
+    if constexpr (BACKWARD) {
+      VecM xv[L::parts];
+      L::load(x + i, xv);
+      for (int p = 0; p < L::parts; ++p) {
+        (VecM::loadu(sum_g + i + p * m) + iv[p]).store(sum_g + i + p * m);
+        (VecM::loadu(sum_gx + i + p * m) + iv[p] * xv[p]).store(sum_gx + i + p * m);
+      }
+    }
+  }
+  for (; i < c; ++i) {
+    const opmath_t v = in[i];
+    if constexpr (BACKWARD) {
+      out[i] = static_cast<scalar_t>(v * scale[i]);
+      sum_g[i] += v;
+      sum_gx[i] += v * static_cast<opmath_t>(x[i]);
+    } else {
+      out[i] = static_cast<scalar_t>(actnorm_forward<INVERSE>(v, loc[i], scale[i]));
+    }
+  }
+}
+
+struct RowBlocks {
+  int64_t rows_per_task, tasks;
+  RowBlocks(int64_t n, int64_t c)
+      : rows_per_task(std::max<int64_t>(1, kChunk / std::max<int64_t>(1, c))),
+        tasks((n + rows_per_task - 1) / rows_per_task) {}
+};
+
+std::tuple<at::Tensor, at::Tensor> actnorm_cpu(const at::Tensor& x_in, const at::Tensor& loc_in,
+                                               const at::Tensor& ls_in, bool inverse) {
+  check_actnorm(x_in, loc_in, ls_in);
+  const ActnormShape sh(x_in);
+  const auto x = x_in.contiguous();
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto logdet = actnorm_logdet(ls_in, sh, inverse);
+  if (x.numel() == 0) return {y, logdet};
+  const auto [scale, loc] = actnorm_channel_params(loc_in, ls_in, inverse);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    scalar_t* py = y.mutable_data_ptr<scalar_t>();
+    const opmath_t* ps = scale.const_data_ptr<opmath_t>();
+    const opmath_t* pl = loc.const_data_ptr<opmath_t>();
+    auto run = [&](auto inv_c) {
+      constexpr bool INV = decltype(inv_c)::value;
+      if (sh.s > 1) {
+        at::parallel_for(0, sh.n * sh.c, std::max<int64_t>(1, kChunk / sh.s), [&](int64_t b, int64_t e) {
+          for (int64_t plane = b; plane < e; ++plane) {
+            const int64_t ch = plane % sh.c;
+            actnorm_plane<INV>(px + plane * sh.s, py + plane * sh.s, sh.s, pl[ch], ps[ch]);
+          }
+        });
+      } else {
+        const RowBlocks rb(sh.n, sh.c);
+        at::parallel_for(0, rb.tasks, 1, [&](int64_t b, int64_t e) {
+          for (int64_t task = b; task < e; ++task)
+            for (int64_t r = task * rb.rows_per_task; r < std::min(sh.n, (task + 1) * rb.rows_per_task); ++r)
+              actnorm_row<INV, false, scalar_t>(px + r * sh.c, nullptr, py + r * sh.c, sh.c, pl, ps, nullptr, nullptr);
+        });
+      }
+    };
+    if (inverse) run(std::true_type{});
+    else run(std::false_type{});
+  });
+  return {y, logdet};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cpu(
+    const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& loc_in,
+    const at::Tensor& ls_in, bool inverse) {
+  check_actnorm(x_in, loc_in, ls_in);
+  check_same_float_tensor(x_in, "x", gy_in, "grad_y");
+  check_per_sample(x_in, "x", gl_in, "grad_logdet");
+  const ActnormShape sh(x_in);
+  const auto x = x_in.contiguous(), gy = gy_in.contiguous();
+  auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const auto math_t = opmath_dtype(x.scalar_type());
+  auto sum_g = at::zeros({sh.c}, x.options().dtype(at::kDouble));
+  auto sum_gx = at::zeros({sh.c}, x.options().dtype(at::kDouble));
+  if (x.numel() > 0) {
+    const auto scale = actnorm_channel_params(loc_in, ls_in, inverse).first;
+    double* out_g = sum_g.mutable_data_ptr<double>();
+    double* out_gx = sum_gx.mutable_data_ptr<double>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_backward_cpu", [&] {
+      using opmath_t = at::opmath_type<scalar_t>;
+      const scalar_t* px = x.const_data_ptr<scalar_t>();
+      const scalar_t* pg = gy.const_data_ptr<scalar_t>();
+      scalar_t* pdx = dx.mutable_data_ptr<scalar_t>();
+      const opmath_t* ps = scale.const_data_ptr<opmath_t>();
+      if (sh.s > 1) {
+        std::vector<std::pair<double, double>> partial(sh.n * sh.c);
+        at::parallel_for(0, sh.n * sh.c, std::max<int64_t>(1, kChunk / sh.s), [&](int64_t b, int64_t e) {
+          for (int64_t plane = b; plane < e; ++plane)
+            partial[plane] = actnorm_plane_backward(pg + plane * sh.s, px + plane * sh.s,
+                                                    pdx + plane * sh.s, sh.s, ps[plane % sh.c]);
+        });
+        for (int64_t n = 0; n < sh.n; ++n)
+          for (int64_t ch = 0; ch < sh.c; ++ch) {
+            out_g[ch] += partial[n * sh.c + ch].first;
+            out_gx[ch] += partial[n * sh.c + ch].second;
+          }
+      } else {
+        const RowBlocks rb(sh.n, sh.c);
+        std::vector<opmath_t> acc(rb.tasks * sh.c * 2, opmath_t(0));
+        at::parallel_for(0, rb.tasks, 1, [&](int64_t b, int64_t e) {
+          for (int64_t task = b; task < e; ++task) {
+            opmath_t* ag = acc.data() + task * sh.c * 2;
+            for (int64_t r = task * rb.rows_per_task; r < std::min(sh.n, (task + 1) * rb.rows_per_task); ++r)
+              actnorm_row<false, true, scalar_t>(pg + r * sh.c, px + r * sh.c, pdx + r * sh.c, sh.c, nullptr, ps,
+                                       ag, ag + sh.c);
+          }
+        });
+        for (int64_t task = 0; task < rb.tasks; ++task)
+          for (int64_t ch = 0; ch < sh.c; ++ch) {
+            out_g[ch] += acc[task * sh.c * 2 + ch];
+            out_gx[ch] += acc[task * sh.c * 2 + sh.c + ch];
+          }
+      }
+    });
+  }
+  auto [d_loc, d_ls] = actnorm_finish(sum_g.to(math_t), sum_gx.to(math_t), gl_in, loc_in, ls_in, sh.s, inverse);
+  return {dx, d_loc, d_ls};
+}
+
+// -- flow NLL -----------------------------------------------------------------------------------
+
+template <int PRIOR, typename scalar_t>
+double prior_terms_span(const scalar_t* z, int64_t n) {
+  using L = VecLanes<scalar_t>;
+  using opmath_t = typename L::opmath_t;
+  using VecM = typename L::VecM;
+  const PriorConsts<VecM> kv(opmath_t(0));
+  const PriorConsts<opmath_t> ks(opmath_t(0));
+  double total = 0;
+  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+    const int64_t b1 = std::min(n, b0 + kBlock);
+    VecM acc(opmath_t(0));
+    opmath_t tail = 0;
+    int64_t i = b0;
+    for (; i + L::step <= b1; i += L::step) {
+      VecM zv[L::parts];
+      L::load(z + i, zv);
+      for (int p = 0; p < L::parts; ++p) acc = acc + prior_term<PRIOR>(zv[p], kv);
+    }
+    for (; i < b1; ++i) tail += prior_term<PRIOR, opmath_t>(z[i], ks);
+    total += static_cast<double>(L::sum(acc) + tail);
+  }
+  return total;
+}
+
+template <int PRIOR, typename scalar_t>
+void prior_grad_span(double g, const scalar_t* z, scalar_t* dz, int64_t n) {
+  using L = VecLanes<scalar_t>;
+  using opmath_t = typename L::opmath_t;
+  using VecM = typename L::VecM;
+  const PriorConsts<VecM> kv(opmath_t(0));
+  const PriorConsts<opmath_t> ks(opmath_t(0));
+  const opmath_t gs = static_cast<opmath_t>(g);
+  const VecM gv(gs);
+  int64_t i = 0;
+  for (; i + L::step <= n; i += L::step) {
+    VecM zv[L::parts], out[L::parts];
+    L::load(z + i, zv);
+    for (int p = 0; p < L::parts; ++p) out[p] = gv * prior_term_grad<PRIOR>(zv[p], kv);
+    L::store(dz + i, out);
+  }
+  for (; i < n; ++i) dz[i] = static_cast<scalar_t>(gs * prior_term_grad<PRIOR, opmath_t>(z[i], ks));
+}
+
+at::Tensor flow_nll_cpu(const at::Tensor& z_in, const at::Tensor& logdet, c10::string_view prior_name,
+                        std::optional<int64_t> n_bins) {
+  check_flow_nll(z_in, n_bins);
+  check_per_sample(z_in, "z", logdet, "logdet");
+  const int prior = parse_prior(prior_name);
+  const auto z = z_in.contiguous();
+  const Tiling tl(z);
+  auto terms = at::zeros({tl.rows}, z.options().dtype(at::kDouble));
+  if (tl.rows > 0 && tl.cols > 0) {
+    std::vector<double> partial(tl.tasks, 0.0);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_cpu", [&] {
+      const scalar_t* pz = z.const_data_ptr<scalar_t>();
+      dispatch_prior(prior, [&](auto prior_c) {
+        at::parallel_for(0, tl.tasks, tl.grain, [&](int64_t b, int64_t e) {
+          for (int64_t task = b; task < e; ++task)
+            partial[task] = prior_terms_span<decltype(prior_c)::value>(pz + tl.offset(task), tl.length(task));
+        });
+      });
+    });
+    tl.reduce_rows(partial, terms, 1.0);
+  }
+  return nll_finish(terms.to(opmath_dtype(z.scalar_type())), logdet, dims_per_sample(z), prior, n_bins);
+}
+
+at::Tensor flow_nll_backward_cpu(const at::Tensor& g_in, const at::Tensor& z_in, c10::string_view prior_name,
+                                 std::optional<int64_t> n_bins) {
+  check_flow_nll(z_in, n_bins);
+  check_per_sample(z_in, "z", g_in, "grad_nll");
+  const int prior = parse_prior(prior_name);
+  const auto z = z_in.contiguous();
+  const Tiling tl(z);
+  auto dz = at::empty_like(z, at::MemoryFormat::Contiguous);
+  if (tl.rows == 0 || tl.cols == 0) return dz;
+  const auto g = (g_in.to(at::kDouble) * nll_grad_scale(dims_per_sample(z), n_bins)).contiguous();
+  const double* pg = g.const_data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_backward_cpu", [&] {
+    const scalar_t* pz = z.const_data_ptr<scalar_t>();
+    scalar_t* pdz = dz.mutable_data_ptr<scalar_t>();
+    dispatch_prior(prior, [&](auto prior_c) {
+      at::parallel_for(0, tl.tasks, tl.grain, [&](int64_t b, int64_t e) {
+        for (int64_t task = b; task < e; ++task)
+          prior_grad_span<decltype(prior_c)::value>(pg[tl.row(task)], pz + tl.offset(task),
+                                                    pdz + tl.offset(task), tl.length(task));
+      });
+    });
+  });
+  return dz;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
   m.impl("affine_coupling_native", &affine_coupling_cpu);
   m.impl("affine_coupling_backward_native", &affine_coupling_backward_cpu);
+  m.impl("actnorm_native", &actnorm_cpu);
+  m.impl("actnorm_backward_native", &actnorm_backward_cpu);
+  m.impl("flow_nll_native", &flow_nll_cpu);
+  m.impl("flow_nll_backward_native", &flow_nll_backward_cpu);
 }
 
 }  // namespace fastgen
