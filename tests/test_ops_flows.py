@@ -359,3 +359,301 @@ def test_coupling_offsets_past_int32(backend):
     ld_ref = torch.stack([reference.affine_coupling(x[i:i + 1], t[i:i + 1], r[i:i + 1], "sigmoid")[1][0]
                           for i in range(rows)])
     assert_close(ld, ld_ref, rtol=1e-4, atol=1.0, backend=backend, name="logdet")
+
+
+# -- actnorm ------------------------------------------------------------------------------------
+
+ACTNORM = "actnorm"
+# NCHW with odd sizes, (N, D) features, a 1x1 spatial, 3-D (N, C, L), and planes long enough
+# for several CPU tasks / Triton tiles
+ACTNORM_SHAPES = [(3, 5, 4, 7), (6, 5), (2, 3, 1, 1), (4, 70, 33), (2, 3, 130, 131), (1, 1)]
+
+
+def _actnorm_inputs(shape, dtype, device, requires_grad=False):
+    c = shape[1]
+    return (_randn(shape, dtype, device, 0, 1.0, requires_grad),
+            _randn((c,), dtype, device, 1, 1.0, requires_grad),
+            _randn((c,), dtype, device, 2, 0.5, requires_grad))
+
+
+def _check_actnorm_case(shape, dtype, device, backend, inverse):
+    x, loc, ls = _actnorm_inputs(shape, dtype, device, requires_grad=True)
+    y, logdet = fastgen.ops.actnorm(x, loc, ls, inverse, backend=backend)
+    y_ref, logdet_ref = reference.actnorm(x, loc, ls, inverse)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert logdet.dtype == reference.math_dtype(dtype) and logdet.shape == (shape[0],)
+    assert_close(y, y_ref, dtype=dtype, backend=backend, name="y")
+    spatial = x.numel() // (shape[0] * shape[1])
+    assert_close(logdet, logdet_ref, dtype=dtype, backend=backend, name="logdet",
+                 atol=_sum_atol(dtype, shape[1]) * spatial)
+    gy = _randn(shape, dtype, device, 10)
+    gl = _randn((shape[0],), logdet.dtype, device, 11)
+    grads = torch.autograd.grad((y, logdet), (x, loc, ls), (gy, gl))
+    grads_ref = torch.autograd.grad((y_ref, logdet_ref), (x, loc, ls), (gy, gl))
+    per_channel = x.numel() // shape[1]
+    for name, a, e in zip(("d_x", "d_loc", "d_log_scale"), grads, grads_ref):
+        # d_loc / d_log_scale sum over the batch and spatial positions of a channel
+        atol = tolerance(dtype)[1] * (1 if name == "d_x" else per_channel ** 0.5 + spatial)
+        if name != "d_x" and dtype in (torch.float16, torch.bfloat16):
+            # the reference rounds each product to the input dtype before summing
+            atol *= 4
+        assert_close(a, e, dtype=dtype, backend=backend, name=name, atol=atol)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", ACTNORM_SHAPES, ids=str)
+def test_actnorm_matches_reference(device_backend, shape, dtype, inverse):
+    device, backend = _setup(ACTNORM, device_backend, dtype)
+    _check_actnorm_case(shape, dtype, device, backend, inverse)
+
+
+def test_reference_actnorm_backward_matches_autograd():
+    for shape in ((4, 3, 5, 2), (7, 3)):
+        for inverse in (False, True):
+            x, loc, ls = _actnorm_inputs(shape, torch.float64, "cpu", requires_grad=True)
+            y, logdet = reference.actnorm(x, loc, ls, inverse)
+            gy, gl = torch.randn_like(y), torch.randn_like(logdet)
+            expected = torch.autograd.grad((y, logdet), (x, loc, ls), (gy, gl))
+            actual = reference.actnorm_backward(gy, gl, x, loc, ls, inverse)
+            for a, e in zip(actual, expected):
+                assert_close(a, e, name=f"{shape} inverse={inverse}")
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 3, 2), (4, 3)], ids=str)
+def test_actnorm_gradcheck_fp64(device_backend, shape):
+    device, backend = _setup(ACTNORM, device_backend)
+    for inverse in (False, True):
+        inputs = _actnorm_inputs(shape, torch.float64, device, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda x, loc, ls: fastgen.ops.actnorm(x, loc, ls, inverse, backend=backend), inputs)
+
+
+def test_actnorm_inverse_and_jacobian(device_backend):
+    device, backend = _setup(ACTNORM, device_backend)
+    x, loc, ls = _actnorm_inputs((2, 3, 2, 1), torch.float64, device)
+    y, ld = fastgen.ops.actnorm(x, loc, ls, backend=backend)
+    x2, ld_inv = fastgen.ops.actnorm(y, loc, ls, True, backend=backend)
+    assert_close(x2, x, name="inverse(forward(x))")
+    assert_close(ld + ld_inv, torch.zeros_like(ld), name="logdet sum")
+    for inverse in (False, True):
+        jac = torch.autograd.functional.jacobian(
+            lambda v: fastgen.ops.actnorm(v.unsqueeze(0), loc, ls, inverse, backend=backend)[0].reshape(-1),
+            x[0])
+        _, logabsdet = torch.linalg.slogdet(jac.reshape(6, 6))
+        _, ld = fastgen.ops.actnorm(x, loc, ls, inverse, backend=backend)
+        assert_close(ld[0], logabsdet, name=f"logdet inverse={inverse}")
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (0, 5), (2, 3, 0, 4)], ids=str)
+def test_actnorm_empty(device_backend, shape):
+    device, backend = _setup(ACTNORM, device_backend)
+    x, loc, ls = _actnorm_inputs(shape, torch.float32, device, requires_grad=True)
+    y, logdet = fastgen.ops.actnorm(x, loc, ls, backend=backend)
+    _, logdet_ref = reference.actnorm(x, loc, ls)
+    assert y.shape == shape and logdet.shape == (shape[0],)
+    assert_close(logdet, logdet_ref, backend=backend, name="logdet")
+    (y.sum() + logdet.sum()).backward()
+    assert x.grad.shape == shape and loc.grad.shape == (shape[1],) and ls.grad.shape == (shape[1],)
+
+
+def test_actnorm_non_contiguous(device_backend):
+    device, backend = _setup(ACTNORM, device_backend)
+    base = _randn((2, 6, 5, 4), torch.float32, device, 0)
+    x = base.permute(0, 3, 2, 1)[:, ::2]  # channels-last-like strides, every other channel
+    assert not x.is_contiguous()
+    c = x.shape[1]
+    loc = _randn((2 * c,), torch.float32, device, 1)[::2]
+    ls = _randn((2 * c,), torch.float32, device, 2)[::2]
+    for inverse in (False, True):
+        leaves = [v.detach().requires_grad_() for v in (x, loc, ls)]
+        y, ld = fastgen.ops.actnorm(*leaves, inverse, backend=backend)
+        ref_leaves = [v.detach().contiguous().requires_grad_() for v in (x, loc, ls)]
+        y_ref, ld_ref = reference.actnorm(*ref_leaves, inverse)
+        assert_close(y, y_ref, backend=backend, name="y")
+        assert_close(ld, ld_ref, backend=backend, name="logdet")
+        gy = torch.randn(y.shape, device=device).transpose(2, 3).contiguous().transpose(2, 3)
+        torch.autograd.backward((y, ld), (gy, torch.ones_like(ld)))
+        torch.autograd.backward((y_ref, ld_ref), (gy, torch.ones_like(ld_ref)))
+        for a, e in zip(leaves, ref_leaves):
+            assert_close(a.grad, e.grad, backend=backend, name="grad", atol=1e-4)
+
+
+def test_actnorm_opcheck(device_backend):
+    device, backend = _setup(ACTNORM, device_backend)
+    for shape in ((3, 4, 2, 3), (5, 3)):
+        x, loc, ls = _actnorm_inputs(shape, torch.float32, device, requires_grad=True)
+        for inverse in (False, True):
+            torch.library.opcheck(torch.ops.fastgen.actnorm.default, (x, loc, ls, inverse),
+                                  {"backend": backend})
+            gy, gl = torch.randn_like(x), torch.randn(shape[0], device=device)
+            torch.library.opcheck(torch.ops.fastgen.actnorm_backward.default,
+                                  (gy, gl, *(v.detach() for v in (x, loc, ls)), inverse),
+                                  {"backend": backend})
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
+def test_actnorm_torch_compile_fullgraph(backend):
+    device, backend = _compile_device_backend(ACTNORM, backend)
+
+    def loss_fn(x, loc, ls):
+        y, logdet = fastgen.ops.actnorm(x, loc, ls)
+        x2, logdet2 = fastgen.ops.actnorm(y * 1.5, loc, ls, True)
+        return (x2 * x2).sum() + logdet.mean() + 0.3 * logdet2.mean()
+
+    _compile_check(ACTNORM, loss_fn, _actnorm_inputs((4, 3, 5, 5), torch.float32, device, True), backend)
+
+
+def test_actnorm_bad_inputs_name_the_argument():
+    op = fastgen.ops.actnorm
+    x, c = torch.randn(2, 3, 4, 4), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, C, \*spatial\)"):
+        op(torch.randn(5), torch.zeros(5), torch.zeros(5))
+    with pytest.raises(ValueError, match=r"loc must have shape \(3,\)"):
+        op(x, torch.zeros(4), c)
+    with pytest.raises(ValueError, match=r"log_scale must have shape \(3,\)"):
+        op(x, c, torch.zeros(1, 3))
+    with pytest.raises(TypeError, match="log_scale has dtype torch.float64 but x has torch.float32"):
+        op(x, c, c.double())
+    with pytest.raises(TypeError, match="x must be float16, bfloat16, float32 or float64"):
+        op(x.int(), c, c)
+    with pytest.raises(ValueError, match="loc is on meta but x is on cpu"):
+        op(x, torch.empty(3, device="meta"), c)
+    with pytest.raises(TypeError, match="inverse must be a bool"):
+        op(x, c, c, "yes")
+    with pytest.raises(ValueError, match=r"grad_logdet must have shape \(2,\)"):
+        torch.ops.fastgen.actnorm_backward(x, torch.ones(3), x, c, c)
+    if not fastgen.ops.REGISTRY[ACTNORM].unavailable("cpu", "cpu"):
+        with pytest.raises(ValueError, match=r"loc must have shape \(3,\)"):
+            torch.ops.fastgen.actnorm_native(x, torch.zeros(2), c, False)
+        with pytest.raises(ValueError, match=r"x must have shape \(N, C, \*spatial\)"):
+            torch.ops.fastgen.actnorm_native(torch.zeros(3), c, c, False)
+
+
+# -- flow NLL -----------------------------------------------------------------------------------
+
+NLL = "flow_nll"
+NLL_SHAPES = [(1, 1), (5, 7), (17,), (3, 3, 5, 7), (3, 20001)]
+
+
+def _nll_inputs(shape, dtype, device, requires_grad=False):
+    z = _randn(shape, dtype, device, 0, 1.3, requires_grad)
+    logdet = _randn((shape[0],), reference.math_dtype(dtype), device, 1, 5.0, requires_grad)
+    return z, logdet
+
+
+@pytest.mark.parametrize("n_bins", [None, 256], ids=["nats", "bpd"])
+@pytest.mark.parametrize("prior", ["gaussian", "logistic"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", NLL_SHAPES, ids=str)
+def test_flow_nll_matches_reference(device_backend, shape, dtype, prior, n_bins):
+    device, backend = _setup(NLL, device_backend, dtype)
+    z, logdet = _nll_inputs(shape, dtype, device, requires_grad=True)
+    nll = fastgen.ops.flow_nll(z, logdet, prior, n_bins, backend=backend)
+    nll_ref = reference.flow_nll(z, logdet, prior, n_bins)
+    assert nll.shape == (shape[0],) and nll.dtype == reference.math_dtype(dtype)
+    n = z.numel() // shape[0]
+    assert_close(nll, nll_ref, dtype=dtype, backend=backend, name="nll", atol=_sum_atol(dtype, n))
+    g = _randn((shape[0],), nll.dtype, device, 2)
+    grads = torch.autograd.grad(nll, (z, logdet), g)
+    grads_ref = torch.autograd.grad(nll_ref, (z, logdet), g)
+    for name, a, e in zip(("d_z", "d_logdet"), grads, grads_ref):
+        assert_close(a, e, dtype=dtype, backend=backend, name=name)
+
+
+def test_flow_nll_formula():
+    """The spec against closed forms: a standard normal's density and the bits/dim identity."""
+    z = torch.tensor([[0.3, -1.2, 2.0]], dtype=torch.float64)
+    logdet = torch.tensor([0.7], dtype=torch.float64)
+    normal = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1)
+    assert_close(reference.flow_nll(z, logdet), -(normal + logdet))
+    logistic = torch.distributions.TransformedDistribution(
+        torch.distributions.Uniform(0.0, 1.0),
+        [torch.distributions.SigmoidTransform().inv]).log_prob(z.double()).sum(1)
+    assert_close(reference.flow_nll(z, logdet, "logistic"), -(logistic + logdet))
+    bpd = reference.flow_nll(z, logdet, "gaussian", 256)
+    assert_close(bpd, (-(normal + logdet) + 3 * math.log(256)) / (3 * math.log(2)))
+
+
+@pytest.mark.parametrize("prior", ["gaussian", "logistic"])
+def test_flow_nll_gradcheck_fp64(device_backend, prior):
+    device, backend = _setup(NLL, device_backend)
+    for n_bins in (None, 32):
+        z, logdet = _nll_inputs((3, 4), torch.float64, device, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda z, ld: fastgen.ops.flow_nll(z, ld, prior, n_bins, backend=backend), (z, logdet))
+
+
+def test_flow_nll_mixed_dtypes_and_non_contiguous(device_backend):
+    device, backend = _setup(NLL, device_backend)
+    z = _randn((6, 10), torch.float16, device, 0).t()[:, ::2]  # (10, 3) fp16, strided
+    logdet = _randn((20,), torch.float64, device, 1)[::2].requires_grad_()  # fp64 logdet
+    z = z.detach().requires_grad_()
+    nll = fastgen.ops.flow_nll(z, logdet, "logistic", backend=backend)
+    zr, lr = z.detach().contiguous().requires_grad_(), logdet.detach().clone().requires_grad_()
+    nll_ref = reference.flow_nll(zr, lr, "logistic")
+    assert nll.dtype == torch.float32
+    assert_close(nll, nll_ref, dtype=torch.float16, backend=backend, name="nll")
+    nll.sum().backward()
+    nll_ref.sum().backward()
+    assert logdet.grad.dtype == torch.float64
+    assert_close(z.grad, zr.grad, backend=backend, name="d_z")
+    assert_close(logdet.grad, lr.grad, backend=backend, name="d_logdet")
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (0,), (3, 0)], ids=str)
+def test_flow_nll_empty(device_backend, shape):
+    device, backend = _setup(NLL, device_backend)
+    z, logdet = _nll_inputs(shape, torch.float32, device, requires_grad=True)
+    nll = fastgen.ops.flow_nll(z, logdet, backend=backend)
+    assert_close(nll, reference.flow_nll(z, logdet), backend=backend, name="nll")
+    nll.sum().backward()
+    assert z.grad.shape == shape and logdet.grad.shape == (shape[0],)
+
+
+def test_flow_nll_opcheck(device_backend):
+    device, backend = _setup(NLL, device_backend)
+    z, logdet = _nll_inputs((3, 4, 5), torch.float32, device, requires_grad=True)
+    for prior, n_bins in (("gaussian", None), ("logistic", 256)):
+        torch.library.opcheck(torch.ops.fastgen.flow_nll.default, (z, logdet, prior, n_bins),
+                              {"backend": backend})
+        torch.library.opcheck(torch.ops.fastgen.flow_nll_backward.default,
+                              (torch.randn(3, device=device), z.detach(), prior, n_bins),
+                              {"backend": backend})
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
+def test_flow_nll_torch_compile_fullgraph(backend):
+    device, backend = _compile_device_backend(NLL, backend)
+
+    def loss_fn(x, t, r):
+        z, logdet = fastgen.ops.affine_coupling(x, t, r, "sigmoid")
+        return fastgen.ops.flow_nll(z, logdet, "gaussian", 256).mean()
+
+    _compile_check(NLL, loss_fn, _coupling_inputs((4, 33), torch.float32, device, True), backend)
+
+
+def test_flow_nll_bad_inputs_name_the_argument():
+    op = fastgen.ops.flow_nll
+    z, ld = torch.randn(3, 4), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"logdet must have shape \(3,\)"):
+        op(z, torch.zeros(4))
+    with pytest.raises(ValueError, match="prior must be one of"):
+        op(z, ld, "laplace")
+    with pytest.raises(TypeError, match="prior must be a str"):
+        op(z, ld, None)
+    with pytest.raises(ValueError, match="n_bins must be >= 1"):
+        op(z, ld, "gaussian", 0)
+    with pytest.raises(TypeError, match="n_bins must be an int or None"):
+        op(z, ld, "gaussian", 256.0)
+    with pytest.raises(ValueError, match="bits per dim need at least one dim per sample"):
+        op(torch.zeros(3, 0), ld, "gaussian", 256)
+    with pytest.raises(TypeError, match="z must be float16, bfloat16, float32 or float64"):
+        op(z.long(), ld)
+    with pytest.raises(ValueError, match="leading batch dim"):
+        op(torch.tensor(1.0), ld)
+    if not fastgen.ops.REGISTRY[NLL].unavailable("cpu", "cpu"):
+        with pytest.raises(ValueError, match="prior must be one of"):
+            torch.ops.fastgen.flow_nll_native(z, ld, "cauchy", None)
+        with pytest.raises(ValueError, match=r"grad_nll must have shape \(3,\)"):
+            torch.ops.fastgen.flow_nll_backward_native(torch.ones(2), z, "gaussian", None)
