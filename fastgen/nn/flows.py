@@ -304,10 +304,10 @@ class InvConv2dLU(nn.Module):
         version = self._version()
         if self._inverse_cache is None or self._inverse_cache[0] != version:
             with torch.no_grad():
-                self._inverse_cache = (version, torch.linalg.inv(self.weight().double()).float())
+                self._inverse_cache = (version, torch.linalg.inv(self.weight().double()).to(self.lower.dtype))
         return self._inverse_cache[1]
 
-    def _apply(self, x, w, sign):
+    def _multiply(self, x, w, sign):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"fastgen: InvConv2dLU({self.num_channels}) expects x of shape "
                              f"(N, {self.num_channels}, ...), got {tuple(x.shape)}")
@@ -318,10 +318,10 @@ class InvConv2dLU(nn.Module):
         return y.to(x.dtype), logdet
 
     def forward(self, x):
-        return self._apply(x, self.weight(), 1.0)
+        return self._multiply(x, self.weight(), 1.0)
 
     def inverse(self, z):
-        return self._apply(z, self.inverse_weight(), -1.0)
+        return self._multiply(z, self.inverse_weight(), -1.0)
 
 
 class Squeeze(nn.Module):
@@ -462,11 +462,12 @@ class FlowSequential(nn.Module):
 
     @torch.no_grad()
     def sample(self, n, temperature=1.0, generator=None):
-        device = next(self.parameters()).device
+        param = next(self.parameters())
+        kw = dict(generator=generator, device=param.device, dtype=param.dtype)
         shape = (n,) + tuple(self.latent_shape())
         if self.prior == "gaussian":
-            z = temperature * torch.randn(shape, generator=generator, device=device)
+            z = temperature * torch.randn(shape, **kw)
         else:  # standard logistic: logit of a uniform
-            u = torch.rand(shape, generator=generator, device=device).clamp(1e-6, 1 - 1e-6)
+            u = torch.rand(shape, **kw).clamp(1e-6, 1 - 1e-6)
             z = temperature * (torch.log(u) - torch.log1p(-u))
         return self.inverse(z, temperature=temperature, generator=generator)[0]
