@@ -13,9 +13,10 @@ class Glow(FlowModel):
     kinds = ("image",)
 
     def __init__(self, data, levels=None, steps=4, hidden=64):
-        c, h, w = data.shape
-        levels = levels or (2 if h <= 16 else 3)
+        if levels is None and data.kind in self.kinds:  # else the base class says why not
+            levels = 2 if data.shape[1] <= 16 else 3
         super().__init__(data, levels=levels, steps=steps, hidden=hidden)
+        c, h, w = data.shape
         self._setup_data(data)
         if h % (2 ** levels) or w % (2 ** levels):
             raise ValueError(f"glow: {levels} levels need height and width divisible by {2 ** levels}, "
