@@ -42,44 +42,42 @@ struct CouplingParams {
       : clamp(clamp_), gain(M(kAtanClampGain)), zero(M(0)), one(M(1)), two(M(2)) {}
 };
 
-template <int FN, typename T>
-FASTGEN_HD T coupling_log_scale(const T& r, const CouplingParams<T>& p) {
+// log s, the factor f with y = x * f + t (forward: f = s) or y = (x - t) * f (inverse: f = 1/s),
+// and, with GRAD, d = d log s / d raw: computed together so the transcendentals are shared.
+template <int FN, bool INVERSE, bool GRAD, typename T>
+FASTGEN_HD void coupling_scale(const T& r, const CouplingParams<T>& p, T* log_s, T* f, T* d) {
   if constexpr (FN == kExp) {
-    return r;
+    *log_s = r;
+    if constexpr (GRAD) *d = p.one;
   } else if constexpr (FN == kSigmoid) {
     const T u = r + p.two;
-    return vmin(u, p.zero) - flog1p(fexp(p.zero - vabs(u)));
-  } else if constexpr (FN == kTanhExp) {
-    return p.clamp * ftanh(r / p.clamp);
-  } else {
-    return p.clamp * p.gain * fatan(r / p.clamp);
-  }
-}
-
-// d log s / d raw.
-template <int FN, typename T>
-FASTGEN_HD T coupling_dlog_scale(const T& r, const CouplingParams<T>& p) {
-  if constexpr (FN == kExp) {
-    return p.one;
-  } else if constexpr (FN == kSigmoid) {
-    const T u = r + p.two;  // sigmoid(-u), written so that no exp overflows
-    return fexp(p.zero - vmax(u, p.zero) - flog1p(fexp(p.zero - vabs(u))));
+    const T l = flog1p(fexp(p.zero - vabs(u)));
+    *log_s = vmin(u, p.zero) - l;
+    if constexpr (GRAD) *d = fexp(p.zero - vmax(u, p.zero) - l);  // sigmoid(-u), overflow-free
   } else if constexpr (FN == kTanhExp) {
     const T th = ftanh(r / p.clamp);
-    return p.one - th * th;
+    *log_s = p.clamp * th;
+    if constexpr (GRAD) *d = p.one - th * th;
   } else {
     const T q = r / p.clamp;
-    return p.gain / (p.one + q * q);
+    *log_s = p.clamp * p.gain * fatan(q);
+    if constexpr (GRAD) *d = p.gain / (p.one + q * q);
+  }
+  if constexpr (INVERSE) {
+    *f = fexp(p.zero - *log_s);
+  } else {
+    *f = fexp(*log_s);
   }
 }
 
 template <int FN, bool INVERSE, typename T>
 FASTGEN_HD T coupling_forward(const T& x, const T& t, const T& r, const CouplingParams<T>& p, T* log_s) {
-  *log_s = coupling_log_scale<FN>(r, p);
+  T f;
+  coupling_scale<FN, INVERSE, false>(r, p, log_s, &f, static_cast<T*>(nullptr));
   if constexpr (INVERSE) {
-    return (x - t) * fexp(p.zero - *log_s);
+    return (x - t) * f;
   } else {
-    return x * fexp(*log_s) + t;
+    return x * f + t;
   }
 }
 
@@ -90,16 +88,13 @@ FASTGEN_HD T coupling_forward(const T& x, const T& t, const T& r, const Coupling
 template <int FN, bool INVERSE, typename T>
 FASTGEN_HD void coupling_backward(const T& g, const T& gl, const T& x, const T& t, const T& r,
                                   const CouplingParams<T>& p, T* dx, T* dr) {
-  const T ls = coupling_log_scale<FN>(r, p);
-  const T d = coupling_dlog_scale<FN>(r, p);
+  T ls, f, d;
+  coupling_scale<FN, INVERSE, true>(r, p, &ls, &f, &d);
+  *dx = g * f;
   if constexpr (INVERSE) {
-    const T inv_s = fexp(p.zero - ls);
-    *dx = g * inv_s;
-    *dr = (p.zero - (g * ((x - t) * inv_s) + gl)) * d;
+    *dr = (p.zero - (g * ((x - t) * f) + gl)) * d;
   } else {
-    const T s = fexp(ls);
-    *dx = g * s;
-    *dr = (g * x * s + gl) * d;
+    *dr = (g * x * f + gl) * d;
   }
 }
 

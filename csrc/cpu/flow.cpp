@@ -18,8 +18,17 @@ namespace fastgen {
 // its templates find them.
 template <typename T>
 inline at::vec::Vectorized<T> fexp(const at::vec::Vectorized<T>& x) { return x.exp(); }
-template <typename T>
-inline at::vec::Vectorized<T> flog1p(const at::vec::Vectorized<T>& x) { return x.log1p(); }
+// log1p of the sigmoid's exp(-|u|) in (0, 1]: Sleef's float log1p costs three exps here, so
+// floats use Goldberg's log(1 + x) * x / ((1 + x) - 1), exact to a few ulps; doubles keep log1p.
+inline at::vec::Vectorized<float> flog1p(const at::vec::Vectorized<float>& x) {
+  using V = at::vec::Vectorized<float>;
+  const V one(1.0f);
+  const V u = one + x;
+  const V den = u - one;
+  const V safe = V::blendv(den, one, den == V(0.0f));
+  return V::blendv(u.log() * (x / safe), x, den == V(0.0f));
+}
+inline at::vec::Vectorized<double> flog1p(const at::vec::Vectorized<double>& x) { return x.log1p(); }
 template <typename T>
 inline at::vec::Vectorized<T> ftanh(const at::vec::Vectorized<T>& x) { return x.tanh(); }
 template <typename T>
