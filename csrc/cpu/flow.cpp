@@ -326,28 +326,54 @@ struct RowBlocks {
         tasks((n + rows_per_task - 1) / rows_per_task) {}
 };
 
+// Per-channel math-type scale (exp(+-log_scale)) and loc, and sum(log_scale) in double: plain
+// loops, because on the small activations of a Glow step a handful of ATen calls on C-vectors
+// cost as much as the kernel.
+template <typename scalar_t>
+struct ActnormChannels {
+  using opmath_t = at::opmath_type<scalar_t>;
+  std::vector<opmath_t> scale, loc;
+  double log_scale_sum = 0;
+  ActnormChannels(const at::Tensor& loc_in, const at::Tensor& ls_in, bool inverse) {
+    const auto l = loc_in.contiguous(), ls = ls_in.contiguous();
+    const scalar_t* pl = l.const_data_ptr<scalar_t>();
+    const scalar_t* ps = ls.const_data_ptr<scalar_t>();
+    const int64_t c = ls.numel();
+    scale.resize(c);
+    loc.resize(c);
+    for (int64_t i = 0; i < c; ++i) {
+      const opmath_t v = static_cast<opmath_t>(ps[i]);
+      scale[i] = fexp(inverse ? -v : v);
+      loc[i] = static_cast<opmath_t>(pl[i]);
+      log_scale_sum += static_cast<double>(v);
+    }
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor> actnorm_cpu(const at::Tensor& x_in, const at::Tensor& loc_in,
                                                const at::Tensor& ls_in, bool inverse) {
   check_actnorm(x_in, loc_in, ls_in);
   const ActnormShape sh(x_in);
   const auto x = x_in.contiguous();
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
-  auto logdet = actnorm_logdet(ls_in, sh, inverse);
-  if (x.numel() == 0) return {y, logdet};
-  const auto [scale, loc] = actnorm_channel_params(loc_in, ls_in, inverse);
+  auto logdet = at::empty({sh.n}, x.options().dtype(opmath_dtype(x.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
+    const ActnormChannels<scalar_t> ch(loc_in, ls_in, inverse);
+    const opmath_t total = static_cast<opmath_t>((inverse ? -1.0 : 1.0) * static_cast<double>(sh.s) * ch.log_scale_sum);
+    std::fill_n(logdet.mutable_data_ptr<opmath_t>(), sh.n, total);
+    if (x.numel() == 0) return;
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     scalar_t* py = y.mutable_data_ptr<scalar_t>();
-    const opmath_t* ps = scale.const_data_ptr<opmath_t>();
-    const opmath_t* pl = loc.const_data_ptr<opmath_t>();
+    const opmath_t* ps = ch.scale.data();
+    const opmath_t* pl = ch.loc.data();
     auto run = [&](auto inv_c) {
       constexpr bool INV = decltype(inv_c)::value;
       if (sh.s > 1) {
         at::parallel_for(0, sh.n * sh.c, std::max<int64_t>(1, kChunk / sh.s), [&](int64_t b, int64_t e) {
           for (int64_t plane = b; plane < e; ++plane) {
-            const int64_t ch = plane % sh.c;
-            actnorm_plane<INV>(px + plane * sh.s, py + plane * sh.s, sh.s, pl[ch], ps[ch]);
+            const int64_t c = plane % sh.c;
+            actnorm_plane<INV>(px + plane * sh.s, py + plane * sh.s, sh.s, pl[c], ps[c]);
           }
         });
       } else {
@@ -374,51 +400,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cpu(
   const ActnormShape sh(x_in);
   const auto x = x_in.contiguous(), gy = gy_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const auto math_t = opmath_dtype(x.scalar_type());
-  auto sum_g = at::zeros({sh.c}, x.options().dtype(at::kDouble));
-  auto sum_gx = at::zeros({sh.c}, x.options().dtype(at::kDouble));
-  if (x.numel() > 0) {
-    const auto scale = actnorm_channel_params(loc_in, ls_in, inverse).first;
-    double* out_g = sum_g.mutable_data_ptr<double>();
-    double* out_gx = sum_gx.mutable_data_ptr<double>();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_backward_cpu", [&] {
-      using opmath_t = at::opmath_type<scalar_t>;
-      const scalar_t* px = x.const_data_ptr<scalar_t>();
-      const scalar_t* pg = gy.const_data_ptr<scalar_t>();
-      scalar_t* pdx = dx.mutable_data_ptr<scalar_t>();
-      const opmath_t* ps = scale.const_data_ptr<opmath_t>();
-      if (sh.s > 1) {
-        std::vector<std::pair<double, double>> partial(sh.n * sh.c);
-        at::parallel_for(0, sh.n * sh.c, std::max<int64_t>(1, kChunk / sh.s), [&](int64_t b, int64_t e) {
-          for (int64_t plane = b; plane < e; ++plane)
-            partial[plane] = actnorm_plane_backward(pg + plane * sh.s, px + plane * sh.s,
-                                                    pdx + plane * sh.s, sh.s, ps[plane % sh.c]);
-        });
-        for (int64_t n = 0; n < sh.n; ++n)
-          for (int64_t ch = 0; ch < sh.c; ++ch) {
-            out_g[ch] += partial[n * sh.c + ch].first;
-            out_gx[ch] += partial[n * sh.c + ch].second;
-          }
+  auto d_loc = at::empty_like(loc_in, at::MemoryFormat::Contiguous);
+  auto d_ls = at::empty_like(ls_in, at::MemoryFormat::Contiguous);
+  const auto gl = gl_in.to(at::kDouble).contiguous();
+  double gl_total = 0;
+  for (int64_t i = 0; i < sh.n; ++i) gl_total += gl.const_data_ptr<double>()[i];
+  gl_total *= static_cast<double>(sh.s);
+  std::vector<double> sum_g(sh.c, 0.0), sum_gx(sh.c, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_backward_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const ActnormChannels<scalar_t> ch(loc_in, ls_in, inverse);
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    const scalar_t* pg = gy.const_data_ptr<scalar_t>();
+    scalar_t* pdx = dx.mutable_data_ptr<scalar_t>();
+    const opmath_t* ps = ch.scale.data();
+    if (x.numel() == 0) {
+    } else if (sh.s > 1) {
+      std::vector<std::pair<double, double>> partial(sh.n * sh.c);
+      at::parallel_for(0, sh.n * sh.c, std::max<int64_t>(1, kChunk / sh.s), [&](int64_t b, int64_t e) {
+        for (int64_t plane = b; plane < e; ++plane)
+          partial[plane] = actnorm_plane_backward(pg + plane * sh.s, px + plane * sh.s,
+                                                  pdx + plane * sh.s, sh.s, ps[plane % sh.c]);
+      });
+      for (int64_t n = 0; n < sh.n; ++n)
+        for (int64_t c = 0; c < sh.c; ++c) {
+          sum_g[c] += partial[n * sh.c + c].first;
+          sum_gx[c] += partial[n * sh.c + c].second;
+        }
+    } else {
+      const RowBlocks rb(sh.n, sh.c);
+      std::vector<opmath_t> acc(rb.tasks * sh.c * 2, opmath_t(0));
+      at::parallel_for(0, rb.tasks, 1, [&](int64_t b, int64_t e) {
+        for (int64_t task = b; task < e; ++task) {
+          opmath_t* ag = acc.data() + task * sh.c * 2;
+          for (int64_t r = task * rb.rows_per_task; r < std::min(sh.n, (task + 1) * rb.rows_per_task); ++r)
+            actnorm_row<false, true, scalar_t>(pg + r * sh.c, px + r * sh.c, pdx + r * sh.c, sh.c, nullptr, ps,
+                                               ag, ag + sh.c);
+        }
+      });
+      for (int64_t task = 0; task < rb.tasks; ++task)
+        for (int64_t c = 0; c < sh.c; ++c) {
+          sum_g[c] += acc[task * sh.c * 2 + c];
+          sum_gx[c] += acc[task * sh.c * 2 + sh.c + c];
+        }
+    }
+    // finishing, as kernels/flow.py:actnorm_finish:
+    //   forward: d loc = s * sum g,  d log_scale = s * (sum g x + loc * sum g) + S * sum_b gl
+    //   inverse: d loc = -sum g,     d log_scale = -(1/s) * sum g x - S * sum_b gl
+    scalar_t* o_loc = d_loc.mutable_data_ptr<scalar_t>();
+    scalar_t* o_ls = d_ls.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < sh.c; ++c) {
+      const double f = ch.scale[c];
+      if (inverse) {
+        o_loc[c] = static_cast<scalar_t>(-sum_g[c]);
+        o_ls[c] = static_cast<scalar_t>(-f * sum_gx[c] - gl_total);
       } else {
-        const RowBlocks rb(sh.n, sh.c);
-        std::vector<opmath_t> acc(rb.tasks * sh.c * 2, opmath_t(0));
-        at::parallel_for(0, rb.tasks, 1, [&](int64_t b, int64_t e) {
-          for (int64_t task = b; task < e; ++task) {
-            opmath_t* ag = acc.data() + task * sh.c * 2;
-            for (int64_t r = task * rb.rows_per_task; r < std::min(sh.n, (task + 1) * rb.rows_per_task); ++r)
-              actnorm_row<false, true, scalar_t>(pg + r * sh.c, px + r * sh.c, pdx + r * sh.c, sh.c, nullptr, ps,
-                                       ag, ag + sh.c);
-          }
-        });
-        for (int64_t task = 0; task < rb.tasks; ++task)
-          for (int64_t ch = 0; ch < sh.c; ++ch) {
-            out_g[ch] += acc[task * sh.c * 2 + ch];
-            out_gx[ch] += acc[task * sh.c * 2 + sh.c + ch];
-          }
+        o_loc[c] = static_cast<scalar_t>(f * sum_g[c]);
+        o_ls[c] = static_cast<scalar_t>(f * (sum_gx[c] + static_cast<double>(ch.loc[c]) * sum_g[c]) + gl_total);
       }
-    });
-  }
-  auto [d_loc, d_ls] = actnorm_finish(sum_g.to(math_t), sum_gx.to(math_t), gl_in, loc_in, ls_in, sh.s, inverse);
+    }
+  });
   return {dx, d_loc, d_ls};
 }
 

@@ -383,10 +383,10 @@ class Split(nn.Module):
         return mean, log_std
 
     def _log_prob(self, z2, mean, log_std):
-        t = reference.math_dtype(z2.dtype)
-        e = (z2.to(t) - mean.to(t)) * torch.exp(-log_std.to(t))
-        lp = -0.5 * e * e - log_std.to(t) - 0.5 * math.log(2 * math.pi)
-        return reference.per_sample_sum(lp)
+        # log N(z2; mean, exp(log_std)) = log N(e; 0, 1) - sum(log_std), e = (z2 - mean) / std: an
+        # inverse "exp" affine coupling (whose logdet is -sum(log_std)) and the fused Gaussian NLL
+        e, logdet = ops.affine_coupling(z2, mean.to(z2.dtype), log_std.to(z2.dtype), "exp", inverse=True)
+        return -ops.flow_nll(e, logdet, "gaussian")
 
     def forward(self, x):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
