@@ -44,9 +44,18 @@ class FlowModel(GenerativeModel):
         return loss, {("bits_per_dim" if self.n_bins else "nll"): loss.detach()}
 
     @torch.no_grad()
+    def sample_flow_space(self, n, generator=None, temperature=1.0):
+        """Raw samples of the flow, before mapping to data space; a young flow's inverse can
+        overflow to inf/NaN at high temperature (evaluate counts how often)."""
+        return self.flow.sample(n, temperature=temperature, generator=generator).reshape(
+            (n,) + tuple(self.data.shape))
+
+    @torch.no_grad()
     def sample(self, n, generator=None, temperature=1.0):
-        v = self.flow.sample(n, temperature=temperature, generator=generator)
-        return self._to_data_space(v.reshape((n,) + tuple(self.data.shape)))
+        v = self.sample_flow_space(n, generator, temperature)
+        if self.n_bins is not None:  # an overflowed pixel is still a pixel: the nearest valid value
+            v = torch.nan_to_num(v, nan=0.0, posinf=0.5, neginf=-0.5)
+        return self._to_data_space(v)
 
     @torch.no_grad()
     def reconstruct(self, x):
@@ -69,8 +78,15 @@ class FlowModel(GenerativeModel):
             out["bits_per_dim"] = total / n
         real = dataset.x[:2000].reshape(min(n, 2000), -1).float()
         for t in temperatures:
-            samples = self.sample(len(real), generator=generator, temperature=t).reshape(len(real), -1).cpu()
+            raw = self.sample_flow_space(len(real), generator=generator, temperature=t)
+            finite = torch.isfinite(raw.reshape(len(real), -1)).all(1).cpu()
             suffix = "" if len(temperatures) == 1 else f"_t{t:g}"
+            out["nonfinite_samples" + suffix] = float(1 - finite.float().mean())
+            if self.n_bins is not None:
+                raw = torch.nan_to_num(raw, nan=0.0, posinf=0.5, neginf=-0.5)
+                samples = self._to_data_space(raw).reshape(len(real), -1).cpu()
+            else:  # a non-finite point has no distance to the data: measure the finite ones
+                samples = raw.reshape(len(real), -1).cpu()[finite]
             out["sliced_wasserstein" + suffix] = float(metrics.sliced_wasserstein(samples.float(), real, seed=0))
         return out
 
