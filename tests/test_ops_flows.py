@@ -164,7 +164,7 @@ def test_coupling_grad_through_one_output_only(device_backend):
 
 
 def test_coupling_grad_of_shift_only(device_backend):
-    """Only shift needs a gradient: no kernel runs for the forward direction."""
+    """Only shift needs a gradient: it comes from grad_y alone (forward) or -d x_b (inverse)."""
     device, backend = _setup(COUPLING, device_backend)
     for inverse in (False, True):
         x, r = _coupling_inputs((3, 6), torch.float32, device)[::2]
