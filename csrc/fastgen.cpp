@@ -56,4 +56,19 @@ TORCH_LIBRARY(fastgen, m) {
   // cache_seqlens[b] valid positions (bottom-right causal) -> out.
   m.def("decode_attention_native(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float? scale) "
         "-> Tensor");
+  // flows
+  // affine_coupling: y = x_b * s + shift (inverse: (x_b - shift) / s), s = exp(log s) with log s
+  // from raw_scale by scale_fn; logdet[b] = +-sum log s (csrc/common/flow.h)
+  m.def("affine_coupling_native(Tensor x_b, Tensor shift, Tensor raw_scale, str scale_fn, "
+        "float clamp, bool inverse) -> (Tensor, Tensor)");
+  m.def("affine_coupling_backward_native(Tensor grad_y, Tensor grad_logdet, Tensor x_b, "
+        "Tensor shift, Tensor raw_scale, str scale_fn, float clamp, bool inverse) -> (Tensor, Tensor)");
+  // actnorm: x (N, C, *spatial); y = (x + loc) * exp(log_scale) (inverse: x * exp(-log_scale) - loc),
+  // logdet[b] = +-S * sum(log_scale), S = spatial size
+  m.def("actnorm_native(Tensor x, Tensor loc, Tensor log_scale, bool inverse) -> (Tensor, Tensor)");
+  m.def("actnorm_backward_native(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor loc, "
+        "Tensor log_scale, bool inverse) -> (Tensor, Tensor, Tensor)");
+  // flow_nll: per-sample -(log p(z) + logdet), prior 'gaussian' or 'logistic'; bits/dim with n_bins
+  m.def("flow_nll_native(Tensor z, Tensor logdet, str prior, int? n_bins) -> Tensor");
+  m.def("flow_nll_backward_native(Tensor grad_nll, Tensor z, str prior, int? n_bins) -> Tensor");
 }

@@ -202,3 +202,77 @@ register_case(Case(
     peers={"sdpa": _sdpa_decode_peer},
     modes=("fwd",),
 ))
+
+
+# -- normalizing flows ---------------------------------------------------------------------------
+
+def _coupling_inputs(shape, dtype, device, requires_grad):
+    g = torch.Generator(device).manual_seed(0)
+    x, t, r = (torch.randn(shape, generator=g, device=device, dtype=dtype) for _ in range(3))
+    return {"x_b": x.requires_grad_(requires_grad), "shift": t.requires_grad_(requires_grad),
+            "raw_scale": r.requires_grad_(requires_grad)}
+
+
+register_case(Case(
+    op="affine_coupling",
+    # (B, C_half, H, W): the issue's Glow-sized coupling (C = 64, coupled half 32, 32x32), and a
+    # GPU-sized one with 2**24 elements
+    shapes=[(64, 32, 32, 32), (256, 64, 32, 32)],
+    quick_shapes=[(64, 32, 32, 32)],
+    make_inputs=_coupling_inputs,
+    reference=lambda x_b, shift, raw_scale: reference.affine_coupling(x_b, shift, raw_scale, "sigmoid"),
+    fastgen=lambda backend, **kw: fastgen.ops.affine_coupling(**kw, scale_fn="sigmoid", backend=backend),
+    grad_inputs=("x_b", "shift", "raw_scale"),
+))
+
+
+def _actnorm_inputs(shape, dtype, device, requires_grad):
+    g = torch.Generator(device).manual_seed(0)
+    c = shape[1]
+    x = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    loc = torch.randn(c, generator=g, device=device, dtype=dtype)
+    ls = 0.1 * torch.randn(c, generator=g, device=device, dtype=dtype)
+    return {"x": x.requires_grad_(requires_grad), "loc": loc.requires_grad_(requires_grad),
+            "log_scale": ls.requires_grad_(requires_grad)}
+
+
+def _actnorm_check(actual, expected, dtype, what):
+    """Outputs (y, logdet[, d_x, d_loc, d_log_scale]): the last two sum N * H * W terms per
+    channel, so their tolerance grows with the root of that count, like any sum's."""
+    from fastgen import testing
+
+    rtol, atol = testing.tolerance(dtype)
+    terms = actual[0].numel() // max(1, expected[-1].numel())
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        grow = terms ** 0.5 if i >= 3 else 1.0
+        testing.assert_close(a, e, dtype=dtype, name=f"{what}[{i}]", rtol=rtol * grow, atol=atol * grow)
+
+
+register_case(Case(
+    op="actnorm",
+    shapes=[(64, 64, 32, 32), (65536, 64)],   # Glow activations; (N, D) features
+    quick_shapes=[(64, 64, 32, 32)],
+    make_inputs=_actnorm_inputs,
+    reference=reference.actnorm,
+    fastgen=lambda backend, **kw: fastgen.ops.actnorm(**kw, backend=backend),
+    grad_inputs=("x", "loc", "log_scale"),
+    check=_actnorm_check,
+))
+
+
+def _nll_inputs(shape, dtype, device, requires_grad):
+    g = torch.Generator(device).manual_seed(0)
+    z = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    logdet = torch.randn(shape[0], generator=g, device=device, dtype=torch.float32)
+    return {"z": z.requires_grad_(requires_grad), "logdet": logdet.requires_grad_(requires_grad)}
+
+
+register_case(Case(
+    op="flow_nll",
+    shapes=[(64, 3, 64, 64), (65536, 64)],
+    quick_shapes=[(64, 3, 64, 64)],
+    make_inputs=_nll_inputs,
+    reference=lambda z, logdet: reference.flow_nll(z, logdet, "gaussian", 256),
+    fastgen=lambda backend, **kw: fastgen.ops.flow_nll(**kw, prior="gaussian", n_bins=256, backend=backend),
+    grad_inputs=("z", "logdet"),
+))
