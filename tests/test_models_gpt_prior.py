@@ -60,3 +60,15 @@ def test_needs_a_vqgan_checkpoint():
 
     with pytest.raises(ValueError, match="gpt_prior needs a trained VQGAN"):
         get_model("gpt_prior")(DataSpec("shapes", "image", (3, 16, 16), 4))
+
+
+def test_generate_with_a_prompt_cache_equals_recompute():
+    from fastgen.models.gpt_prior import GPT
+
+    torch.manual_seed(0)
+    gpt = GPT(vocab=20, n_out=16, block_size=24, n_layer=2, n_head=2, n_embd=32).eval()
+    prompt = torch.randint(0, 16, (3, 5))
+    u = torch.rand(3, 19, generator=torch.Generator().manual_seed(1))
+    a = gpt.generate(prompt, 19, u, use_cache=True, top_k=8)
+    b = gpt.generate(prompt, 19, u, use_cache=False, top_k=8)
+    assert torch.equal(a, b) and a.shape == (3, 19)

@@ -88,6 +88,28 @@ class GPT(nn.Module):
         return [KVCache(batch, self.n_head, self.block_size, self.n_embd // self.n_head, p.dtype, p.device)
                 for _ in self.blocks]
 
+    @torch.no_grad()
+    def generate(self, prefix, steps, uniforms, use_cache=True, **sampling):
+        """Append `steps` tokens to `prefix` [B, P] one at a time, drawing token t with
+        `uniforms[:, t]` (inverse CDF after `filter_logits(**sampling)`). With use_cache each
+        step feeds only the newest token through per-layer KV caches; without, it recomputes the
+        whole sequence (the reference the cache must reproduce). Returns the new tokens [B, steps]."""
+        tokens = prefix
+        caches = self.new_caches(prefix.shape[0]) if use_cache else None
+        if use_cache and prefix.shape[1] > 1:  # the prompt goes through once, causal
+            self(prefix[:, :-1], start=0, caches=caches)
+        out = []
+        for t in range(steps):
+            pos = tokens.shape[1] - 1
+            if use_cache:
+                logits = self(tokens[:, -1:], start=pos, caches=caches)[:, -1]
+            else:
+                logits = self(tokens)[:, -1]
+            nxt = draw(filter_logits(logits.float(), **sampling), uniforms[:, t])
+            out.append(nxt)
+            tokens = torch.cat([tokens, nxt.unsqueeze(1)], 1)
+        return torch.stack(out, 1)
+
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
     """Temperature, then keep the top_k largest and the smallest set with probability >= top_p
@@ -171,18 +193,7 @@ class GPTPrior(GenerativeModel):
             y = torch.randint(self.n_starts, (n,), generator=generator, device=device)
         seq = self.grid[0] * self.grid[1]
         uniforms = torch.rand(n, seq, generator=generator, device=device)
-        tokens = self._start_tokens(y)
-        caches = self.gpt.new_caches(n) if use_cache else None
-        out = []
-        for t in range(seq):
-            if use_cache:
-                logits = self.gpt(tokens[:, -1:], start=t, caches=caches)[:, -1]
-            else:
-                logits = self.gpt(tokens)[:, -1]
-            nxt = draw(filter_logits(logits.float(), **opts), uniforms[:, t])
-            out.append(nxt)
-            tokens = torch.cat([tokens, nxt.unsqueeze(1)], 1)
-        return torch.stack(out, 1)
+        return self.gpt.generate(self._start_tokens(y), seq, uniforms, use_cache, **opts)
 
     @torch.no_grad()
     def sample(self, n, generator=None):
