@@ -36,4 +36,20 @@ TORCH_LIBRARY(fastgen, m) {
   // vq_nearest: per row of z [N, D], the nearest of codebook [K, D] -> (indices int64 [N],
   // squared distances [N]); metric "l2" or "cosine"; never builds the N x K matrix.
   m.def("vq_nearest_native(Tensor z, Tensor codebook, str metric) -> (Tensor, Tensor)");
+  // diffusion: forward noising and one sampler step, each one elementwise pass. Step scalars are
+  // gathered from schedule tables by a 0-d timestep / step_index (host or device tensor).
+  m.def("add_noise_native(Tensor original_samples, Tensor noise, Tensor timesteps, "
+        "Tensor alphas_cumprod) -> Tensor");
+  m.def("get_velocity_native(Tensor sample, Tensor noise, Tensor timesteps, Tensor alphas_cumprod) -> Tensor");
+  m.def("ddim_step_native(Tensor model_output, Tensor sample, Tensor noise, Tensor timestep, "
+        "Tensor alphas_cumprod, Tensor alphas_cumprod_prev, Tensor threshold, float eta, "
+        "str prediction_type, bool clip_sample, float clip_sample_range, "
+        "bool use_clipped_model_output) -> (Tensor, Tensor)");
+  m.def("ddpm_step_native(Tensor model_output, Tensor sample, Tensor noise, Tensor timestep, "
+        "Tensor alphas_cumprod, Tensor alphas_cumprod_prev, Tensor threshold, str prediction_type, "
+        "str variance_type, bool clip_sample, float clip_sample_range) -> (Tensor, Tensor)");
+  m.def("flow_euler_step_native(Tensor model_output, Tensor sample, Tensor noise, Tensor step_index, "
+        "Tensor sigmas) -> Tensor");
+  m.def("flow_heun_step_native(Tensor model_output, Tensor model_output_next, Tensor sample, "
+        "Tensor step_index, Tensor sigmas) -> Tensor");
 }
