@@ -89,7 +89,7 @@ def triton_cdiv(a, b):
 
 # -- DDPM / DDIM ---------------------------------------------------------------------------------
 # Both steps have the form (see csrc/common/diffusion.h for the derivation):
-#   x0   = X * x + M * m                       (m = model output; prediction type -> X, M)
+#   x0   = (X * x + M * m) * S                 (m = model output; prediction type -> X, M, S)
 #   x0  <- clamp(x0, -s_b, s_b) / s_b            (dynamic threshold) or clamp(x0, -r, r) (clip)
 #   prev = A * x0 + B * x + C * m + D * noise
 
@@ -106,10 +106,12 @@ def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, pre
     b = 1.0 - a
     sa = tl.sqrt(a)
     sb = tl.sqrt(b)
-    # x0 = X x + M m; eps = EX x + EM m
+    # x0 = (X x + M m) S; eps = EX x + EM m
+    S = 1.0
     if PRED_TYPE == 0:
-        X = 1.0 / sa
-        M = -sb / sa
+        X = 1.0
+        M = -sb
+        S = 1.0 / sa
         EX = 0.0
         EM = 1.0
     elif PRED_TYPE == 1:
@@ -155,7 +157,7 @@ def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, pre
     mask = idx < n
     m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(math_t)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(math_t)
-    x0 = X * x + M * m
+    x0 = (X * x + M * m) * S
     if THRESHOLD:
         s = tl.load(thr_ptr + idx // cols, mask=mask, other=1.0).to(math_t)
         x0 = tl.minimum(tl.maximum(x0, -s), s) / s

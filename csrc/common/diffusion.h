@@ -3,9 +3,11 @@
 //
 // DDPM and DDIM steps are affine in (x, m, noise) once the step's scalars are known
 // (x = sample, m = model output, a = abar_t, a_prev = abar of the step's target timestep):
-//   x0   = X x + M m             epsilon: X = 1/sqrt(a), M = -sqrt(1-a)/sqrt(a)
-//                                sample:  X = 0, M = 1
-//                                v:       X = sqrt(a), M = -sqrt(1-a)
+//   x0   = (X x + M m) S         epsilon: X = 1, M = -sqrt(1-a), S = 1/sqrt(a)
+//                                sample:  X = 0, M = 1, S = 1
+//                                v:       X = sqrt(a), M = -sqrt(1-a), S = 1
+//   (epsilon keeps the 1/sqrt(a) outside: at zero terminal SNR, a = 0, x0 is +-inf like
+//   diffusers' division, which clipping then bounds, instead of inf - inf = NaN)
 //   eps  = EX x + EM m           (the noise the prediction implies, before any clipping)
 //   x0  <- clamp(x0, -s, s) / s  (dynamic threshold, per sample) or clamp(x0, -r, r) (clip)
 //   prev = A x0 + B x + C m + D noise
@@ -31,7 +33,7 @@ FASTGEN_HD double dlog(double x) { return ::log(x); }
 
 template <typename T>
 struct StepCoeffs {
-  T X, M, A, B, C, D;
+  T X, M, S, A, B, C, D;
 };
 
 template <typename T>
@@ -41,11 +43,11 @@ FASTGEN_HD StepCoeffs<T> denoise_coeffs(bool ddpm, int prediction, int variance,
   StepCoeffs<T> c;
   T EX, EM;
   if (prediction == kEpsilon) {
-    c.X = T(1) / sa; c.M = -sb / sa; EX = T(0); EM = T(1);
+    c.X = T(1); c.M = -sb; c.S = T(1) / sa; EX = T(0); EM = T(1);
   } else if (prediction == kSample) {
-    c.X = T(0); c.M = T(1); EX = T(1) / sb; EM = -sa / sb;
+    c.X = T(0); c.M = T(1); c.S = T(1); EX = T(1) / sb; EM = -sa / sb;
   } else {
-    c.X = sa; c.M = -sb; EX = sb; EM = sa;
+    c.X = sa; c.M = -sb; c.S = T(1); EX = sb; EM = sa;
   }
   if (ddpm) {
     const T alpha = a / a_prev, beta = T(1) - alpha;

@@ -194,7 +194,7 @@ void denoise_span(const scalar_t* m, const scalar_t* x, const scalar_t* z, scala
   using L = Lanes<scalar_t>;
   using opmath_t = typename L::opmath_t;
   using VecM = typename L::VecM;
-  const VecM vX(c.X), vM(c.M), vA(c.A), vB(c.B), vC(c.C), vD(c.D), hi(bound), lo(-bound);
+  const VecM vX(c.X), vM(c.M), vS(c.S), vA(c.A), vB(c.B), vC(c.C), vD(c.D), hi(bound), lo(-bound);
   int64_t i = 0;
   for (; i + L::step <= n; i += L::step) {
     VecM vm[L::parts], vx[L::parts], vz[L::parts], p0[L::parts], pp[L::parts];
@@ -202,7 +202,7 @@ void denoise_span(const scalar_t* m, const scalar_t* x, const scalar_t* z, scala
     L::load(x + i, vx);
     if constexpr (kNoise) L::load(z + i, vz);
     for (int p = 0; p < L::parts; ++p) {
-      VecM x0 = vX * vx[p] + vM * vm[p];
+      VecM x0 = (vX * vx[p] + vM * vm[p]) * vS;
       if constexpr (kLimit == kClip) x0 = at::vec::clamp(x0, lo, hi);
       if constexpr (kLimit == kThreshold) x0 = at::vec::clamp(x0, lo, hi) / hi;
       VecM out = vA * x0 + vB * vx[p] + vC * vm[p];
@@ -215,7 +215,7 @@ void denoise_span(const scalar_t* m, const scalar_t* x, const scalar_t* z, scala
   }
   for (; i < n; ++i) {
     const opmath_t xm = static_cast<opmath_t>(m[i]), xx = static_cast<opmath_t>(x[i]);
-    opmath_t x0 = c.X * xx + c.M * xm;
+    opmath_t x0 = (c.X * xx + c.M * xm) * c.S;
     if constexpr (kLimit == kClip) x0 = clamp_range(x0, -bound, bound);
     if constexpr (kLimit == kThreshold) x0 = clamp_range(x0, -bound, bound) / bound;
     opmath_t out = c.A * x0 + c.B * xx + c.C * xm;

@@ -167,7 +167,7 @@ denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ x,
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const acc_t vm = static_cast<acc_t>(m[i]), vx = static_cast<acc_t>(x[i]);
-    acc_t x0 = c.X * vx + c.M * vm;
+    acc_t x0 = (c.X * vx + c.M * vm) * c.S;
     if (kThreshold) {
       const acc_t s = threshold[i / cols];
       x0 = clamp_range(x0, -s, s) / s;
