@@ -143,7 +143,7 @@ def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, pre
     else:
         var = (1.0 - a_prev) / b * (1.0 - a / a_prev)
         std = eta * tl.sqrt(var)
-        direction = tl.sqrt(1.0 - a_prev - std * std)
+        direction = tl.sqrt(tl.maximum(1.0 - a_prev - std * std, 0.0))  # -ulp at zero SNR, eta = 1
         if USE_CLIPPED:  # eps re-derived from the clipped x0: (x - sa x0) / sb
             A = tl.sqrt(a_prev) - direction * sa / sb
             B = direction / sb

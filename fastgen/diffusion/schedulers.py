@@ -127,7 +127,8 @@ class _DiscreteScheduler(ConfigMixin):
 
     def _device_tables(self, device):
         # (alphas_cumprod, alphas_cumprod_prev) on `device`; alphas_cumprod_prev[t] is abar of
-        # the timestep a step from t lands on (each subclass's _alphas_cumprod_prev)
+        # the timestep a step from t lands on (each subclass's _alphas_cumprod_prev); the
+        # cache is cleared by set_timesteps
         return self._tables.get(device, lambda: (self.alphas_cumprod, self._alphas_cumprod_prev()))
 
     def _step_kwargs(self):
@@ -269,6 +270,8 @@ class DDIMScheduler(_DiscreteScheduler):
 
     def _alphas_cumprod_prev(self):
         # DDIM steps from t to t - num_train_timesteps // num_inference_steps for every spacing
+        if self.num_inference_steps is None:
+            return self.alphas_cumprod  # placeholder until set_timesteps (step refuses to run)
         prev = torch.arange(self.config.num_train_timesteps) - self.config.num_train_timesteps // self.num_inference_steps
         return torch.where(prev >= 0, self.alphas_cumprod[prev.clamp_min(0)], self.final_alpha_cumprod)
 

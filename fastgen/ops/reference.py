@@ -167,7 +167,9 @@ def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cump
     std = eta * variance.sqrt()
     if use_clipped_model_output:
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-    prev = a_prev.sqrt() * x0 + (1 - a_prev - std * std).sqrt() * eps
+    # 1 - a_prev - std^2 is exactly 0 at zero terminal SNR with eta = 1; rounding can make it
+    # -ulp (NaN after sqrt), so it is clamped at 0 (diffusers does not clamp)
+    prev = a_prev.sqrt() * x0 + (1 - a_prev - std * std).clamp_min(0).sqrt() * eps
     if eta > 0:
         prev = prev + std * noise.to(t)
     return prev.to(sample.dtype).contiguous(), x0.to(sample.dtype).contiguous()
