@@ -22,6 +22,13 @@ def _math_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _split_double(value):
+    """Triton passes Python floats as fp32: send a double as hi + lo fp32 parts so fp64 kernels
+    see it exactly (hi + lo reassembled in fp64; fp32 kernels get hi + lo rounded, i.e. hi)."""
+    hi = float(torch.tensor(value, dtype=torch.float32))
+    return hi, float(torch.tensor(value - hi, dtype=torch.float32))
+
+
 def _index_arg(index, dummy):
     """(pointer, host value, FROM_PTR) for a 0-d index tensor: a host (CPU) index becomes a
     kernel argument (reading it costs no device sync); a device index is read by the kernel.
@@ -95,12 +102,15 @@ def triton_cdiv(a, b):
 
 @jit
 def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, prev_table_ptr,
-                         thr_ptr, prev_ptr, x0_ptr, n, cols, eta, clip_range,
+                         thr_ptr, prev_ptr, x0_ptr, n, cols, eta_hi, eta_lo, clip_hi, clip_lo,
                          T_FROM_PTR: tl.constexpr, DDPM: tl.constexpr, PRED_TYPE: tl.constexpr,
                          VAR_TYPE: tl.constexpr, CLIP: tl.constexpr, THRESHOLD: tl.constexpr,
                          HAS_NOISE: tl.constexpr, USE_CLIPPED: tl.constexpr, BLOCK: tl.constexpr):
     math_t = tl.float64 if prev_ptr.dtype.element_ty == tl.float64 else tl.float32
     t = _load_index(t_ptr, t_value, T_FROM_PTR)
+    zero = tl.zeros([], math_t)  # scalar args are fp32 on GPU and Python floats when interpreted
+    eta = (zero + eta_hi) + eta_lo
+    clip_range = (zero + clip_hi) + clip_lo
     a = tl.load(table_ptr + t).to(math_t)
     a_prev = tl.load(prev_table_ptr + t).to(math_t)
     b = 1.0 - a
@@ -141,9 +151,9 @@ def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, pre
             D = tl.exp(0.5 * tl.log(beta_t))
         D = tl.where(t > 0, D, 0.0)
     else:
-        var = (1.0 - a_prev) / b * (1.0 - a / a_prev)
-        std = eta * tl.sqrt(var)
-        direction = tl.sqrt(tl.maximum(1.0 - a_prev - std * std, 0.0))  # -ulp at zero SNR, eta = 1
+        ratio = (1.0 - a / a_prev) / b  # sigma^2 = eta^2 (1 - a_prev) ratio; dir^2 factored (diffusion.h)
+        std = eta * tl.sqrt((1.0 - a_prev) * ratio)
+        direction = tl.sqrt(tl.maximum((1.0 - a_prev) * (1.0 - eta * eta * ratio), 0.0))
         if USE_CLIPPED:  # eps re-derived from the clipped x0: (x - sa x0) / sb
             A = tl.sqrt(a_prev) - direction * sa / sb
             B = direction / sb
@@ -186,8 +196,8 @@ def _denoise_step(ddpm, model_output, sample, noise, timestep, alphas_cumprod, a
     t_ptr, t_value, from_ptr = _index_arg(timestep.reshape(()), x)
     _denoise_step_kernel[(triton_cdiv(n, _BLOCK),)](
         m, x, noise, t_ptr, t_value, alphas_cumprod.contiguous(), alphas_cumprod_prev.contiguous(),
-        threshold.contiguous() if thresholding else x, prev, x0, n, n // x.shape[0], float(eta),
-        float(clip_sample_range), T_FROM_PTR=from_ptr, DDPM=ddpm, PRED_TYPE=PRED[prediction_type],
+        threshold.contiguous() if thresholding else x, prev, x0, n, n // x.shape[0],
+        *_split_double(eta), *_split_double(clip_sample_range), T_FROM_PTR=from_ptr, DDPM=ddpm, PRED_TYPE=PRED[prediction_type],
         VAR_TYPE=VAR[variance_type], CLIP=bool(clip_sample), THRESHOLD=thresholding,
         HAS_NOISE=has_noise, USE_CLIPPED=bool(use_clipped_model_output), BLOCK=_BLOCK)
     return prev, x0

@@ -242,6 +242,7 @@ def _threshold(thresholding, model_output, sample, timestep, alphas_cumprod, pre
 
 
 def _noise_or_empty(noise, sample):
+    _checks.tensor("sample", sample)
     return sample.new_empty((0,)) if noise is None else noise
 
 
@@ -263,6 +264,8 @@ def ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_pre
             thresholding with `dynamic_thresholding_ratio`, `sample_max_value`) replaces it.
         use_clipped_model_output: re-derive eps from the clipped x0.
     Returns (prev_sample, pred_original_sample), like sample."""
+    _checks.tensor("sample", sample)
+    _checks.tensor("model_output", model_output)
     timestep = _as_index(timestep, "timestep")
     threshold = _threshold(thresholding, model_output, sample, timestep, alphas_cumprod,
                            prediction_type, dynamic_thresholding_ratio, sample_max_value)
@@ -281,6 +284,8 @@ def ddpm_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_pre
     variance_type: "fixed_small" (posterior variance), "fixed_small_log", "fixed_large" (beta_t),
     "fixed_large_log" (the same std through exp(log(var) / 2)).
     Returns (prev_sample, pred_original_sample), like sample."""
+    _checks.tensor("sample", sample)
+    _checks.tensor("model_output", model_output)
     timestep = _as_index(timestep, "timestep")
     threshold = _threshold(thresholding, model_output, sample, timestep, alphas_cumprod,
                            prediction_type, dynamic_thresholding_ratio, sample_max_value)

@@ -163,13 +163,16 @@ def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cump
     x, m = sample.to(t), model_output.to(t)
     x0, eps = pred_original_and_epsilon(m, x, a, prediction_type)
     x0 = _limit_x0(x0, threshold, clip_sample, clip_sample_range)
-    variance = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
-    std = eta * variance.sqrt()
+    # sigma_t^2 = eta^2 (1 - a_prev) / (1 - a) (1 - a / a_prev)
+    ratio = (1 - a / a_prev) / (1 - a)
+    std = eta * ((1 - a_prev) * ratio).sqrt()
     if use_clipped_model_output:
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-    # 1 - a_prev - std^2 is exactly 0 at zero terminal SNR with eta = 1; rounding can make it
-    # -ulp (NaN after sqrt), so it is clamped at 0 (diffusers does not clamp)
-    prev = a_prev.sqrt() * x0 + (1 - a_prev - std * std).clamp_min(0).sqrt() * eps
+    # the direction's weight sqrt(1 - a_prev - sigma^2), factored: at zero terminal SNR with
+    # eta = 1 it is exactly 0, where the plain difference rounds to +-ulp (diffusers: NaN or
+    # 1e-4); clamped at 0 for eta > 1
+    direction = ((1 - a_prev) * (1 - eta * eta * ratio)).clamp_min(0).sqrt()
+    prev = a_prev.sqrt() * x0 + direction * eps
     if eta > 0:
         prev = prev + std * noise.to(t)
     return prev.to(sample.dtype).contiguous(), x0.to(sample.dtype).contiguous()
