@@ -151,9 +151,11 @@ def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, pre
             D = tl.exp(0.5 * tl.log(beta_t))
         D = tl.where(t > 0, D, 0.0)
     else:
-        ratio = (1.0 - a / a_prev) / b  # sigma^2 = eta^2 (1 - a_prev) ratio; dir^2 factored (diffusion.h)
-        std = eta * tl.sqrt((1.0 - a_prev) * ratio)
-        direction = tl.sqrt(tl.maximum((1.0 - a_prev) * (1.0 - eta * eta * ratio), 0.0))
+        # sigma and dir as in csrc/common/diffusion.h (dir^2 formed without cancellation)
+        r = (a_prev - a) / (a_prev * b)
+        one_minus_r = a * (1.0 - a_prev) / (a_prev * b)
+        std = eta * tl.sqrt((1.0 - a_prev) * r)
+        direction = tl.sqrt(tl.maximum((1.0 - a_prev) * ((1.0 - eta * eta) + eta * eta * one_minus_r), 0.0))
         if USE_CLIPPED:  # eps re-derived from the clipped x0: (x - sa x0) / sb
             A = tl.sqrt(a_prev) - direction * sa / sb
             B = direction / sb

@@ -15,7 +15,7 @@
 //   A = sqrt(a_prev) beta / (1-a), B = sqrt(alpha) (1-a_prev) / (1-a), C = 0,
 //   D = std for t > 0 else 0, std from variance_type (posterior variance clamped at 1e-20, or beta).
 // DDIM: sigma = eta sqrt((1-a_prev)/(1-a) (1 - a/a_prev)), dir = sqrt(1 - a_prev - sigma^2),
-//   prev = sqrt(a_prev) x0 + dir eps + sigma noise (dir^2 factored and clamped at 0: eta > 1), eps from (x, m) or, with
+//   prev = sqrt(a_prev) x0 + dir eps + sigma noise (dir^2 computed without cancellation, below), eps from (x, m) or, with
 //   use_clipped_model_output, re-derived from the clipped x0: eps = (x - sqrt(a) x0) / sqrt(1-a).
 // `T` is the math type: float (double for fp64 samples).
 #include "common/macros.h"
@@ -63,12 +63,18 @@ FASTGEN_HD StepCoeffs<T> denoise_coeffs(bool ddpm, int prediction, int variance,
     else sd = fexp(T(0.5) * dlog(beta));
     c.D = t > 0 ? sd : T(0);
   } else {
-    const T ratio = (T(1) - a / a_prev) / b;  // sigma^2 = eta^2 (1 - a_prev) ratio
-    const T sigma = eta * dsqrt((T(1) - a_prev) * ratio);
-    // dir^2 = 1 - a_prev - sigma^2, factored so that it is exactly 0 where it should be
-    // (eta = 1 at zero terminal SNR, a = 0) instead of +-ulp, whose square root is ~1e-4
-    const T dir2 = (T(1) - a_prev) * (T(1) - eta * eta * ratio);
-    const T dir = dsqrt(dir2 > T(0) ? dir2 : T(0));
+    // sigma^2 = eta^2 (1 - a_prev) r with r = (1 - a / a_prev) / (1 - a) and
+    // dir^2 = 1 - a_prev - sigma^2 = (1 - a_prev) ((1 - eta^2) + eta^2 (1 - r)). Both r and
+    // 1 - r are formed as products of differences of table values (exact or nearly, by
+    // Sterbenz), never as 1 - (something near 1): the plain difference loses everything when
+    // dir^2 is tiny (eta near 1 with a near 0, or a_prev near 1) and its square root turns an
+    // ulp into ~1e-4. At zero terminal SNR (a = 0, eta = 1) dir is exactly 0.
+    const T denom = a_prev * b;
+    const T r = (a_prev - a) / denom;
+    const T one_minus_r = a * (T(1) - a_prev) / denom;
+    const T sigma = eta * dsqrt((T(1) - a_prev) * r);
+    const T dir2 = (T(1) - a_prev) * ((T(1) - eta * eta) + eta * eta * one_minus_r);
+    const T dir = dsqrt(dir2 > T(0) ? dir2 : T(0));  // < 0 only for eta > 1
     if (use_clipped) {
       c.A = dsqrt(a_prev) - dir * sa / sb; c.B = dir / sb; c.C = T(0);
     } else {

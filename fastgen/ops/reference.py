@@ -163,15 +163,18 @@ def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cump
     x, m = sample.to(t), model_output.to(t)
     x0, eps = pred_original_and_epsilon(m, x, a, prediction_type)
     x0 = _limit_x0(x0, threshold, clip_sample, clip_sample_range)
-    # sigma_t^2 = eta^2 (1 - a_prev) / (1 - a) (1 - a / a_prev)
-    ratio = (1 - a / a_prev) / (1 - a)
-    std = eta * ((1 - a_prev) * ratio).sqrt()
+    # sigma_t^2 = eta^2 (1 - a_prev) r, r = (1 - a / a_prev) / (1 - a)
+    r = (a_prev - a) / (a_prev * (1 - a))
+    std = eta * ((1 - a_prev) * r).sqrt()
     if use_clipped_model_output:
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-    # the direction's weight sqrt(1 - a_prev - sigma^2), factored: at zero terminal SNR with
-    # eta = 1 it is exactly 0, where the plain difference rounds to +-ulp (diffusers: NaN or
-    # 1e-4); clamped at 0 for eta > 1
-    direction = ((1 - a_prev) * (1 - eta * eta * ratio)).clamp_min(0).sqrt()
+    # the direction's weight sqrt(1 - a_prev - sigma^2) with 1 - r = a (1 - a_prev) /
+    # (a_prev (1 - a)) written out: the plain difference cancels when it is tiny (eta ~ 1 with
+    # a ~ 0 or a_prev ~ 1) and its square root turns an ulp into ~1e-4 (diffusers computes it
+    # that way; at zero terminal SNR with eta = 1 it even gets NaN). Clamped at 0: negative
+    # only for eta > 1.
+    one_minus_r = a * (1 - a_prev) / (a_prev * (1 - a))
+    direction = ((1 - a_prev) * ((1 - eta * eta) + eta * eta * one_minus_r)).clamp_min(0).sqrt()
     prev = a_prev.sqrt() * x0 + direction * eps
     if eta > 0:
         prev = prev + std * noise.to(t)
