@@ -217,6 +217,18 @@ _ddpm = FusedOp(
     triton=_triton_diffusion.ddpm_step, native=True)
 
 
+# A step costs ~10 us of kernel on a 64x64 latent, so the per-call tensors the wrappers make
+# (host index tensors, empty "absent" markers) are cached: each costs 1-2 us to create. Never
+# while torch.compile traces (it must see the tensors made, not Python-side state).
+_INDEX_CACHE = {}
+_EMPTY_CACHE = {}
+_CACHE_LIMIT = 4096
+
+
+def _is_compiling():
+    return torch.compiler.is_compiling()
+
+
 def _as_index(value, name):
     """A Python int becomes a host 0-d tensor: the kernels take it as an argument (no copy to
     the device, nothing to sync)."""
@@ -224,7 +236,26 @@ def _as_index(value, name):
         return value
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"fastgen: {name} must be an int or an integer tensor, got {type(value).__name__}")
-    return torch.tensor(value.__index__(), dtype=torch.int64)
+    value = value.__index__()
+    if _is_compiling():
+        return torch.tensor(value, dtype=torch.int64)
+    index = _INDEX_CACHE.get(value)
+    if index is None:
+        if len(_INDEX_CACHE) >= _CACHE_LIMIT:
+            _INDEX_CACHE.clear()
+        index = _INDEX_CACHE[value] = torch.tensor(value, dtype=torch.int64)
+    return index
+
+
+def _empty(like, dtype):
+    """A 1-D empty tensor on like's device: the ops' marker for an absent optional tensor."""
+    if _is_compiling():
+        return like.new_empty((0,), dtype=dtype)
+    key = (like.device, dtype)
+    empty = _EMPTY_CACHE.get(key)
+    if empty is None:
+        empty = _EMPTY_CACHE[key] = like.new_empty((0,), dtype=dtype)
+    return empty
 
 
 def _threshold(thresholding, model_output, sample, timestep, alphas_cumprod, prediction_type,
@@ -232,7 +263,7 @@ def _threshold(thresholding, model_output, sample, timestep, alphas_cumprod, pre
     """Per-sample dynamic-threshold scale, or an empty tensor. Needs a quantile over each sample
     of x0 (a selection, not an elementwise op): computed here before the fused step."""
     if not thresholding:
-        return sample.new_empty((0,), dtype=reference.math_dtype(sample.dtype))
+        return _empty(sample, reference.math_dtype(sample.dtype))
     if not 0 < ratio <= 1:
         raise ValueError(f"fastgen: dynamic_thresholding_ratio must be in (0, 1], got {ratio}")
     t = reference.math_dtype(sample.dtype)
@@ -243,7 +274,7 @@ def _threshold(thresholding, model_output, sample, timestep, alphas_cumprod, pre
 
 def _noise_or_empty(noise, sample):
     _checks.tensor("sample", sample)
-    return sample.new_empty((0,)) if noise is None else noise
+    return _empty(sample, sample.dtype) if noise is None else noise
 
 
 def ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev, *, eta=0.0,
