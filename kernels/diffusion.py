@@ -101,9 +101,10 @@ def triton_cdiv(a, b):
 #   prev = A * x0 + B * x + C * m + D * noise
 
 @jit
-def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, prev_table_ptr,
-                         thr_ptr, prev_ptr, x0_ptr, n, cols, eta_hi, eta_lo, clip_hi, clip_lo,
-                         T_FROM_PTR: tl.constexpr, DDPM: tl.constexpr, PRED_TYPE: tl.constexpr,
+def _denoise_step_kernel(m_ptr, u_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, prev_table_ptr,
+                         thr_ptr, prev_ptr, x0_ptr, n, cols, eta_hi, eta_lo, clip_hi, clip_lo, g_hi, g_lo,
+                         GUIDED: tl.constexpr, T_FROM_PTR: tl.constexpr, DDPM: tl.constexpr,
+                         PRED_TYPE: tl.constexpr,
                          VAR_TYPE: tl.constexpr, CLIP: tl.constexpr, THRESHOLD: tl.constexpr,
                          HAS_NOISE: tl.constexpr, USE_CLIPPED: tl.constexpr, BLOCK: tl.constexpr):
     math_t = tl.float64 if prev_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -168,6 +169,9 @@ def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, pre
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < n
     m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(math_t)
+    if GUIDED:  # classifier-free guidance: u + g (c - u)
+        u = tl.load(u_ptr + idx, mask=mask, other=0.0).to(math_t)
+        m = u + ((zero + g_hi) + g_lo) * (m - u)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(math_t)
     x0 = (X * x + M * m) * S
     if THRESHOLD:
@@ -184,8 +188,8 @@ def _denoise_step_kernel(m_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, pre
 
 
 def _denoise_step(ddpm, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                  threshold, eta, prediction_type, variance_type, clip_sample, clip_sample_range,
-                  use_clipped_model_output):
+                  threshold, uncond, guidance_scale, eta, prediction_type, variance_type, clip_sample,
+                  clip_sample_range, use_clipped_model_output):
     m, x = model_output.contiguous(), sample.contiguous()
     prev = torch.empty_like(x, memory_format=torch.contiguous_format)
     x0 = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -195,38 +199,43 @@ def _denoise_step(ddpm, model_output, sample, noise, timestep, alphas_cumprod, a
     has_noise = noise.numel() > 0 and (ddpm or eta > 0)
     noise = noise.contiguous() if has_noise else x
     thresholding = threshold.numel() > 0
+    guided = uncond.numel() > 0
     t_ptr, t_value, from_ptr = _index_arg(timestep.reshape(()), x)
     _denoise_step_kernel[(triton_cdiv(n, _BLOCK),)](
-        m, x, noise, t_ptr, t_value, alphas_cumprod.contiguous(), alphas_cumprod_prev.contiguous(),
-        threshold.contiguous() if thresholding else x, prev, x0, n, n // x.shape[0],
-        *_split_double(eta), *_split_double(clip_sample_range), T_FROM_PTR=from_ptr, DDPM=ddpm, PRED_TYPE=PRED[prediction_type],
+        m, uncond.contiguous() if guided else m, x, noise, t_ptr, t_value, alphas_cumprod.contiguous(),
+        alphas_cumprod_prev.contiguous(), threshold.contiguous() if thresholding else x, prev, x0, n,
+        n // x.shape[0], *_split_double(eta), *_split_double(clip_sample_range),
+        *_split_double(guidance_scale), GUIDED=guided, T_FROM_PTR=from_ptr, DDPM=ddpm,
+        PRED_TYPE=PRED[prediction_type],
         VAR_TYPE=VAR[variance_type], CLIP=bool(clip_sample), THRESHOLD=thresholding,
         HAS_NOISE=has_noise, USE_CLIPPED=bool(use_clipped_model_output), BLOCK=_BLOCK)
     return prev, x0
 
 
 def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev, threshold,
-              eta=0.0, prediction_type="epsilon", clip_sample=False, clip_sample_range=1.0,
-              use_clipped_model_output=False):
+              model_output_uncond, guidance_scale=1.0, eta=0.0, prediction_type="epsilon",
+              clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False):
     return _denoise_step(False, model_output, sample, noise, timestep, alphas_cumprod,
-                         alphas_cumprod_prev, threshold, eta, prediction_type, "fixed_small",
+                         alphas_cumprod_prev, threshold, model_output_uncond, guidance_scale, eta,
+                         prediction_type, "fixed_small",
                          clip_sample, clip_sample_range, use_clipped_model_output)
 
 
 def ddpm_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev, threshold,
-              prediction_type="epsilon", variance_type="fixed_small", clip_sample=True,
-              clip_sample_range=1.0):
+              model_output_uncond, guidance_scale=1.0, prediction_type="epsilon",
+              variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0):
     return _denoise_step(True, model_output, sample, noise, timestep, alphas_cumprod,
-                         alphas_cumprod_prev, threshold, 0.0, prediction_type, variance_type,
+                         alphas_cumprod_prev, threshold, model_output_uncond, guidance_scale, 0.0,
+                         prediction_type, variance_type,
                          clip_sample, clip_sample_range, False)
 
 
 # -- flow matching ---------------------------------------------------------------------------------
 
 @jit
-def _flow_step_kernel(v_ptr, v2_ptr, x_ptr, noise_ptr, i_ptr, i_value, sigmas_ptr, out_ptr, n,
+def _flow_step_kernel(v_ptr, v2_ptr, x_ptr, noise_ptr, i_ptr, i_value, sigmas_ptr, out_ptr, n, g_hi, g_lo,
                       I_FROM_PTR: tl.constexpr, HEUN: tl.constexpr, STOCHASTIC: tl.constexpr,
-                      BLOCK: tl.constexpr):
+                      GUIDED: tl.constexpr, BLOCK: tl.constexpr):
     math_t = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
     i = _load_index(i_ptr, i_value, I_FROM_PTR)
     s = tl.load(sigmas_ptr + i).to(math_t)
@@ -234,6 +243,9 @@ def _flow_step_kernel(v_ptr, v2_ptr, x_ptr, noise_ptr, i_ptr, i_value, sigmas_pt
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < n
     v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(math_t)
+    if GUIDED:  # v2 holds the unconditional velocity: u + g (c - u)
+        u = tl.load(v2_ptr + idx, mask=mask, other=0.0).to(math_t)
+        v = u + ((tl.zeros([], math_t) + g_hi) + g_lo) * (v - u)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(math_t)
     if HEUN:
         v2 = tl.load(v2_ptr + idx, mask=mask, other=0.0).to(math_t)
@@ -246,23 +258,25 @@ def _flow_step_kernel(v_ptr, v2_ptr, x_ptr, noise_ptr, i_ptr, i_value, sigmas_pt
     tl.store(out_ptr + idx, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _flow(v, v2, x, noise, step_index, sigmas, heun):
+def _flow(v, v2, x, noise, step_index, sigmas, heun, guidance_scale=1.0):
+    """v2: the second velocity (Heun) or the unconditional one (Euler with guidance), or None."""
     v, x = v.contiguous(), x.contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     n = x.numel()
     if n == 0:
         return out
     stochastic = noise is not None and noise.numel() > 0
+    guided = not heun and v2 is not None and v2.numel() > 0
     i_ptr, i_value, from_ptr = _index_arg(step_index.reshape(()), x)
     _flow_step_kernel[(triton_cdiv(n, _BLOCK),)](
-        v, v2.contiguous() if heun else v, x, noise.contiguous() if stochastic else x, i_ptr, i_value,
-        sigmas.contiguous(), out, n, I_FROM_PTR=from_ptr, HEUN=heun, STOCHASTIC=stochastic,
-        BLOCK=_BLOCK)
+        v, v2.contiguous() if heun or guided else v, x, noise.contiguous() if stochastic else x, i_ptr,
+        i_value, sigmas.contiguous(), out, n, *_split_double(guidance_scale), I_FROM_PTR=from_ptr,
+        HEUN=heun, STOCHASTIC=stochastic, GUIDED=guided, BLOCK=_BLOCK)
     return out
 
 
-def flow_euler_step(model_output, sample, noise, step_index, sigmas):
-    return _flow(model_output, None, sample, noise, step_index, sigmas, False)
+def flow_euler_step(model_output, sample, noise, step_index, sigmas, model_output_uncond, guidance_scale=1.0):
+    return _flow(model_output, model_output_uncond, sample, noise, step_index, sigmas, False, guidance_scale)
 
 
 def flow_heun_step(model_output, model_output_next, sample, step_index, sigmas):

@@ -107,11 +107,13 @@ def _limit_kwargs(limit):
                 dynamic_thresholding_ratio=0.9, sample_max_value=1.6)
 
 
-def _threshold_for(limit, m, x, t, ac, prediction):
+def _threshold_for(limit, m, x, t, ac, prediction, model_output_uncond=None, guidance_scale=1.0):
     if limit != "threshold":
         return x.new_empty((0,), dtype=reference.math_dtype(x.dtype))
     a = ac[t].to(reference.math_dtype(x.dtype))
-    x0, _ = reference.pred_original_and_epsilon(m.to(a.dtype), x.to(a.dtype), a, prediction)
+    u = x.new_empty(0) if model_output_uncond is None else model_output_uncond
+    m = reference.guided(m, u, guidance_scale, a.dtype)
+    x0, _ = reference.pred_original_and_epsilon(m, x.to(a.dtype), a, prediction)
     return reference.dynamic_threshold(x0, 0.9, 1.6)
 
 
@@ -121,19 +123,21 @@ def test_ddim_step_matches_reference(device_backend, shape, dtype):
     device, backend = _setup(device_backend, "ddim_step", dtype)
     ac, acp = _tables(device)
     m, x, z = _step_inputs(shape, dtype, device)
+    u = _randn(shape, dtype, device, 30)  # an unconditional output for guided steps
     for prediction in PREDICTIONS:
         for limit in LIMITS:
-            for eta, use_clipped in ((0.0, False), (0.6, True), (1.0, False)):
+            for eta, use_clipped, guided in ((0.0, False, False), (0.6, True, True), (1.0, False, False)):
                 for t in _timesteps_for(shape):
                     kw = _limit_kwargs(limit)
+                    g = dict(model_output_uncond=u, guidance_scale=3.5) if guided else {}
                     prev, x0 = fastgen.ops.ddim_step(m, x, t, ac, acp, eta=eta, noise=z if eta else None,
-                                                     prediction_type=prediction,
-                                                     use_clipped_model_output=use_clipped, backend=backend, **kw)
-                    thr = _threshold_for(limit, m, x, t, ac, prediction)
+                                                     prediction_type=prediction, use_clipped_model_output=use_clipped,
+                                                     backend=backend, **kw, **g)
+                    thr = _threshold_for(limit, m, x, t, ac, prediction, **g)
                     prev_ref, x0_ref = reference.ddim_step(
-                        m, x, z if eta else x.new_empty(0), torch.tensor(t), ac, acp, thr, eta, prediction,
-                        kw["clip_sample"], 0.8, use_clipped)
-                    what = f"ddim {prediction} {limit} eta={eta} clipped_eps={use_clipped} t={t}"
+                        m, x, z if eta else x.new_empty(0), torch.tensor(t), ac, acp, thr,
+                        u if guided else x.new_empty(0), 3.5, eta, prediction, kw["clip_sample"], 0.8, use_clipped)
+                    what = f"ddim {prediction} {limit} eta={eta} clipped_eps={use_clipped} guided={guided} t={t}"
                     tol = _tol(dtype, ac[t])
                     assert prev.dtype == dtype and x0.dtype == dtype
                     assert_close(x0, x0_ref, backend=backend, name=f"{what} x0", **tol)
@@ -146,19 +150,22 @@ def test_ddpm_step_matches_reference(device_backend, shape, dtype):
     device, backend = _setup(device_backend, "ddpm_step", dtype)
     ac, acp = _tables(device)
     m, x, z = _step_inputs(shape, dtype, device, seed=5)
+    u = _randn(shape, dtype, device, 31)
     for prediction in PREDICTIONS:
         for variance in reference.VARIANCE_TYPES:
+            guided = variance == "fixed_large"
+            g = dict(model_output_uncond=u, guidance_scale=-0.7) if guided else {}
             for limit in LIMITS:
                 for t in _timesteps_for(shape):
                     kw = _limit_kwargs(limit)
                     noise = z if t % 2 else None  # also steps without noise (the last one, or deterministic)
                     prev, x0 = fastgen.ops.ddpm_step(m, x, t, ac, acp, noise=noise, prediction_type=prediction,
-                                                     variance_type=variance, backend=backend, **kw)
-                    thr = _threshold_for(limit, m, x, t, ac, prediction)
+                                                     variance_type=variance, backend=backend, **kw, **g)
+                    thr = _threshold_for(limit, m, x, t, ac, prediction, **g)
                     prev_ref, x0_ref = reference.ddpm_step(
                         m, x, z if noise is not None else x.new_empty(0), torch.tensor(t), ac, acp, thr,
-                        prediction, variance, kw["clip_sample"], 0.8)
-                    what = f"ddpm {prediction} {variance} {limit} t={t}"
+                        u if guided else x.new_empty(0), -0.7, prediction, variance, kw["clip_sample"], 0.8)
+                    what = f"ddpm {prediction} {variance} {limit} guided={guided} t={t}"
                     tol = _tol(dtype, ac[t])
                     assert_close(x0, x0_ref, backend=backend, name=f"{what} x0", **tol)
                     assert_close(prev, prev_ref, backend=backend, name=f"{what} prev", **tol)
@@ -186,7 +193,8 @@ def test_zero_terminal_snr_stays_finite(device_backend, prediction):
     prev, x0 = fastgen.ops.ddim_step(m, x, T - 1, ac, acp, eta=1.0, noise=z, prediction_type=prediction,
                                      clip_sample=True, backend=backend)
     assert torch.isfinite(prev).all() and torch.isfinite(x0).all()
-    prev_ref, x0_ref = reference.ddim_step(m, x, z, torch.tensor(T - 1), ac, acp, x.new_empty(0), 1.0, prediction,
+    prev_ref, x0_ref = reference.ddim_step(m, x, z, torch.tensor(T - 1), ac, acp, x.new_empty(0), x.new_empty(0), 1.0,
+                                           1.0, prediction,
                                            True, 1.0, False)
     assert_close(x0, x0_ref, backend=backend, name="x0")
     assert_close(prev, prev_ref, backend=backend, name="prev")
@@ -201,12 +209,13 @@ def test_triton_reads_a_device_timestep_through_a_pointer(monkeypatch):
     monkeypatch.setattr(triton_diffusion, "_index_arg", lambda index, dummy: (index, 0, True))
     for t in (0, 37, 999):
         prev, x0 = fastgen.ops.ddim_step(m, x, t, ac, acp, eta=0.5, noise=z, backend="triton")
-        ref = reference.ddim_step(m, x, z, torch.tensor(t), ac, acp, x.new_empty(0), 0.5, "epsilon", False, 1.0,
+        ref = reference.ddim_step(m, x, z, torch.tensor(t), ac, acp, x.new_empty(0), x.new_empty(0), 1.0, 0.5,
+                                  "epsilon", False, 1.0,
                                   False)
         assert_close(prev, ref[0], backend="triton", name="prev", **_tol(torch.float32, ac[t]))
         out = fastgen.ops.flow_euler_step(m, x, torch.tensor(t % 9), torch.linspace(1, 0, 10), backend="triton")
         assert_close(out, reference.flow_euler_step(m, x, x.new_empty(0), torch.tensor(t % 9),
-                                                    torch.linspace(1, 0, 10)), backend="triton")
+                                                    torch.linspace(1, 0, 10), x.new_empty(0)), backend="triton")
 
 
 # -- flow matching ---------------------------------------------------------------------------------
@@ -219,10 +228,14 @@ def test_flow_steps_match_reference(device_backend, shape, dtype):
     v, x, z = _step_inputs(shape, dtype, device, seed=9)
     v2 = _randn(shape, dtype, device, 20)
     for i in range(5):
-        for noise in (None, z):
-            out = fastgen.ops.flow_euler_step(v, x, i, sigmas, noise=noise, backend=backend)
-            ref = reference.flow_euler_step(v, x, z if noise is not None else x.new_empty(0), torch.tensor(i), sigmas)
-            assert_close(out, ref, dtype=dtype, backend=backend, name=f"euler i={i} stochastic={noise is not None}")
+        for noise, uncond in ((None, None), (z, None), (None, v2), (z, v2)):
+            out = fastgen.ops.flow_euler_step(v, x, i, sigmas, noise=noise, model_output_uncond=uncond,
+                                              guidance_scale=4.5, backend=backend)
+            empty = x.new_empty(0)
+            ref = reference.flow_euler_step(v, x, empty if noise is None else noise, torch.tensor(i), sigmas,
+                                            empty if uncond is None else uncond, 4.5)
+            assert_close(out, ref, dtype=dtype, backend=backend,
+                         name=f"euler i={i} stochastic={noise is not None} guided={uncond is not None}")
         out = fastgen.ops.flow_heun_step(v, v2, x, torch.tensor(i), sigmas, backend=backend)
         assert_close(out, reference.flow_heun_step(v, v2, x, torch.tensor(i), sigmas), dtype=dtype, backend=backend,
                      name=f"heun i={i}")
@@ -253,11 +266,12 @@ def _sample_args(op, device, requires_grad=False):
         return (x.requires_grad_(requires_grad), z.requires_grad_(requires_grad),
                 torch.tensor([3, 600, 999], device=device), ac), {}
     if op == "ddim_step":
-        return (m, x, z, t, ac, acp, empty), dict(eta=0.5, prediction_type="v_prediction", clip_sample=True)
+        return (m, x, z, t, ac, acp, empty, z), dict(guidance_scale=2.0, eta=0.5, prediction_type="v_prediction",
+                                                     clip_sample=True)
     if op == "ddpm_step":
-        return (m, x, z, t, ac, acp, thr), dict(prediction_type="sample", variance_type="fixed_small_log")
+        return (m, x, z, t, ac, acp, thr, empty), dict(prediction_type="sample", variance_type="fixed_small_log")
     if op == "flow_euler_step":
-        return (m, x, z, torch.tensor(3), sig), {}
+        return (m, x, z, torch.tensor(3), sig, m * 0.5), dict(guidance_scale=3.0)
     return (m, z, x, torch.tensor(3), sig), {}
 
 
@@ -277,7 +291,7 @@ def test_empty_inputs(device_backend, op):
     if op in ("add_noise", "get_velocity"):
         args = (args[0], args[1], torch.zeros(0, dtype=torch.int64, device=device), args[3])
     if op == "ddpm_step":
-        args = args[:6] + (torch.empty(0, device=device),)
+        args = args[:6] + (torch.empty(0, device=device), torch.empty(0, device=device))
     out = getattr(torch.ops.fastgen, op)(*args, **kwargs, backend=backend)
     for o in (out if isinstance(out, tuple) else (out,)):
         assert o.shape == shape
@@ -377,6 +391,10 @@ def test_bad_inputs_name_the_argument():
         ddim(x, x, 5, ac.to("meta"), acp)
     with pytest.raises(ValueError, match="leading batch dim"):
         ddim(torch.tensor(1.0), torch.tensor(1.0), 5, ac, acp)
+    with pytest.raises(ValueError, match="model_output_uncond has shape"):
+        ddim(x, x, 5, ac, acp, model_output_uncond=torch.randn(3, 5), guidance_scale=2.0)
+    with pytest.raises(ValueError, match="guidance_scale must be finite"):
+        ddim(x, x, 5, ac, acp, model_output_uncond=x, guidance_scale=float("nan"))
     with pytest.raises(ValueError, match="variance_type must be one of"):
         fastgen.ops.ddpm_step(x, x, 5, ac, acp, variance_type="learned")
     with pytest.raises(ValueError, match=r"timesteps must have shape \(3,\)"):
@@ -400,20 +418,25 @@ def test_native_kernels_check_their_arguments():
     ac, acp = _tables("cpu")
     x, e = torch.randn(3, 4), torch.empty(0)
     with pytest.raises(ValueError, match=r"timestep must be in \[0, 1000\)"):
-        torch.ops.fastgen.ddim_step_native(x, x, e, torch.tensor(5000), ac, acp, e, 0.0, "epsilon", False, 1.0, False)
+        torch.ops.fastgen.ddim_step_native(x, x, e, torch.tensor(5000), ac, acp, e, e, 1.0, 0.0, "epsilon", False, 1.0,
+                                           False)
     with pytest.raises(ValueError, match="prediction_type must be one of"):
-        torch.ops.fastgen.ddim_step_native(x, x, e, torch.tensor(5), ac, acp, e, 0.0, "eps", False, 1.0, False)
+        torch.ops.fastgen.ddim_step_native(x, x, e, torch.tensor(5), ac, acp, e, e, 1.0, 0.0, "eps", False, 1.0, False)
     with pytest.raises(ValueError, match="variance_type must be one of"):
-        torch.ops.fastgen.ddpm_step_native(x, x, e, torch.tensor(5), ac, acp, e, "epsilon", "big", False, 1.0)
+        torch.ops.fastgen.ddpm_step_native(x, x, e, torch.tensor(5), ac, acp, e, e, 1.0, "epsilon", "big", False, 1.0)
     with pytest.raises(ValueError, match="model_output has shape"):
-        torch.ops.fastgen.ddpm_step_native(torch.randn(4, 3), x, e, torch.tensor(5), ac, acp, e, "epsilon",
+        torch.ops.fastgen.ddpm_step_native(torch.randn(4, 3), x, e, torch.tensor(5), ac, acp, e, e, 1.0, "epsilon",
                                            "fixed_small", False, 1.0)
     with pytest.raises(ValueError, match="noise is required when eta > 0"):
-        torch.ops.fastgen.ddim_step_native(x, x, e, torch.tensor(5), ac, acp, e, 0.5, "epsilon", False, 1.0, False)
+        torch.ops.fastgen.ddim_step_native(x, x, e, torch.tensor(5), ac, acp, e, e, 1.0, 0.5, "epsilon", False, 1.0,
+                                           False)
+    with pytest.raises(ValueError, match="model_output_uncond has shape"):
+        torch.ops.fastgen.ddim_step_native(x, x, e, torch.tensor(5), ac, acp, e, torch.randn(2, 2), 1.0, 0.0,
+                                           "epsilon", False, 1.0, False)
     with pytest.raises(ValueError, match="timesteps must have shape"):
         torch.ops.fastgen.add_noise_native(x, x, torch.tensor([1, 2]), ac)
     with pytest.raises(ValueError, match=r"step_index must be in \[0, 1\)"):
-        torch.ops.fastgen.flow_euler_step_native(x, x, e, torch.tensor(1), torch.ones(2))
+        torch.ops.fastgen.flow_euler_step_native(x, x, e, torch.tensor(1), torch.ones(2), e, 1.0)
 
 
 # -- GPU only ----------------------------------------------------------------------------------------
@@ -449,5 +472,6 @@ def test_step_is_cuda_graph_capturable(backend):
     for value in (500, 37):
         t.fill_(value)
         graph.replay()
-        expected, _ = reference.ddim_step(m, x, z, t, ac, acp, x.new_empty(0), 0.5, "epsilon", False, 1.0, False)
+        e = x.new_empty(0)
+        expected, _ = reference.ddim_step(m, x, z, t, ac, acp, e, e, 1.0, 0.5, "epsilon", False, 1.0, False)
         assert_close(prev, expected, backend=backend, **_tol(torch.float32, ac[value]))

@@ -24,7 +24,9 @@ using at::vec::Vectorized;
 using namespace diffusion;
 
 constexpr int64_t kChunk = 1 << 14;       // elements per task
-constexpr int64_t kSerialBelow = 1 << 15;  // smaller tensors: thread start-up costs more than it saves
+// Smaller tensors run on one thread: waking the pool costs about what a second thread saves
+// on a 64x64 latent step, and far more on a loaded machine.
+constexpr int64_t kSerialBelow = 1 << 18;
 
 template <typename scalar_t>
 struct Lanes {
@@ -187,18 +189,24 @@ at::Tensor get_velocity_cpu(const at::Tensor& sample, const at::Tensor& noise, c
 
 enum Limit { kNone = 0, kClip = 1, kThreshold = 2 };
 
-template <typename scalar_t, int kLimit, bool kNoise>
-void denoise_span(const scalar_t* m, const scalar_t* x, const scalar_t* z, scalar_t* prev,
+template <typename scalar_t, int kLimit, bool kNoise, bool kGuided>
+void denoise_span(const scalar_t* m, const scalar_t* u, const scalar_t* x, const scalar_t* z, scalar_t* prev,
                   scalar_t* x0_out, int64_t n, const StepCoeffs<at::opmath_type<scalar_t>>& c,
-                  at::opmath_type<scalar_t> bound) {
+                  at::opmath_type<scalar_t> bound, at::opmath_type<scalar_t> guidance) {
   using L = Lanes<scalar_t>;
   using opmath_t = typename L::opmath_t;
   using VecM = typename L::VecM;
   const VecM vX(c.X), vM(c.M), vS(c.S), vA(c.A), vB(c.B), vC(c.C), vD(c.D), hi(bound), lo(-bound);
+  const VecM vg(guidance);
   int64_t i = 0;
   for (; i + L::step <= n; i += L::step) {
     VecM vm[L::parts], vx[L::parts], vz[L::parts], p0[L::parts], pp[L::parts];
     L::load(m + i, vm);
+    if constexpr (kGuided) {  // classifier-free guidance: u + g (c - u)
+      VecM vu[L::parts];
+      L::load(u + i, vu);
+      for (int p = 0; p < L::parts; ++p) vm[p] = vu[p] + vg * (vm[p] - vu[p]);
+    }
     L::load(x + i, vx);
     if constexpr (kNoise) L::load(z + i, vz);
     for (int p = 0; p < L::parts; ++p) {
@@ -214,7 +222,12 @@ void denoise_span(const scalar_t* m, const scalar_t* x, const scalar_t* z, scala
     L::store(x0_out + i, p0);
   }
   for (; i < n; ++i) {
-    const opmath_t xm = static_cast<opmath_t>(m[i]), xx = static_cast<opmath_t>(x[i]);
+    opmath_t xm = static_cast<opmath_t>(m[i]);
+    if constexpr (kGuided) {
+      const opmath_t xu = static_cast<opmath_t>(u[i]);
+      xm = xu + guidance * (xm - xu);
+    }
+    const opmath_t xx = static_cast<opmath_t>(x[i]);
     opmath_t x0 = (c.X * xx + c.M * xm) * c.S;
     if constexpr (kLimit == kClip) x0 = clamp_range(x0, -bound, bound);
     if constexpr (kLimit == kThreshold) x0 = clamp_range(x0, -bound, bound) / bound;
@@ -228,12 +241,14 @@ void denoise_span(const scalar_t* m, const scalar_t* x, const scalar_t* z, scala
 std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in, const at::Tensor& x_in,
                                                const at::Tensor& noise_in, const at::Tensor& timestep,
                                                const at::Tensor& table, const at::Tensor& prev_table,
-                                               const at::Tensor& threshold_in, double eta, int prediction,
+                                               const at::Tensor& threshold_in, const at::Tensor& uncond_in,
+                                               double guidance, double eta, int prediction,
                                                int variance, bool clip, double clip_range,
                                                bool use_clipped) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "fastgen: sample must have a leading batch dim");
   check_same_float_tensor(x_in, "sample", m_in, "model_output");
   const bool noise_given = optional_like(noise_in, x_in, "noise");
+  const bool guided = optional_like(uncond_in, x_in, "model_output_uncond");
   check_table(table, x_in, "alphas_cumprod", 1);
   check_table(prev_table, x_in, "alphas_cumprod_prev", 1);
   TORCH_CHECK_VALUE(prev_table.size(0) == table.size(0),
@@ -249,6 +264,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
   TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0");
   const auto m = m_in.contiguous(), x = x_in.contiguous();
   const auto z = has_noise ? noise_in.contiguous() : x;
+  const auto u = guided ? uncond_in.contiguous() : m;
   auto prev = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto x0 = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return {prev, x0};
@@ -260,6 +276,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
                                             static_cast<opmath_t>(table_at(prev_table, t)), t,
                                             static_cast<opmath_t>(eta), use_clipped);
     const scalar_t* pm = m.const_data_ptr<scalar_t>();
+    const scalar_t* pu = u.const_data_ptr<scalar_t>();
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     const scalar_t* pz = z.const_data_ptr<scalar_t>();
     scalar_t* pp = prev.mutable_data_ptr<scalar_t>();
@@ -268,15 +285,21 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
     const int64_t rows = thresholding ? x.size(0) : 1;
     const int64_t cols = x.numel() / rows;
     const double* ps = thresholding ? thr.const_data_ptr<double>() : nullptr;
-    auto run = [&](auto limit, auto noise) {
+    const opmath_t g = static_cast<opmath_t>(guidance);
+    auto run_guided = [&](auto limit, auto noise, auto guide) {
       constexpr int kL = decltype(limit)::value;
       constexpr bool kN = decltype(noise)::value;
+      constexpr bool kG = decltype(guide)::value;
       for_each_span(rows, cols, [&](int64_t row, int64_t start, int64_t len) {
         const int64_t off = row * cols + start;
         const opmath_t bound = kL == kThreshold ? static_cast<opmath_t>(ps[row])
                                                 : static_cast<opmath_t>(clip_range);
-        denoise_span<scalar_t, kL, kN>(pm + off, px + off, pz + off, pp + off, p0 + off, len, c, bound);
+        denoise_span<scalar_t, kL, kN, kG>(pm + off, pu + off, px + off, pz + off, pp + off, p0 + off, len,
+                                           c, bound, g);
       });
+    };
+    auto run = [&](auto limit, auto noise) {
+      guided ? run_guided(limit, noise, std::true_type{}) : run_guided(limit, noise, std::false_type{});
     };
     using NoLimit = std::integral_constant<int, kNone>;
     using Clip = std::integral_constant<int, kClip>;
@@ -294,11 +317,12 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& model_output,
                                                  const at::Tensor& noise, const at::Tensor& timestep,
                                                  const at::Tensor& alphas_cumprod,
                                                  const at::Tensor& alphas_cumprod_prev,
-                                                 const at::Tensor& threshold, double eta,
+                                                 const at::Tensor& threshold, const at::Tensor& uncond,
+                                                 double guidance_scale, double eta,
                                                  c10::string_view prediction_type, bool clip_sample,
                                                  double clip_sample_range, bool use_clipped_model_output) {
   return denoise_cpu(false, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                     threshold, eta, parse_prediction(std::string(prediction_type)), kFixedSmall,
+                     threshold, uncond, guidance_scale, eta, parse_prediction(std::string(prediction_type)), kFixedSmall,
                      clip_sample, clip_sample_range, use_clipped_model_output);
 }
 
@@ -306,28 +330,34 @@ std::tuple<at::Tensor, at::Tensor> ddpm_step_cpu(const at::Tensor& model_output,
                                                  const at::Tensor& noise, const at::Tensor& timestep,
                                                  const at::Tensor& alphas_cumprod,
                                                  const at::Tensor& alphas_cumprod_prev,
-                                                 const at::Tensor& threshold,
-                                                 c10::string_view prediction_type,
+                                                 const at::Tensor& threshold, const at::Tensor& uncond,
+                                                 double guidance_scale, c10::string_view prediction_type,
                                                  c10::string_view variance_type, bool clip_sample,
                                                  double clip_sample_range) {
   return denoise_cpu(true, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                     threshold, 0.0, parse_prediction(std::string(prediction_type)),
+                     threshold, uncond, guidance_scale, 0.0, parse_prediction(std::string(prediction_type)),
                      parse_variance(std::string(variance_type)), clip_sample, clip_sample_range, false);
 }
 
 // -- flow matching -----------------------------------------------------------------------------------
 
-template <typename scalar_t, bool kSecond, bool kNoise>
+// kGuided: v2 is the unconditional velocity and v becomes v2 + g (v - v2) (Euler only).
+template <typename scalar_t, bool kSecond, bool kNoise, bool kGuided = false>
 void flow_span(const scalar_t* v, const scalar_t* v2, const scalar_t* x, const scalar_t* z, scalar_t* out,
-               int64_t n, const FlowCoeffs<at::opmath_type<scalar_t>>& c) {
+               int64_t n, const FlowCoeffs<at::opmath_type<scalar_t>>& c, at::opmath_type<scalar_t> g = 1) {
   using L = Lanes<scalar_t>;
   using opmath_t = typename L::opmath_t;
   using VecM = typename L::VecM;
-  const VecM vP(c.P), vQ(c.Q), vQ2(c.Q2), vR(c.R);
+  const VecM vP(c.P), vQ(c.Q), vQ2(c.Q2), vR(c.R), vg(g);
   int64_t i = 0;
   for (; i + L::step <= n; i += L::step) {
     VecM a[L::parts], b[L::parts], w[L::parts], r[L::parts];
     L::load(v + i, a);
+    if constexpr (kGuided) {
+      VecM un[L::parts];
+      L::load(v2 + i, un);
+      for (int p = 0; p < L::parts; ++p) a[p] = un[p] + vg * (a[p] - un[p]);
+    }
     L::load(x + i, b);
     if constexpr (kSecond || kNoise) L::load((kSecond ? v2 : z) + i, w);
     for (int p = 0; p < L::parts; ++p) {
@@ -338,7 +368,12 @@ void flow_span(const scalar_t* v, const scalar_t* v2, const scalar_t* x, const s
     L::store(out + i, r);
   }
   for (; i < n; ++i) {
-    opmath_t r = c.P * static_cast<opmath_t>(x[i]) + c.Q * static_cast<opmath_t>(v[i]);
+    opmath_t vi = static_cast<opmath_t>(v[i]);
+    if constexpr (kGuided) {
+      const opmath_t ui = static_cast<opmath_t>(v2[i]);
+      vi = ui + g * (vi - ui);
+    }
+    opmath_t r = c.P * static_cast<opmath_t>(x[i]) + c.Q * vi;
     if constexpr (kSecond) r += c.Q2 * static_cast<opmath_t>(v2[i]);
     if constexpr (kNoise) r += c.R * static_cast<opmath_t>(z[i]);
     out[i] = static_cast<scalar_t>(r);
@@ -346,15 +381,18 @@ void flow_span(const scalar_t* v, const scalar_t* v2, const scalar_t* x, const s
 }
 
 at::Tensor flow_cpu(const at::Tensor& v_in, const at::Tensor* v2_in, const at::Tensor& x_in,
-                    const at::Tensor* noise_in, const at::Tensor& step_index, const at::Tensor& sigmas) {
+                    const at::Tensor* noise_in, const at::Tensor& step_index, const at::Tensor& sigmas,
+                    const at::Tensor* uncond_in = nullptr, double guidance = 1.0) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "fastgen: sample must have a leading batch dim");
   check_same_float_tensor(x_in, "sample", v_in, "model_output");
   if (v2_in) check_same_float_tensor(x_in, "sample", *v2_in, "model_output_next");
   const bool stochastic = noise_in && optional_like(*noise_in, x_in, "noise");
+  const bool guided = uncond_in && optional_like(*uncond_in, x_in, "model_output_uncond");
   check_table(sigmas, x_in, "sigmas", 2);
   const int64_t i = host_index(step_index, sigmas.size(0) - 1, "step_index");
   const auto v = v_in.contiguous(), x = x_in.contiguous();
   const auto w = v2_in ? v2_in->contiguous() : (stochastic ? noise_in->contiguous() : x);
+  const auto un = guided ? uncond_in->contiguous() : v;
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "flow_cpu", [&] {
@@ -365,10 +403,14 @@ at::Tensor flow_cpu(const at::Tensor& v_in, const at::Tensor* v2_in, const at::T
     const scalar_t* pv = v.const_data_ptr<scalar_t>();
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     const scalar_t* pw = w.const_data_ptr<scalar_t>();
+    const scalar_t* pu = un.const_data_ptr<scalar_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    const opmath_t g = static_cast<opmath_t>(guidance);
     for_each_span(1, x.numel(), [&](int64_t, int64_t s, int64_t len) {
       if (v2_in) flow_span<scalar_t, true, false>(pv + s, pw + s, px + s, nullptr, po + s, len, c);
+      else if (stochastic && guided) flow_span<scalar_t, false, true, true>(pv + s, pu + s, px + s, pw + s, po + s, len, c, g);
       else if (stochastic) flow_span<scalar_t, false, true>(pv + s, nullptr, px + s, pw + s, po + s, len, c);
+      else if (guided) flow_span<scalar_t, false, false, true>(pv + s, pu + s, px + s, nullptr, po + s, len, c, g);
       else flow_span<scalar_t, false, false>(pv + s, nullptr, px + s, nullptr, po + s, len, c);
     });
   });
@@ -376,8 +418,9 @@ at::Tensor flow_cpu(const at::Tensor& v_in, const at::Tensor* v2_in, const at::T
 }
 
 at::Tensor flow_euler_step_cpu(const at::Tensor& model_output, const at::Tensor& sample,
-                               const at::Tensor& noise, const at::Tensor& step_index, const at::Tensor& sigmas) {
-  return flow_cpu(model_output, nullptr, sample, &noise, step_index, sigmas);
+                               const at::Tensor& noise, const at::Tensor& step_index, const at::Tensor& sigmas,
+                               const at::Tensor& model_output_uncond, double guidance_scale) {
+  return flow_cpu(model_output, nullptr, sample, &noise, step_index, sigmas, &model_output_uncond, guidance_scale);
 }
 
 at::Tensor flow_heun_step_cpu(const at::Tensor& model_output, const at::Tensor& model_output_next,

@@ -156,7 +156,8 @@ struct DenoiseConfig {
 
 template <typename scalar_t, typename acc_t, bool kThreshold, bool kNoise>
 __global__ void __launch_bounds__(kThreads)
-denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ x,
+denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ u, acc_t guidance,
+               const scalar_t* __restrict__ x,
                const scalar_t* __restrict__ z, Index timestep, const acc_t* __restrict__ table,
                const acc_t* __restrict__ prev_table, const acc_t* __restrict__ threshold,
                scalar_t* __restrict__ prev, scalar_t* __restrict__ x0_out, int64_t n, int64_t cols,
@@ -166,7 +167,12 @@ denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ x,
                                                     prev_table[t], t, eta, cfg.use_clipped);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const acc_t vm = static_cast<acc_t>(m[i]), vx = static_cast<acc_t>(x[i]);
+    acc_t vm = static_cast<acc_t>(m[i]);
+    if (u != nullptr) {  // classifier-free guidance: u + g (c - u)
+      const acc_t vu = static_cast<acc_t>(u[i]);
+      vm = vu + guidance * (vm - vu);
+    }
+    const acc_t vx = static_cast<acc_t>(x[i]);
     acc_t x0 = (c.X * vx + c.M * vm) * c.S;
     if (kThreshold) {
       const acc_t s = threshold[i / cols];
@@ -184,11 +190,13 @@ denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ x,
 std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_in, const at::Tensor& x_in,
                                                 const at::Tensor& noise_in, const at::Tensor& timestep,
                                                 const at::Tensor& table_in, const at::Tensor& prev_table_in,
-                                                const at::Tensor& threshold_in, double eta, int prediction,
+                                                const at::Tensor& threshold_in, const at::Tensor& uncond_in,
+                                                double guidance, double eta, int prediction,
                                                 int variance, bool clip, double clip_range, bool use_clipped) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "fastgen: sample must have a leading batch dim");
   check_same_float_tensor(x_in, "sample", m_in, "model_output");
   const bool noise_given = optional_like(noise_in, x_in, "noise");
+  const bool guided = optional_like(uncond_in, x_in, "model_output_uncond");
   check_table(table_in, x_in, "alphas_cumprod", 1);
   check_table(prev_table_in, x_in, "alphas_cumprod_prev", 1);
   TORCH_CHECK_VALUE(prev_table_in.size(0) == table_in.size(0),
@@ -209,6 +217,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
   const Index t = make_index(timestep, x_in, table_in.size(0), "timestep", keep);
   const auto m = m_in.contiguous(), x = x_in.contiguous();
   const auto z = has_noise ? noise_in.contiguous() : x;
+  const auto u = guided ? uncond_in.contiguous() : m;
   auto prev = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto x0 = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t n = x.numel();
@@ -224,7 +233,8 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
     auto launch = [&](auto thr_flag, auto noise_flag) {
       denoise_kernel<scalar_t, acc_t, decltype(thr_flag)::value, decltype(noise_flag)::value>
           <<<blocks_for(n), kThreads, 0, stream>>>(
-              m.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), t,
+              m.const_data_ptr<scalar_t>(), guided ? u.const_data_ptr<scalar_t>() : nullptr,
+              static_cast<acc_t>(guidance), x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), t,
               table.const_data_ptr<acc_t>(), prev_table.const_data_ptr<acc_t>(), thr.const_data_ptr<acc_t>(),
               prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), n, cols,
               static_cast<acc_t>(eta), static_cast<acc_t>(clip_range), cfg);
@@ -240,11 +250,12 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cuda(const at::Tensor& model_output
                                                   const at::Tensor& noise, const at::Tensor& timestep,
                                                   const at::Tensor& alphas_cumprod,
                                                   const at::Tensor& alphas_cumprod_prev,
-                                                  const at::Tensor& threshold, double eta,
+                                                  const at::Tensor& threshold, const at::Tensor& uncond,
+                                                  double guidance_scale, double eta,
                                                   c10::string_view prediction_type, bool clip_sample,
                                                   double clip_sample_range, bool use_clipped_model_output) {
   return denoise_cuda(false, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                      threshold, eta, parse_prediction(std::string(prediction_type)), kFixedSmall,
+                      threshold, uncond, guidance_scale, eta, parse_prediction(std::string(prediction_type)), kFixedSmall,
                       clip_sample, clip_sample_range, use_clipped_model_output);
 }
 
@@ -252,12 +263,12 @@ std::tuple<at::Tensor, at::Tensor> ddpm_step_cuda(const at::Tensor& model_output
                                                   const at::Tensor& noise, const at::Tensor& timestep,
                                                   const at::Tensor& alphas_cumprod,
                                                   const at::Tensor& alphas_cumprod_prev,
-                                                  const at::Tensor& threshold,
-                                                  c10::string_view prediction_type,
+                                                  const at::Tensor& threshold, const at::Tensor& uncond,
+                                                  double guidance_scale, c10::string_view prediction_type,
                                                   c10::string_view variance_type, bool clip_sample,
                                                   double clip_sample_range) {
   return denoise_cuda(true, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                      threshold, 0.0, parse_prediction(std::string(prediction_type)),
+                      threshold, uncond, guidance_scale, 0.0, parse_prediction(std::string(prediction_type)),
                       parse_variance(std::string(variance_type)), clip_sample, clip_sample_range, false);
 }
 
@@ -266,32 +277,40 @@ std::tuple<at::Tensor, at::Tensor> ddpm_step_cuda(const at::Tensor& model_output
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 flow_kernel(const scalar_t* __restrict__ v, const scalar_t* __restrict__ w, const scalar_t* __restrict__ x,
-            Index step, const acc_t* __restrict__ sigmas, scalar_t* __restrict__ out, int64_t n, bool heun,
-            bool stochastic) {
+            const scalar_t* __restrict__ uncond, acc_t guidance, Index step, const acc_t* __restrict__ sigmas,
+            scalar_t* __restrict__ out, int64_t n, bool heun, bool stochastic) {
   const int64_t i0 = step.get();
   const FlowCoeffs<acc_t> c = flow_coeffs<acc_t>(sigmas[i0], sigmas[i0 + 1], heun, stochastic);
   const acc_t cw = heun ? c.Q2 : c.R;
   const bool use_w = heun || stochastic;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t r = c.P * static_cast<acc_t>(x[i]) + c.Q * static_cast<acc_t>(v[i]);
+    acc_t vi = static_cast<acc_t>(v[i]);
+    if (uncond != nullptr) {  // classifier-free guidance on the velocity
+      const acc_t ui = static_cast<acc_t>(uncond[i]);
+      vi = ui + guidance * (vi - ui);
+    }
+    acc_t r = c.P * static_cast<acc_t>(x[i]) + c.Q * vi;
     if (use_w) r += cw * static_cast<acc_t>(w[i]);
     out[i] = static_cast<scalar_t>(r);
   }
 }
 
 at::Tensor flow_cuda(const at::Tensor& v_in, const at::Tensor* v2_in, const at::Tensor& x_in,
-                     const at::Tensor* noise_in, const at::Tensor& step_index, const at::Tensor& sigmas_in) {
+                     const at::Tensor* noise_in, const at::Tensor& step_index, const at::Tensor& sigmas_in,
+                     const at::Tensor* uncond_in = nullptr, double guidance = 1.0) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "fastgen: sample must have a leading batch dim");
   check_same_float_tensor(x_in, "sample", v_in, "model_output");
   if (v2_in) check_same_float_tensor(x_in, "sample", *v2_in, "model_output_next");
   const bool stochastic = noise_in && optional_like(*noise_in, x_in, "noise");
+  const bool guided = uncond_in && optional_like(*uncond_in, x_in, "model_output_uncond");
   check_table(sigmas_in, x_in, "sigmas", 2);
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor keep;
   const Index i = make_index(step_index, x_in, sigmas_in.size(0) - 1, "step_index", keep);
   const auto v = v_in.contiguous(), x = x_in.contiguous();
   const auto w = v2_in ? v2_in->contiguous() : (stochastic ? noise_in->contiguous() : x);
+  const auto un = guided ? uncond_in->contiguous() : v;
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t n = x.numel();
   if (n == 0) return out;
@@ -300,7 +319,8 @@ at::Tensor flow_cuda(const at::Tensor& v_in, const at::Tensor* v2_in, const at::
     using acc_t = at::opmath_type<scalar_t>;
     const auto sigmas = table_as(sigmas_in, c10::CppTypeToScalarType<acc_t>::value);
     flow_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        v.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), i,
+        v.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+        guided ? un.const_data_ptr<scalar_t>() : nullptr, static_cast<acc_t>(guidance), i,
         sigmas.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, v2_in != nullptr, stochastic);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -308,8 +328,10 @@ at::Tensor flow_cuda(const at::Tensor& v_in, const at::Tensor* v2_in, const at::
 }
 
 at::Tensor flow_euler_step_cuda(const at::Tensor& model_output, const at::Tensor& sample,
-                                const at::Tensor& noise, const at::Tensor& step_index, const at::Tensor& sigmas) {
-  return flow_cuda(model_output, nullptr, sample, &noise, step_index, sigmas);
+                                const at::Tensor& noise, const at::Tensor& step_index, const at::Tensor& sigmas,
+                                const at::Tensor& model_output_uncond, double guidance_scale) {
+  return flow_cuda(model_output, nullptr, sample, &noise, step_index, sigmas, &model_output_uncond,
+                   guidance_scale);
 }
 
 at::Tensor flow_heun_step_cuda(const at::Tensor& model_output, const at::Tensor& model_output_next,

@@ -172,7 +172,7 @@ def _ddim_reference(model_output, sample, noise, device=None):
     (ac, acp), _ = _diffusion_tables(model_output.device)
     empty = sample.new_empty(0)
     return reference.ddim_step(model_output, sample, empty, torch.tensor(_DIFFUSION_T), ac, acp,
-                               empty.float(), 0.0, "epsilon", True, 1.0, False)
+                               empty.float(), empty, 1.0, 0.0, "epsilon", True, 1.0, False)
 
 
 def _ddim_fastgen(backend, model_output, sample, noise):
@@ -196,7 +196,8 @@ register_case(Case(
 def _ddpm_reference(model_output, sample, noise):
     _, (ac, acp) = _diffusion_tables(model_output.device)
     return reference.ddpm_step(model_output, sample, noise, torch.tensor(_DIFFUSION_T), ac, acp,
-                               sample.new_empty(0).float(), "epsilon", "fixed_small", True, 1.0)
+                               sample.new_empty(0).float(), sample.new_empty(0), 1.0, "epsilon", "fixed_small",
+                               True, 1.0)
 
 
 def _ddpm_fastgen(backend, model_output, sample, noise):
@@ -280,7 +281,8 @@ register_case(Case(
     quick_shapes=[(4, 4, 64, 64)],
     make_inputs=_diffusion_inputs,
     reference=lambda model_output, sample, noise: reference.flow_euler_step(
-        model_output, sample, sample.new_empty(0), torch.tensor(_FLOW_INDEX), _flow_sigmas(sample.device)),
+        model_output, sample, sample.new_empty(0), torch.tensor(_FLOW_INDEX), _flow_sigmas(sample.device),
+        sample.new_empty(0)),
     fastgen=lambda backend, model_output, sample, noise: fastgen.ops.flow_euler_step(
         model_output, sample, _FLOW_INDEX, _flow_sigmas(sample.device), backend=backend),
     peers={"diffusers": _scheduler_peer("diffusers", "FlowMatchEulerDiscreteScheduler", dict(shift=3.0),

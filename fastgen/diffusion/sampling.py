@@ -9,13 +9,15 @@ from tqdm.auto import tqdm
 from .schedulers import FlowMatchEulerDiscreteScheduler, randn
 
 
-def _guided(output, guidance_scale):
+def _guidance_kwargs(output, guidance_scale):
+    """(model output for step, extra step kwargs): with guidance the step fuses
+    uncond + guidance_scale * (cond - uncond) into its kernel."""
     if guidance_scale is None:
-        return output
+        return output, {}
     if not (isinstance(output, (tuple, list)) and len(output) == 2):
         raise TypeError("with guidance_scale, model(x, t) must return (uncond_output, cond_output)")
     uncond, cond = output
-    return uncond + guidance_scale * (cond - uncond)
+    return cond, dict(model_output_uncond=uncond, guidance_scale=float(guidance_scale))
 
 
 def _reset(scheduler):
@@ -28,8 +30,8 @@ def _reset(scheduler):
 def _run_loop(model, scheduler, x, timesteps, generator, guidance_scale, step_kwargs, bar):
     _reset(scheduler)
     for t in timesteps:
-        out = _guided(model(scheduler.scale_model_input(x, t), t), guidance_scale)
-        x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample
+        out, guide = _guidance_kwargs(model(scheduler.scale_model_input(x, t), t), guidance_scale)
+        x = scheduler.step(out, t, x, generator=generator, **step_kwargs, **guide).prev_sample
         if bar is not None:
             bar.update(1)
     return x
@@ -43,8 +45,9 @@ def sample(model, scheduler, shape, num_inference_steps, generator=None, cuda_gr
 
     Args:
         model: callable(x, t) -> model output like x (t: 0-d tensor on the device). With
-            `guidance_scale`, it returns (uncond_output, cond_output) and the step sees
-            uncond + guidance_scale * (cond - uncond) (classifier-free guidance).
+            `guidance_scale`, it returns (uncond_output, cond_output) and the step uses
+            uncond + guidance_scale * (cond - uncond) (classifier-free guidance, computed inside
+            the fused step kernel: no extra pass over the outputs).
         scheduler: a fastgen.diffusion scheduler (DDPM, DDIM, FlowMatchEulerDiscrete).
         shape: shape of x, batch first.
         num_inference_steps: passed to scheduler.set_timesteps.

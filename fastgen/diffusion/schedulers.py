@@ -225,8 +225,11 @@ class DDPMScheduler(_DiscreteScheduler):
         prev = torch.from_numpy(prev)
         return torch.where(prev >= 0, self.alphas_cumprod[prev.clamp_min(0)], self.one)
 
-    def step(self, model_output, timestep, sample, generator=None, return_dict=True):
-        """x_t -> x_{t-1}: posterior mean from the predicted x0 plus std * noise (t > 0)."""
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True, *,
+             model_output_uncond=None, guidance_scale=1.0):
+        """x_t -> x_{t-1}: posterior mean from the predicted x0 plus std * noise (t > 0).
+        fastgen extension: `model_output_uncond` + `guidance_scale` apply classifier-free
+        guidance inside the fused step (model_output is then the conditional output)."""
         alphas_cumprod, alphas_cumprod_prev = self._device_tables(sample.device)
         t = _host_int(timestep)
         noise = None
@@ -234,7 +237,9 @@ class DDPMScheduler(_DiscreteScheduler):
             noise = randn(model_output.shape, generator=generator, device=model_output.device,
                           dtype=model_output.dtype)
         prev, x0 = ops.ddpm_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev,
-                                 noise=noise, variance_type=self.variance_type, **self._step_kwargs())
+                                 noise=noise, variance_type=self.variance_type,
+                                 model_output_uncond=model_output_uncond, guidance_scale=guidance_scale,
+                                 **self._step_kwargs())
         if not return_dict:
             return prev, x0
         return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -281,9 +286,10 @@ class DDIMScheduler(_DiscreteScheduler):
         return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
 
     def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False, generator=None,
-             variance_noise=None, return_dict=True):
+             variance_noise=None, return_dict=True, *, model_output_uncond=None, guidance_scale=1.0):
         """x_t -> x_prev with the DDIM update; eta > 0 adds eta-scaled posterior noise
-        (`variance_noise`, or drawn from `generator`)."""
+        (`variance_noise`, or drawn from `generator`). fastgen extension: classifier-free
+        guidance fused into the step, as in DDPMScheduler.step."""
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps before step")
         alphas_cumprod, alphas_cumprod_prev = self._device_tables(sample.device)
@@ -295,6 +301,7 @@ class DDIMScheduler(_DiscreteScheduler):
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
         prev, x0 = ops.ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev, eta=eta,
                                  noise=noise, use_clipped_model_output=use_clipped_model_output,
+                                 model_output_uncond=model_output_uncond, guidance_scale=guidance_scale,
                                  **self._step_kwargs())
         if not return_dict:
             return prev, x0
@@ -491,10 +498,11 @@ class FlowMatchEulerDiscreteScheduler(ConfigMixin):
 
     def step(self, model_output, timestep, sample, s_churn: float = 0.0, s_tmin: float = 0.0,
              s_tmax: float = float("inf"), s_noise: float = 1.0, generator=None, per_token_timesteps=None,
-             return_dict=True):
+             return_dict=True, *, model_output_uncond=None, guidance_scale=1.0):
         """Euler step from sigmas[i] to sigmas[i + 1] (or, with stochastic_sampling, re-noise the
         predicted x0 to sigmas[i + 1]). s_churn / s_tmin / s_tmax / s_noise are accepted and
-        unused, as in diffusers."""
+        unused, as in diffusers. fastgen extension: classifier-free guidance fused into the step
+        (`model_output_uncond`, `guidance_scale`)."""
         if isinstance(timestep, (int, np.integer)) or (
                 isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
             raise ValueError("pass one of scheduler.timesteps as timestep, not an integer index")
@@ -506,11 +514,14 @@ class FlowMatchEulerDiscreteScheduler(ConfigMixin):
         out_dtype = model_output.dtype
         if sample.dtype != model_output.dtype:  # diffusers steps in fp32 and returns the model's dtype
             sample, model_output = sample.float(), model_output.float()
+            if model_output_uncond is not None:
+                model_output_uncond = model_output_uncond.float()
         noise = None
         if self.config.stochastic_sampling:
             noise = randn(sample.shape, generator=generator, device=sample.device,
                           dtype=torch.float32).to(sample.dtype)
-        prev = ops.flow_euler_step(model_output, sample, self._step_index, sigmas, noise=noise)
+        prev = ops.flow_euler_step(model_output, sample, self._step_index, sigmas, noise=noise,
+                                   model_output_uncond=model_output_uncond, guidance_scale=guidance_scale)
         self._step_index += 1
         prev = prev.to(out_dtype)
         if not return_dict:

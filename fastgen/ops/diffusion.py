@@ -152,9 +152,16 @@ def get_velocity(sample, noise, timesteps, alphas_cumprod, *, backend=None):
 
 # -- DDIM / DDPM -------------------------------------------------------------------------------
 
+def _check_guidance(model_output_uncond, sample, guidance_scale):
+    _check_optional_like("model_output_uncond", model_output_uncond, sample)
+    if guidance_scale != guidance_scale or guidance_scale in (float("inf"), float("-inf")):
+        raise ValueError(f"fastgen: guidance_scale must be finite, got {guidance_scale}")
+
+
 def _check_common_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                       threshold, prediction_type, clip_sample_range):
+                       threshold, model_output_uncond, guidance_scale, prediction_type, clip_sample_range):
     _check_sample(sample, model_output)
+    _check_guidance(model_output_uncond, sample, guidance_scale)
     has_noise = _check_optional_like("noise", noise, sample)
     _check_table("alphas_cumprod", alphas_cumprod, sample)
     _check_table("alphas_cumprod_prev", alphas_cumprod_prev, sample)
@@ -174,10 +181,11 @@ def _check_common_step(model_output, sample, noise, timestep, alphas_cumprod, al
 
 
 def _check_ddim(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                threshold, eta=0.0, prediction_type="epsilon", clip_sample=False,
-                clip_sample_range=1.0, use_clipped_model_output=False):
+                threshold, model_output_uncond, guidance_scale=1.0, eta=0.0, prediction_type="epsilon",
+                clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False):
     has_noise = _check_common_step(model_output, sample, noise, timestep, alphas_cumprod,
-                                   alphas_cumprod_prev, threshold, prediction_type, clip_sample_range)
+                                   alphas_cumprod_prev, threshold, model_output_uncond, guidance_scale,
+                                   prediction_type, clip_sample_range)
     if not eta >= 0:
         raise ValueError(f"fastgen: eta must be >= 0, got {eta}")
     if eta > 0 and not has_noise:
@@ -185,10 +193,10 @@ def _check_ddim(model_output, sample, noise, timestep, alphas_cumprod, alphas_cu
 
 
 def _check_ddpm(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                threshold, prediction_type="epsilon", variance_type="fixed_small", clip_sample=True,
-                clip_sample_range=1.0):
+                threshold, model_output_uncond, guidance_scale=1.0, prediction_type="epsilon",
+                variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0):
     _check_common_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                       threshold, prediction_type, clip_sample_range)
+                       threshold, model_output_uncond, guidance_scale, prediction_type, clip_sample_range)
     if variance_type not in reference.VARIANCE_TYPES:
         raise ValueError(f"fastgen: variance_type must be one of {reference.VARIANCE_TYPES}, "
                          f"got {variance_type!r}")
@@ -199,7 +207,8 @@ def _fake_step(model_output, sample, *rest):
             torch.empty_like(sample, memory_format=torch.contiguous_format))
 
 
-_STEP_TABLES = "Tensor noise, Tensor timestep, Tensor alphas_cumprod, Tensor alphas_cumprod_prev, Tensor threshold"
+_STEP_TABLES = ("Tensor noise, Tensor timestep, Tensor alphas_cumprod, Tensor alphas_cumprod_prev, "
+                "Tensor threshold, Tensor model_output_uncond, float guidance_scale=1.0")
 
 _ddim = FusedOp(
     "ddim_step",
@@ -259,7 +268,7 @@ def _empty(like, dtype):
 
 
 def _threshold(thresholding, model_output, sample, timestep, alphas_cumprod, prediction_type,
-               ratio, max_value):
+               ratio, max_value, model_output_uncond, guidance_scale):
     """Per-sample dynamic-threshold scale, or an empty tensor. Needs a quantile over each sample
     of x0 (a selection, not an elementwise op): computed here before the fused step."""
     if not thresholding:
@@ -268,11 +277,12 @@ def _threshold(thresholding, model_output, sample, timestep, alphas_cumprod, pre
         raise ValueError(f"fastgen: dynamic_thresholding_ratio must be in (0, 1], got {ratio}")
     t = reference.math_dtype(sample.dtype)
     a = alphas_cumprod[timestep.to(alphas_cumprod.device).reshape(()).long()].to(t)
-    x0, _ = reference.pred_original_and_epsilon(model_output.to(t), sample.to(t), a, prediction_type)
+    m = reference.guided(model_output, model_output_uncond, guidance_scale, t)
+    x0, _ = reference.pred_original_and_epsilon(m, sample.to(t), a, prediction_type)
     return reference.dynamic_threshold(x0, ratio, max_value)
 
 
-def _noise_or_empty(noise, sample):
+def _or_empty(noise, sample):
     _checks.tensor("sample", sample)
     return _empty(sample, sample.dtype) if noise is None else noise
 
@@ -280,7 +290,7 @@ def _noise_or_empty(noise, sample):
 def ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev, *, eta=0.0,
               noise=None, prediction_type="epsilon", clip_sample=False, clip_sample_range=1.0,
               thresholding=False, dynamic_thresholding_ratio=0.995, sample_max_value=1.0,
-              use_clipped_model_output=False, backend=None):
+              use_clipped_model_output=False, model_output_uncond=None, guidance_scale=1.0, backend=None):
     """One DDIM step x_t -> x_prev in one kernel (Song et al. 2021, eq. 12), diffusers'
     DDIMScheduler.step math.
 
@@ -294,41 +304,51 @@ def ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_pre
         clip_sample / clip_sample_range: clamp the predicted x0; `thresholding` (Imagen's dynamic
             thresholding with `dynamic_thresholding_ratio`, `sample_max_value`) replaces it.
         use_clipped_model_output: re-derive eps from the clipped x0.
+        model_output_uncond, guidance_scale: classifier-free guidance fused into the step: the
+            step uses model_output_uncond + guidance_scale * (model_output - model_output_uncond).
     Returns (prev_sample, pred_original_sample), like sample."""
     _checks.tensor("sample", sample)
     _checks.tensor("model_output", model_output)
     timestep = _as_index(timestep, "timestep")
+    uncond = _or_empty(model_output_uncond, sample)
     threshold = _threshold(thresholding, model_output, sample, timestep, alphas_cumprod,
-                           prediction_type, dynamic_thresholding_ratio, sample_max_value)
-    return _ddim(model_output, sample, _noise_or_empty(noise, sample), timestep, alphas_cumprod,
-                 alphas_cumprod_prev, threshold, float(eta), prediction_type, bool(clip_sample),
+                           prediction_type, dynamic_thresholding_ratio, sample_max_value, uncond,
+                           guidance_scale)
+    return _ddim(model_output, sample, _or_empty(noise, sample), timestep, alphas_cumprod,
+                 alphas_cumprod_prev, threshold, uncond, float(guidance_scale), float(eta),
+                 prediction_type, bool(clip_sample),
                  float(clip_sample_range), bool(use_clipped_model_output), backend=backend)
 
 
 def ddpm_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev, *, noise=None,
               prediction_type="epsilon", variance_type="fixed_small", clip_sample=True,
               clip_sample_range=1.0, thresholding=False, dynamic_thresholding_ratio=0.995,
-              sample_max_value=1.0, backend=None):
+              sample_max_value=1.0, model_output_uncond=None, guidance_scale=1.0, backend=None):
     """One ancestral DDPM step in one kernel (Ho et al. 2020), diffusers' DDPMScheduler.step math:
     posterior mean from the predicted x0 (clipped or thresholded as in `ddim_step`) plus
     std * noise when timestep > 0 and `noise` is given (decided on the device).
     variance_type: "fixed_small" (posterior variance), "fixed_small_log", "fixed_large" (beta_t),
-    "fixed_large_log" (the same std through exp(log(var) / 2)).
+    "fixed_large_log" (the same std through exp(log(var) / 2)). Guidance as in `ddim_step`.
     Returns (prev_sample, pred_original_sample), like sample."""
     _checks.tensor("sample", sample)
     _checks.tensor("model_output", model_output)
     timestep = _as_index(timestep, "timestep")
+    uncond = _or_empty(model_output_uncond, sample)
     threshold = _threshold(thresholding, model_output, sample, timestep, alphas_cumprod,
-                           prediction_type, dynamic_thresholding_ratio, sample_max_value)
-    return _ddpm(model_output, sample, _noise_or_empty(noise, sample), timestep, alphas_cumprod,
-                 alphas_cumprod_prev, threshold, prediction_type, variance_type, bool(clip_sample),
+                           prediction_type, dynamic_thresholding_ratio, sample_max_value, uncond,
+                           guidance_scale)
+    return _ddpm(model_output, sample, _or_empty(noise, sample), timestep, alphas_cumprod,
+                 alphas_cumprod_prev, threshold, uncond, float(guidance_scale), prediction_type,
+                 variance_type, bool(clip_sample),
                  float(clip_sample_range), backend=backend)
 
 
 # -- flow matching -------------------------------------------------------------------------------
 
-def _check_flow_euler(model_output, sample, noise, step_index, sigmas):
+def _check_flow_euler(model_output, sample, noise, step_index, sigmas, model_output_uncond,
+                      guidance_scale=1.0):
     _check_sample(sample, model_output)
+    _check_guidance(model_output_uncond, sample, guidance_scale)
     _check_optional_like("noise", noise, sample)
     _check_table("sigmas", sigmas, sample, min_len=2)
     _check_index("step_index", step_index, sample, sigmas.shape[0] - 1)
@@ -344,7 +364,8 @@ def _check_flow_heun(model_output, model_output_next, sample, step_index, sigmas
 
 
 _flow_euler = FusedOp(
-    "flow_euler_step", "Tensor model_output, Tensor sample, Tensor noise, Tensor step_index, Tensor sigmas",
+    "flow_euler_step", "Tensor model_output, Tensor sample, Tensor noise, Tensor step_index, Tensor sigmas, "
+    "Tensor model_output_uncond, float guidance_scale=1.0",
     "Tensor", reference=reference.flow_euler_step,
     fake=lambda model_output, sample, *rest: torch.empty_like(sample, memory_format=torch.contiguous_format),
     check=_check_flow_euler, triton=_triton_diffusion.flow_euler_step, native=True)
@@ -358,14 +379,15 @@ _flow_heun = FusedOp(
     check=_check_flow_heun, triton=_triton_diffusion.flow_heun_step, native=True)
 
 
-def flow_euler_step(model_output, sample, step_index, sigmas, *, noise=None, backend=None):
+def flow_euler_step(model_output, sample, step_index, sigmas, *, noise=None, model_output_uncond=None,
+                    guidance_scale=1.0, backend=None):
     """Flow matching / rectified flow Euler step from sigmas[i] to sigmas[i + 1] (i = step_index,
     Python int or 0-d integer tensor) with velocity model_output: x + (s_next - s) * v. With
-    `noise`, the stochastic variant (1 - s_next) * (x - s * v) + s_next * noise.
-    One kernel; returns like sample."""
+    `noise`, the stochastic variant (1 - s_next) * (x - s * v) + s_next * noise. Guidance as in
+    `ddim_step` (v = uncond + guidance_scale * (cond - uncond)). One kernel; returns like sample."""
     step_index = _as_index(step_index, "step_index")
-    return _flow_euler(model_output, sample, _noise_or_empty(noise, sample), step_index, sigmas,
-                       backend=backend)
+    return _flow_euler(model_output, sample, _or_empty(noise, sample), step_index, sigmas,
+                       _or_empty(model_output_uncond, sample), float(guidance_scale), backend=backend)
 
 
 def flow_heun_step(model_output, model_output_next, sample, step_index, sigmas, *, backend=None):

@@ -143,6 +143,16 @@ def dynamic_threshold(x0, ratio, max_value):
     return torch.quantile(flat, ratio, dim=1).clamp(1, max_value)
 
 
+def guided(model_output, model_output_uncond, guidance_scale, dtype):
+    """Classifier-free guidance u + s (c - u) in `dtype` when an unconditional output is given
+    (not empty); the model output itself otherwise."""
+    m = model_output.to(dtype)
+    if model_output_uncond.numel() == 0:
+        return m
+    u = model_output_uncond.to(dtype)
+    return u + guidance_scale * (m - u)
+
+
 def _limit_x0(x0, threshold, clip_sample, clip_sample_range):
     if threshold.numel():
         s = _per_sample(threshold.to(x0.dtype), x0)
@@ -153,14 +163,16 @@ def _limit_x0(x0, threshold, clip_sample, clip_sample_range):
 
 
 def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-              threshold, eta=0.0, prediction_type="epsilon", clip_sample=False,
-              clip_sample_range=1.0, use_clipped_model_output=False):
+              threshold, model_output_uncond, guidance_scale=1.0, eta=0.0, prediction_type="epsilon",
+              clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False):
     """One DDIM update x_t -> x_prev (Song et al. eq. 12). `threshold`: per-sample dynamic
     threshold s (B,), or empty for none (then `clip_sample` clamps x0 to +-clip_sample_range).
-    `noise`: like sample, or empty when eta == 0. Returns (prev_sample, pred_original_sample)."""
+    `noise`: like sample, or empty when eta == 0. `model_output_uncond` (or empty): the
+    unconditional output for classifier-free guidance with `guidance_scale`.
+    Returns (prev_sample, pred_original_sample)."""
     t = math_dtype(sample.dtype)
     a, a_prev = _step_alphas(timestep, alphas_cumprod, alphas_cumprod_prev, t)
-    x, m = sample.to(t), model_output.to(t)
+    x, m = sample.to(t), guided(model_output, model_output_uncond, guidance_scale, t)
     x0, eps = pred_original_and_epsilon(m, x, a, prediction_type)
     x0 = _limit_x0(x0, threshold, clip_sample, clip_sample_range)
     # sigma_t^2 = eta^2 (1 - a_prev) r, r = (1 - a / a_prev) / (1 - a)
@@ -182,15 +194,16 @@ def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cump
 
 
 def ddpm_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-              threshold, prediction_type="epsilon", variance_type="fixed_small", clip_sample=True,
-              clip_sample_range=1.0):
+              threshold, model_output_uncond, guidance_scale=1.0, prediction_type="epsilon",
+              variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0):
     """One ancestral DDPM update (Ho et al. eq. 6-7): the posterior mean of q(x_prev | x_t, x0)
     plus std * noise when t > 0 and `noise` is not empty. fixed_small: the posterior variance
     (clamped at 1e-20); fixed_large: beta_t; the *_log variants compute the same std through
-    the log (exp(log(var) / 2)). Returns (prev_sample, pred_original_sample)."""
+    the log (exp(log(var) / 2)). Guidance as in `ddim_step`.
+    Returns (prev_sample, pred_original_sample)."""
     t = math_dtype(sample.dtype)
     a, a_prev = _step_alphas(timestep, alphas_cumprod, alphas_cumprod_prev, t)
-    x, m = sample.to(t), model_output.to(t)
+    x, m = sample.to(t), guided(model_output, model_output_uncond, guidance_scale, t)
     x0, _ = pred_original_and_epsilon(m, x, a, prediction_type)
     x0 = _limit_x0(x0, threshold, clip_sample, clip_sample_range)
     alpha_t = a / a_prev
@@ -213,14 +226,16 @@ def ddpm_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cump
     return prev.to(sample.dtype).contiguous(), x0.to(sample.dtype).contiguous()
 
 
-def flow_euler_step(model_output, sample, noise, step_index, sigmas):
+def flow_euler_step(model_output, sample, noise, step_index, sigmas, model_output_uncond,
+                    guidance_scale=1.0):
     """Flow matching / rectified flow Euler step from sigma = sigmas[i] to sigma_next =
     sigmas[i + 1] with velocity v = model_output: x + (sigma_next - sigma) * v. With `noise`
-    (not empty), the stochastic variant: (1 - sigma_next) * (x - sigma * v) + sigma_next * noise."""
+    (not empty), the stochastic variant: (1 - sigma_next) * (x - sigma * v) + sigma_next * noise.
+    Guidance as in `ddim_step`."""
     t = math_dtype(sample.dtype)
     i = step_index.to(sigmas.device).reshape(()).long()
     s, s_next = sigmas[i].to(t), sigmas[i + 1].to(t)
-    x, v = sample.to(t), model_output.to(t)
+    x, v = sample.to(t), guided(model_output, model_output_uncond, guidance_scale, t)
     if noise.numel():
         prev = (1 - s_next) * (x - s * v) + s_next * noise.to(t)
     else:
