@@ -89,6 +89,10 @@ def _sample_graphed(model, scheduler, x, timesteps, generator, guidance_scale, s
         warnings.warn("fastgen.diffusion.sample: a CPU generator cannot feed a CUDA graph; sampling eagerly",
                       RuntimeWarning, stacklevel=3)
         return None
+    if gens and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        warnings.warn("fastgen.diffusion.sample: this torch cannot capture a user generator in a CUDA graph; "
+                      "sampling eagerly", RuntimeWarning, stacklevel=3)
+        return None
     static_x = x.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
