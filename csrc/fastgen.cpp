@@ -71,4 +71,23 @@ TORCH_LIBRARY(fastgen, m) {
   // flow_nll: per-sample -(log p(z) + logdet), prior 'gaussian' or 'logistic'; bits/dim with n_bins
   m.def("flow_nll_native(Tensor z, Tensor logdet, str prior, int? n_bins) -> Tensor");
   m.def("flow_nll_backward_native(Tensor grad_nll, Tensor z, str prior, int? n_bins) -> Tensor");
+  // diffusion: forward noising and one sampler step, each one elementwise pass. Step scalars are
+  // gathered from schedule tables by a 0-d timestep / step_index (host or device tensor).
+  // model_output_uncond (or empty): classifier-free guidance u + guidance_scale (c - u), fused.
+  m.def("add_noise_native(Tensor original_samples, Tensor noise, Tensor timesteps, "
+        "Tensor alphas_cumprod) -> Tensor");
+  m.def("get_velocity_native(Tensor sample, Tensor noise, Tensor timesteps, Tensor alphas_cumprod) -> Tensor");
+  m.def("ddim_step_native(Tensor model_output, Tensor sample, Tensor noise, Tensor timestep, "
+        "Tensor alphas_cumprod, Tensor alphas_cumprod_prev, Tensor threshold, "
+        "Tensor model_output_uncond, float guidance_scale, float eta, "
+        "str prediction_type, bool clip_sample, float clip_sample_range, "
+        "bool use_clipped_model_output) -> (Tensor, Tensor)");
+  m.def("ddpm_step_native(Tensor model_output, Tensor sample, Tensor noise, Tensor timestep, "
+        "Tensor alphas_cumprod, Tensor alphas_cumprod_prev, Tensor threshold, "
+        "Tensor model_output_uncond, float guidance_scale, str prediction_type, "
+        "str variance_type, bool clip_sample, float clip_sample_range) -> (Tensor, Tensor)");
+  m.def("flow_euler_step_native(Tensor model_output, Tensor sample, Tensor noise, Tensor step_index, "
+        "Tensor sigmas, Tensor model_output_uncond, float guidance_scale) -> Tensor");
+  m.def("flow_heun_step_native(Tensor model_output, Tensor model_output_next, Tensor sample, "
+        "Tensor step_index, Tensor sigmas) -> Tensor");
 }

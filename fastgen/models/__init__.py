@@ -4,6 +4,7 @@ A model registers itself with `@register("name")` and subclasses `GenerativeMode
 """
 from .base import MODELS, DataSpec, GenerativeModel, get_model, register
 from . import glow, nice, realnvp  # noqa: F401  (register "glow", "nice", "realnvp")
+from . import ddpm  # noqa: F401  (registers "ddpm")
 from . import vae  # noqa: F401  (registers "vae")
 from . import vqgan  # noqa: F401  (registers "vqgan")
 from . import gpt_prior  # noqa: F401  (registers "gpt_prior"; after vqgan, which it loads)
