@@ -36,4 +36,9 @@ TORCH_LIBRARY(fastgen, m) {
   // vq_nearest: per row of z [N, D], the nearest of codebook [K, D] -> (indices int64 [N],
   // squared distances [N]); metric "l2" or "cosine"; never builds the N x K matrix.
   m.def("vq_nearest_native(Tensor z, Tensor codebook, str metric) -> (Tensor, Tensor)");
+  // gan: bias_act (x + bias along dim, activation, gain) and its backward (dx, dbias; dbias is an
+  // empty tensor when bias is None).
+  m.def("bias_act_native(Tensor x, Tensor? bias, str act, float alpha, float gain, int dim) -> Tensor");
+  m.def("bias_act_backward_native(Tensor grad, Tensor x, Tensor? bias, str act, float alpha, "
+        "float gain, int dim) -> (Tensor, Tensor)");
 }

@@ -2,5 +2,6 @@
 from ._registry import REGISTRY
 from .vae import gaussian_reparam_kl
 from .vq import vq_nearest, vq_quantize
+from .gan import bias_act
 
-__all__ = ["REGISTRY", "gaussian_reparam_kl", "vq_nearest", "vq_quantize"]
+__all__ = ["REGISTRY", "bias_act", "gaussian_reparam_kl", "vq_nearest", "vq_quantize"]

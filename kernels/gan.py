@@ -1,0 +1,143 @@
+"""Triton kernels for the GAN / SimCLR family: bias_act, group_norm_silu, info_nce_loss.
+
+bias_act views x as (outer, C, inner) with C = x.shape[dim]. The forward is a flat elementwise
+kernel; the backward walks (rows of outer) x (channels) tiles so each program also sums its
+tile's dx per channel into one partial row: dbias = partials summed in a fixed order (no atomics,
+deterministic). Math in fp32 (fp64 for fp64 inputs).
+"""
+import torch
+
+from ._compat import INTERPRET, jit, next_power_of_2, tl
+
+ACT_CODES = {"leaky_relu": 0, "relu": 1, "silu": 2, "gelu": 3}
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+@jit
+def _act(y, alpha, ACT: tl.constexpr):
+    if ACT == 0:
+        out = tl.where(y <= 0, y * alpha, y)
+    elif ACT == 1:
+        out = tl.where(y <= 0, 0.0, y)
+    elif ACT == 2:
+        out = y / (1.0 + tl.exp(-y))
+    else:
+        out = 0.5 * y * (1.0 + tl.math.erf(y * _SQRT1_2))
+    return out
+
+
+@jit
+def _act_slope(y, alpha, ACT: tl.constexpr):
+    if ACT == 0:
+        s = tl.where(y > 0, 1.0, alpha)
+    elif ACT == 1:
+        s = tl.where(y > 0, 1.0, 0.0)
+    elif ACT == 2:
+        sig = 1.0 / (1.0 + tl.exp(-y))
+        s = sig * (1.0 + y * (1.0 - sig))
+    else:
+        s = 0.5 * (1.0 + tl.math.erf(y * _SQRT1_2)) + y * tl.exp(-0.5 * y * y) * _INV_SQRT_2PI
+    return s
+
+
+@jit
+def _bias_act_fwd_kernel(x_ptr, b_ptr, out_ptr, numel, C, inner, alpha, gain,
+                         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    math_t = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(math_t)
+    if HAS_BIAS:
+        c = (offs // inner) % C
+        y += tl.load(b_ptr + c, mask=mask, other=0.0).to(math_t)
+    out = _act(y, alpha, ACT) * gain
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@jit
+def _bias_act_bwd_kernel(g_ptr, x_ptr, b_ptr, dx_ptr, partial_ptr, C, inner, rows, rows_per,
+                         alpha, gain, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
+    pid_o = tl.program_id(0)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    math_t = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    if HAS_BIAS:
+        b = tl.load(b_ptr + cs, mask=cmask, other=0.0).to(math_t)
+    else:
+        b = tl.zeros([BLOCK_C], dtype=math_t)
+    acc = tl.zeros([BLOCK_C, BLOCK_I], dtype=math_t)
+    o0 = pid_o.to(tl.int64) * rows_per
+    for k in range(0, tl.minimum(rows_per, rows - o0)):
+        base = (o0 + k) * C * inner
+        for j0 in range(0, inner, BLOCK_I):
+            js = j0 + tl.arange(0, BLOCK_I)
+            mask = cmask[:, None] & (js < inner)[None, :]
+            offs = base + cs.to(tl.int64)[:, None] * inner + js[None, :]
+            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(math_t)
+            y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(math_t) + b[:, None]
+            dx = g * _act_slope(y, alpha, ACT) * gain
+            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if HAS_BIAS:
+                acc += tl.where(mask, dx, 0.0)
+    if HAS_BIAS:
+        tl.store(partial_ptr + pid_o.to(tl.int64) * C + cs, tl.sum(acc, axis=1), mask=cmask)
+
+
+def _math_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _outer_c_inner(x, dim):
+    d = dim % x.dim()
+    c = x.shape[d]
+    inner = 1
+    for s in x.shape[d + 1:]:
+        inner *= s
+    outer = x.numel() // (c * inner) if c * inner else 0
+    return outer, c, inner
+
+
+def bias_act(x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
+    x = x.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel() == 0:
+        return out
+    _, c, inner = _outer_c_inner(x, dim)
+    block = 4096 if INTERPRET else 1024
+    grid = (triton_cdiv(x.numel(), block),)
+    b = bias.contiguous() if bias is not None else x  # never read without HAS_BIAS
+    _bias_act_fwd_kernel[grid](x, b, out, x.numel(), c, inner, float(alpha), float(gain),
+                               ACT=ACT_CODES[act], HAS_BIAS=bias is not None, BLOCK=block)
+    return out
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
+
+
+def bias_act_backward(grad, x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
+    x, grad = x.contiguous(), grad.contiguous()
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    outer, c, inner = _outer_c_inner(x, dim)
+    if bias is None:
+        db = x.new_empty((0,))
+    if x.numel() == 0:
+        return dx, (db if bias is None else torch.zeros_like(bias))
+    block_i = min(1024, next_power_of_2(inner))
+    block_c = min(next_power_of_2(c), max(1, 1024 // block_i))
+    grid_c = triton_cdiv(c, block_c)
+    # Enough row blocks to fill a GPU; under the interpreter every program is a slow host step.
+    want = 1 if INTERPRET else max(1, 2048 // grid_c)
+    rows_per = triton_cdiv(outer, min(outer, want))
+    grid_o = triton_cdiv(outer, rows_per)
+    partial = x.new_empty((grid_o, c), dtype=_math_dtype(x.dtype)) if bias is not None else x
+    b = bias.contiguous() if bias is not None else x
+    _bias_act_bwd_kernel[(grid_o, grid_c)](grad, x, b, dx, partial, c, inner, outer, rows_per,
+                                           float(alpha), float(gain), ACT=ACT_CODES[act],
+                                           HAS_BIAS=bias is not None, BLOCK_C=block_c,
+                                           BLOCK_I=block_i)
+    if bias is not None:
+        db = partial.sum(0).to(bias.dtype)
+    return dx, db
