@@ -42,11 +42,13 @@ def _act_slope(y, alpha, ACT: tl.constexpr):
 
 
 @jit
-def _bias_act_fwd_kernel(x_ptr, b_ptr, out_ptr, numel, C, inner, alpha, gain,
+def _bias_act_fwd_kernel(x_ptr, b_ptr, out_ptr, numel, C, inner, params_ptr,
                          ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    math_t = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    math_t = params_ptr.dtype.element_ty
+    alpha = tl.load(params_ptr)
+    gain = tl.load(params_ptr + 1)
     y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(math_t)
     if HAS_BIAS:
         c = (offs // inner) % C
@@ -57,12 +59,14 @@ def _bias_act_fwd_kernel(x_ptr, b_ptr, out_ptr, numel, C, inner, alpha, gain,
 
 @jit
 def _bias_act_bwd_kernel(g_ptr, x_ptr, b_ptr, dx_ptr, partial_ptr, C, inner, rows, rows_per,
-                         alpha, gain, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         params_ptr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
                          BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
     pid_o = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
-    math_t = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    math_t = params_ptr.dtype.element_ty
+    alpha = tl.load(params_ptr)
+    gain = tl.load(params_ptr + 1)
     if HAS_BIAS:
         b = tl.load(b_ptr + cs, mask=cmask, other=0.0).to(math_t)
     else:
@@ -108,13 +112,19 @@ def bias_act(x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
     block = 4096 if INTERPRET else 1024
     grid = (triton_cdiv(x.numel(), block),)
     b = bias.contiguous() if bias is not None else x  # never read without HAS_BIAS
-    _bias_act_fwd_kernel[grid](x, b, out, x.numel(), c, inner, float(alpha), float(gain),
+    _bias_act_fwd_kernel[grid](x, b, out, x.numel(), c, inner, _params(x, alpha, gain),
                                ACT=ACT_CODES[act], HAS_BIAS=bias is not None, BLOCK=block)
     return out
 
 
 def triton_cdiv(a, b):
     return -(-a // b)
+
+
+def _params(x, alpha, gain):
+    # A tensor, not scalar arguments: Triton passes Python floats as fp32, and fp64 inputs
+    # need alpha and gain in fp64.
+    return torch.tensor([alpha, gain], dtype=_math_dtype(x.dtype), device=x.device)
 
 
 def bias_act_backward(grad, x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
@@ -135,7 +145,7 @@ def bias_act_backward(grad, x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=
     partial = x.new_empty((grid_o, c), dtype=_math_dtype(x.dtype)) if bias is not None else x
     b = bias.contiguous() if bias is not None else x
     _bias_act_bwd_kernel[(grid_o, grid_c)](grad, x, b, dx, partial, c, inner, outer, rows_per,
-                                           float(alpha), float(gain), ACT=ACT_CODES[act],
+                                           _params(x, alpha, gain), ACT=ACT_CODES[act],
                                            HAS_BIAS=bias is not None, BLOCK_C=block_c,
                                            BLOCK_I=block_i)
     if bias is not None:

@@ -83,9 +83,7 @@ def _bias_act_double_backward(ctx, gg_x, gg_bias):
         h = cot.to(t) * grad.to(t) * gain * reference.bias_act_curvature(y, act)
         d_x = h.to(x.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
-            d = dim % x.dim()
-            d_bias = h.sum([i for i in range(x.dim()) if i != d]).to(bias.dtype) if h.numel() \
-                else torch.zeros_like(bias)
+            d_bias = reference.sum_but_dim(h, dim).to(bias.dtype)
     return d_grad, d_x, d_bias, None, None, None, None
 
 

@@ -114,7 +114,7 @@ def bias_act(x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
 def bias_act_slope(y, act, alpha):
     """d act(y) / dy in y's dtype; relu/leaky_relu use torch's convention at 0 (slope of y <= 0)."""
     if act == "leaky_relu":
-        return torch.where(y > 0, 1.0, alpha).to(y.dtype)
+        return torch.where(y > 0, torch.ones_like(y), torch.full_like(y, alpha))
     if act == "relu":
         return (y > 0).to(y.dtype)
     if act == "silu":
@@ -134,9 +134,17 @@ def bias_act_backward(grad, x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=
     dy = grad.to(t) * bias_act_slope(y, act, alpha) * gain
     if bias is None:
         return dy.to(x.dtype).contiguous(), x.new_empty((0,))
-    d = dim % x.dim()
-    db = dy.sum([i for i in range(x.dim()) if i != d]) if dy.numel() else dy.new_zeros(x.shape[d])
-    return dy.to(x.dtype).contiguous(), db.to(bias.dtype)
+    return dy.to(x.dtype).contiguous(), sum_but_dim(dy, dim).to(bias.dtype)
+
+
+def sum_but_dim(t, dim):
+    """Sum over every dim but `dim` (a 1-D t is returned as is: torch's sum over an empty dim
+    list would sum everything)."""
+    d = dim % t.dim()
+    others = [i for i in range(t.dim()) if i != d]
+    if not others:
+        return t
+    return t.sum(others) if t.numel() else t.new_zeros(t.shape[d])
 
 
 def bias_act_curvature(y, act):
