@@ -41,4 +41,11 @@ TORCH_LIBRARY(fastgen, m) {
   m.def("bias_act_native(Tensor x, Tensor? bias, str act, float alpha, float gain, int dim) -> Tensor");
   m.def("bias_act_backward_native(Tensor grad, Tensor x, Tensor? bias, str act, float alpha, "
         "float gain, int dim) -> (Tensor, Tensor)");
+  // gan: group_norm_silu (GroupNorm over num_groups, optional affine, then SiLU when act) ->
+  // (y, mean, rstd) with mean/rstd (N, num_groups) in the math dtype; backward -> (dx, dweight,
+  // dbias), dweight/dbias empty when weight/bias is None.
+  m.def("group_norm_silu_native(Tensor x, Tensor? weight, Tensor? bias, int num_groups, float eps, "
+        "bool act) -> (Tensor, Tensor, Tensor)");
+  m.def("group_norm_silu_backward_native(Tensor grad, Tensor x, Tensor? weight, Tensor? bias, "
+        "Tensor mean, Tensor rstd, int num_groups, bool act) -> (Tensor, Tensor, Tensor)");
 }
