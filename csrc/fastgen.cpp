@@ -48,4 +48,9 @@ TORCH_LIBRARY(fastgen, m) {
         "bool act) -> (Tensor, Tensor, Tensor)");
   m.def("group_norm_silu_backward_native(Tensor grad, Tensor x, Tensor? weight, Tensor? bias, "
         "Tensor mean, Tensor rstd, int num_groups, bool act) -> (Tensor, Tensor, Tensor)");
+  // gan: info_nce_loss (NT-Xent over the 2N samples of cat(z1, z2)) -> (loss, lse[2N]) in the
+  // math dtype, blockwise; backward -> (dz1, dz2) from the saved per-anchor logsumexp.
+  m.def("info_nce_loss_native(Tensor z1, Tensor z2, float temperature) -> (Tensor, Tensor)");
+  m.def("info_nce_loss_backward_native(Tensor grad_loss, Tensor z1, Tensor z2, Tensor lse, "
+        "float temperature) -> (Tensor, Tensor)");
 }

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -41,6 +42,7 @@ inline at::vec::Vectorized<T> fselect_nonpos(const at::vec::Vectorized<T>& y, co
 
 #include "common/checks.h"
 #include "common/gan.h"
+#include "common/info_nce.h"
 
 namespace fastgen {
 namespace {
@@ -518,6 +520,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cpu(
   if (bias.has_value()) db = at::from_blob(sb.data(), {v.n, v.c}, f64).sum(0).to(bias->scalar_type());
   return {dx, dw, db};
 }
+
+// ---- info_nce_loss ------------------------------------------------------------------------------
+// The tile driver is common/info_nce.h; the CPU epilogue reduces each tile row in one
+// vectorized pass (max, then sum of exp) while the tile is still in cache.
+
+struct CpuInfoNceEpilogue {
+  template <typename T>
+  static void row_lse(const T* s, int64_t n, T* running) {
+    using V = Vectorized<T>;
+    const T mx = at::vec::reduce_all<T>([](V a, V b) { return at::vec::maximum(a, b); }, s, n);
+    const T hi = std::max(mx, *running);
+    if (hi == -std::numeric_limits<T>::infinity()) return;  // nothing but masked entries so far
+    const T sum = at::vec::map_reduce_all<T>([hi](V x) { return (x - V(hi)).exp(); },
+                                             [](V a, V b) { return a + b; }, s, n);
+    *running = hi + std::log(sum + std::exp(*running - hi));
+  }
+  template <typename T>
+  static void row_weights(const T* s, T* p, int64_t n, T lse) {
+    using V = Vectorized<T>;
+    at::vec::map([lse](V x) { return (x - V(lse)).exp(); }, p, s, n);
+  }
+  void lse_update(const at::Tensor& s, at::Tensor& running) const {
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "info_nce_lse", [&] {
+      const scalar_t* ps = s.const_data_ptr<scalar_t>();
+      scalar_t* pr = running.mutable_data_ptr<scalar_t>();
+      const int64_t cols = s.size(1);
+      at::parallel_for(0, s.size(0), 16, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) row_lse(ps + r * cols, cols, pr + r);
+      });
+    });
+  }
+  at::Tensor weights(const at::Tensor& s, const at::Tensor& lse_rows) const {
+    auto p = at::empty_like(s);
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "info_nce_weights", [&] {
+      const scalar_t* ps = s.const_data_ptr<scalar_t>();
+      const scalar_t* pl = lse_rows.const_data_ptr<scalar_t>();
+      scalar_t* pp = p.mutable_data_ptr<scalar_t>();
+      const int64_t cols = s.size(1);
+      at::parallel_for(0, s.size(0), 16, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) row_weights(ps + r * cols, pp + r * cols, cols, pl[r]);
+      });
+    });
+    return p;
+  }
+};
+
+// Rows x cols of a tile: 256 x 1024 fp32 is 1 MiB, about one core's L2.
+constexpr int64_t kInfoNceRows = 256, kInfoNceCols = 1024;
+
+std::tuple<at::Tensor, at::Tensor> info_nce_loss_cpu(const at::Tensor& z1, const at::Tensor& z2, double temperature) {
+  return info_nce_forward_tiled(z1, z2, temperature, kInfoNceRows, kInfoNceCols, CpuInfoNceEpilogue());
+}
+
+std::tuple<at::Tensor, at::Tensor> info_nce_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& z1,
+                                                              const at::Tensor& z2, const at::Tensor& lse,
+                                                              double temperature) {
+  return info_nce_backward_tiled(grad_loss, z1, z2, lse, temperature, kInfoNceRows, kInfoNceCols,
+                                 CpuInfoNceEpilogue());
+}
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
@@ -525,6 +586,8 @@ TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
   m.impl("bias_act_backward_native", &bias_act_backward_cpu);
   m.impl("group_norm_silu_native", &group_norm_silu_cpu);
   m.impl("group_norm_silu_backward_native", &group_norm_silu_backward_cpu);
+  m.impl("info_nce_loss_native", &info_nce_loss_cpu);
+  m.impl("info_nce_loss_backward_native", &info_nce_loss_backward_cpu);
 }
 
 }  // namespace fastgen

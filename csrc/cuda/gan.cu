@@ -11,10 +11,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <limits>
 #include <optional>
 
 #include "common/checks.h"
 #include "common/gan.h"
+#include "common/info_nce.h"
 
 namespace fastgen {
 namespace {
@@ -196,11 +199,295 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
   return {dx, db};
 }
 
+
+// ---- group_norm_silu ---------------------------------------------------------------------------
+// One block per (sample, group); the group's m = Cg * HW elements are contiguous. Forward: mean,
+// centred variance (two passes, the second mostly from L2), output. Backward: per channel of
+// the group, block sums of gy and gy * (x - mean) (written out for dweight / dbias, which are
+// reduced over the batch afterwards), then dx.
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t broadcast_from_thread0(acc_t v) {
+  __shared__ acc_t slot;
+  if (threadIdx.x == 0) slot = v;
+  __syncthreads();
+  v = slot;
+  __syncthreads();
+  return v;
+}
+
+template <bool kAct, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+group_norm_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                          const scalar_t* __restrict__ b, scalar_t* __restrict__ y, acc_t* __restrict__ mean,
+                          acc_t* __restrict__ rstd, int64_t groups, int64_t cg, int64_t hw, acc_t eps) {
+  const int64_t t = blockIdx.x;
+  const int64_t g = t % groups;
+  const int64_t m = cg * hw;
+  const scalar_t* xs = x + t * m;
+  acc_t s = 0;
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) s += static_cast<acc_t>(xs[i]);
+  const acc_t mu = broadcast_from_thread0(block_sum(s) / static_cast<acc_t>(m));
+  s = 0;
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
+    const acc_t d = static_cast<acc_t>(xs[i]) - mu;
+    s += d * d;
+  }
+  const acc_t rs = broadcast_from_thread0(acc_t(1) / ::sqrt(block_sum(s) / static_cast<acc_t>(m) + eps));
+  if (threadIdx.x == 0) {
+    mean[t] = mu;
+    rstd[t] = rs;
+  }
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
+    const int64_t c = g * cg + i / hw;
+    const acc_t scale = rs * (w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1));
+    const acc_t shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
+    acc_t o = static_cast<acc_t>(xs[i]) * scale + shift;
+    if constexpr (kAct) o = act_forward<Act::kSilu>(o, acc_t(0));
+    y[t * m + i] = static_cast<scalar_t>(o);
+  }
+}
+
+template <bool kAct, typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t group_norm_gy(scalar_t g, acc_t y) {
+  acc_t gy = static_cast<acc_t>(g);
+  if constexpr (kAct) gy *= act_slope<Act::kSilu>(y, acc_t(0));
+  return gy;
+}
+
+template <bool kAct, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+group_norm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                           const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
+                           const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd,
+                           scalar_t* __restrict__ dx, acc_t* __restrict__ sa, acc_t* __restrict__ sb,
+                           int64_t groups, int64_t cg, int64_t hw) {
+  const int64_t t = blockIdx.x;
+  const int64_t g = t % groups;
+  const int64_t m = cg * hw;
+  const scalar_t* xs = x + t * m;
+  const scalar_t* gs = grad + t * m;
+  const acc_t mu = mean[t], rs = rstd[t];
+  acc_t s1 = 0, s2 = 0;  // meaningful in thread 0
+  for (int64_t cl = 0; cl < cg; ++cl) {
+    const int64_t c = g * cg + cl;
+    const acc_t wc = w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1);
+    const acc_t scale = rs * wc, shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
+    acc_t a = 0, bs = 0;
+    for (int64_t i = cl * hw + threadIdx.x; i < (cl + 1) * hw; i += kThreads) {
+      const acc_t xv = static_cast<acc_t>(xs[i]);
+      const acc_t gy = group_norm_gy<kAct, scalar_t, acc_t>(gs[i], xv * scale + shift);
+      a += gy * (xv - mu);
+      bs += gy;
+    }
+    a = block_sum(a);
+    bs = block_sum(bs);
+    if (threadIdx.x == 0) {
+      sa[t * cg + cl] = a;
+      sb[t * cg + cl] = bs;
+      s1 += wc * bs;
+      s2 += wc * rs * a;
+    }
+  }
+  acc_t k1, k2;
+  group_norm_dx_coefs<acc_t>(rs, s1, s2, static_cast<acc_t>(m), &k1, &k2);
+  k1 = broadcast_from_thread0(k1);
+  k2 = broadcast_from_thread0(k2);
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
+    const int64_t c = g * cg + i / hw;
+    const acc_t wc = w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1);
+    const acc_t scale = rs * wc, shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
+    const acc_t xv = static_cast<acc_t>(xs[i]);
+    const acc_t gy = group_norm_gy<kAct, scalar_t, acc_t>(gs[i], xv * scale + shift);
+    dx[t * m + i] = static_cast<scalar_t>(scale * gy + k1 * (xv - mu) + k2);
+  }
+}
+
+void check_group_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& bias, int64_t num_groups) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *), got ", x.sizes());
+  TORCH_CHECK_VALUE(num_groups >= 1 && x.size(1) % num_groups == 0, "fastgen: num_groups must divide the ",
+                    x.size(1), " channels of x, got ", num_groups);
+  for (const auto& [name, p] : {std::make_pair("weight", &weight), std::make_pair("bias", &bias)}) {
+    if (!p->has_value()) continue;
+    const auto& t = **p;
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(1), "fastgen: ", name, " must have shape (",
+                      x.size(1), ",), got ", t.sizes());
+    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "fastgen: ", name, " has dtype ", t.scalar_type(),
+                     " but x has ", x.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == x.device(), "fastgen: ", name, " is on ", t.device(), " but x is on ",
+                      x.device());
+  }
+}
+
+const void* opt_ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Tensor& x_in,
+                                                                    const std::optional<at::Tensor>& weight_in,
+                                                                    const std::optional<at::Tensor>& bias_in,
+                                                                    int64_t num_groups, double eps, bool act) {
+  check_group_norm(x_in, weight_in, bias_in, num_groups);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous();
+  const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
+  const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
+  const int64_t n = x.size(0), c = x.size(1), cg = c / num_groups;
+  const int64_t hw = n * c == 0 ? 0 : x.numel() / (n * c);
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const auto stat_opts = x.options().dtype(opmath_dtype(x.scalar_type()));
+  auto mean = at::zeros({n, num_groups}, stat_opts);
+  auto rstd = at::full({n, num_groups}, 1.0 / std::sqrt(eps), stat_opts);
+  if (n == 0 || cg * hw == 0) return {y, mean, rstd};
+  TORCH_CHECK_VALUE(n * num_groups <= INT32_MAX, "fastgen: N * num_groups exceeds 2^31-1");
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto launch = [&](auto act_tag) {
+      group_norm_forward_kernel<decltype(act_tag)::value, scalar_t, acc_t>
+          <<<static_cast<unsigned>(n * num_groups), kThreads, 0, stream>>>(
+              x.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(opt_ptr(weight)),
+              static_cast<const scalar_t*>(opt_ptr(bias)), y.mutable_data_ptr<scalar_t>(),
+              mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), num_groups, cg, hw,
+              static_cast<acc_t>(eps));
+    };
+    if (act) launch(std::true_type()); else launch(std::false_type());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const std::optional<at::Tensor>& weight_in,
+    const std::optional<at::Tensor>& bias_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
+    int64_t num_groups, bool act) {
+  check_group_norm(x_in, weight_in, bias_in, num_groups);
+  check_same_float_tensor(x_in, "x", grad_in, "grad");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
+  const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
+  const int64_t n = x.size(0), c = x.size(1), cg = c / num_groups;
+  const int64_t hw = n * c == 0 ? 0 : x.numel() / (n * c);
+  const auto stat_dtype = opmath_dtype(x.scalar_type());
+  TORCH_CHECK_VALUE(mean_in.dim() == 2 && mean_in.size(0) == n && mean_in.size(1) == num_groups &&
+                        mean_in.sizes() == rstd_in.sizes() && mean_in.scalar_type() == stat_dtype &&
+                        rstd_in.scalar_type() == stat_dtype,
+                    "fastgen: mean and rstd must be the forward's (", n, ", ", num_groups, ") ", stat_dtype,
+                    " statistics");
+  const auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto sa = at::zeros({n, num_groups, cg}, x.options().dtype(stat_dtype));
+  auto sb = at::zeros({n, num_groups, cg}, x.options().dtype(stat_dtype));
+  if (n > 0 && cg * hw > 0) {
+    TORCH_CHECK_VALUE(n * num_groups <= INT32_MAX, "fastgen: N * num_groups exceeds 2^31-1");
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto launch = [&](auto act_tag) {
+        group_norm_backward_kernel<decltype(act_tag)::value, scalar_t, acc_t>
+            <<<static_cast<unsigned>(n * num_groups), kThreads, 0, stream>>>(
+                grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                static_cast<const scalar_t*>(opt_ptr(weight)), static_cast<const scalar_t*>(opt_ptr(bias)),
+                mean.const_data_ptr<acc_t>(), rstd.const_data_ptr<acc_t>(), dx.mutable_data_ptr<scalar_t>(),
+                sa.mutable_data_ptr<acc_t>(), sb.mutable_data_ptr<acc_t>(), num_groups, cg, hw);
+      };
+      if (act) launch(std::true_type()); else launch(std::false_type());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  auto dw = weight ? (sa * rstd.unsqueeze(-1)).sum(0).reshape({c}).to(weight->scalar_type()) : at::empty({0}, x.options());
+  auto db = bias ? sb.sum(0).reshape({c}).to(bias->scalar_type()) : at::empty({0}, x.options());
+  return {dx, dw, db};
+}
+
+// ---- info_nce_loss ------------------------------------------------------------------------------
+// Driver: common/info_nce.h (tile GEMMs on cuBLAS). Epilogue: one block per tile row computes
+// the row's max and sum of exp and folds them into the running logsumexp.
+
+template <typename T>
+__device__ __forceinline__ T block_max(T v) {
+  __shared__ T warp_max[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) warp_max[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < kThreads / 32 ? warp_max[threadIdx.x] : -std::numeric_limits<T>::infinity();
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+info_nce_lse_kernel(const T* __restrict__ s, T* __restrict__ running, int64_t cols) {
+  const T* row = s + blockIdx.x * cols;
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t j = threadIdx.x; j < cols; j += kThreads) mx = max(mx, row[j]);
+  mx = broadcast_from_thread0(block_max(mx));
+  const T hi = max(mx, running[blockIdx.x]);
+  if (hi == -std::numeric_limits<T>::infinity()) return;
+  T sum = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += kThreads) sum += fexp(row[j] - hi);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) running[blockIdx.x] = hi + ::log(sum + fexp(running[blockIdx.x] - hi));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+info_nce_weights_kernel(const T* __restrict__ s, const T* __restrict__ lse, T* __restrict__ p, int64_t cols) {
+  const T l = lse[blockIdx.x];
+  for (int64_t j = threadIdx.x; j < cols; j += kThreads) p[blockIdx.x * cols + j] = fexp(s[blockIdx.x * cols + j] - l);
+}
+
+struct CudaInfoNceEpilogue {
+  void lse_update(const at::Tensor& s, at::Tensor& running) const {
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "info_nce_lse_cuda", [&] {
+      info_nce_lse_kernel<scalar_t><<<static_cast<unsigned>(s.size(0)), kThreads, 0, stream>>>(
+          s.const_data_ptr<scalar_t>(), running.mutable_data_ptr<scalar_t>(), s.size(1));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  at::Tensor weights(const at::Tensor& s, const at::Tensor& lse_rows) const {
+    auto p = at::empty_like(s);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "info_nce_weights_cuda", [&] {
+      info_nce_weights_kernel<scalar_t><<<static_cast<unsigned>(s.size(0)), kThreads, 0, stream>>>(
+          s.const_data_ptr<scalar_t>(), lse_rows.const_data_ptr<scalar_t>(), p.mutable_data_ptr<scalar_t>(),
+          s.size(1));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return p;
+  }
+};
+
+// 2048 x 2048 fp32 tiles: 16 MiB, large enough for cuBLAS to run near peak.
+constexpr int64_t kInfoNceTile = 2048;
+
+std::tuple<at::Tensor, at::Tensor> info_nce_loss_cuda(const at::Tensor& z1, const at::Tensor& z2, double temperature) {
+  const c10::cuda::CUDAGuard guard(z1.device());
+  return info_nce_forward_tiled(z1, z2, temperature, kInfoNceTile, kInfoNceTile, CudaInfoNceEpilogue());
+}
+
+std::tuple<at::Tensor, at::Tensor> info_nce_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& z1,
+                                                               const at::Tensor& z2, const at::Tensor& lse,
+                                                               double temperature) {
+  const c10::cuda::CUDAGuard guard(z1.device());
+  return info_nce_backward_tiled(grad_loss, z1, z2, lse, temperature, kInfoNceTile, kInfoNceTile,
+                                 CudaInfoNceEpilogue());
+}
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
   m.impl("bias_act_native", &bias_act_cuda);
   m.impl("bias_act_backward_native", &bias_act_backward_cuda);
+  m.impl("group_norm_silu_native", &group_norm_silu_cuda);
+  m.impl("group_norm_silu_backward_native", &group_norm_silu_backward_cuda);
+  m.impl("info_nce_loss_native", &info_nce_loss_cuda);
+  m.impl("info_nce_loss_backward_native", &info_nce_loss_backward_cuda);
 }
 
 }  // namespace fastgen

@@ -203,3 +203,31 @@ def group_norm_silu_backward(grad, x, weight, bias, mean, rstd, num_groups, act=
     dw = (gy * xhat).sum(dims).to(weight.dtype) if weight is not None else x.new_empty((0,))
     db = gy.sum(dims).to(bias.dtype) if bias is not None else x.new_empty((0,))
     return dx.to(x.dtype).contiguous(), dw, db
+
+
+INFO_NCE_NORM_EPS = 1e-12  # F.normalize's default
+
+
+def info_nce_loss(z1, z2, temperature):
+    """NT-Xent (SimCLR) on N positive pairs (z1[k], z2[k]), the eager way (a 2N x 2N matrix):
+        z = cat(z1, z2) (2N, D),  u_i = z_i / max(||z_i||, 1e-12),  s_ij = u_i . u_j / temperature,
+        loss = 1/(2N) * sum_i [ logsumexp_{j != i} s_ij - s_{i, p(i)} ],  p(i) = (i + N) mod 2N,
+    i.e. cross-entropy over the 2N - 1 other samples with the partner as the target, averaged
+    over all 2N anchors. Returns (loss, lse) in the math dtype, lse[i] = logsumexp_{j != i} s_ij."""
+    t = math_dtype(z1.dtype)
+    z = torch.cat([z1, z2]).to(t)
+    u = torch.nn.functional.normalize(z, dim=1, eps=INFO_NCE_NORM_EPS)
+    s = u @ u.t() / temperature
+    m, n = z.shape[0], z1.shape[0]
+    s = s.masked_fill(torch.eye(m, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.arange(m, device=z.device).roll(n)
+    return torch.nn.functional.cross_entropy(s, target), torch.logsumexp(s, 1)
+
+
+def info_nce_loss_backward(grad_loss, z1, z2, lse, temperature):
+    """(dz1, dz2) of info_nce_loss, by autograd through the eager formula (the spec)."""
+    with torch.enable_grad():
+        a, b = z1.detach().requires_grad_(), z2.detach().requires_grad_()
+        loss = info_nce_loss(a, b, temperature)[0]
+        da, db = torch.autograd.grad(loss, (a, b), grad_loss.to(loss.dtype))
+    return da, db
