@@ -44,28 +44,43 @@ inline void info_nce_mask_diagonal(at::Tensor& s, int64_t i0, int64_t j0) {
   if (off > -s.size(0) && off < s.size(1)) s.diagonal(off).fill_(-std::numeric_limits<double>::infinity());
 }
 
+// Square tile side for 2N = m samples: about a quarter of m (so small problems still run the
+// multi-tile path the large ones take), a multiple of 16, between 64 and max_block.
+inline int64_t info_nce_block(int64_t m, int64_t max_block) {
+  const int64_t quarter = ((m + 3) / 4 + 15) / 16 * 16;
+  return std::min(max_block, std::max<int64_t>(64, quarter));
+}
+
 // Epilogue concept (one per device):
-//   void lse_update(const at::Tensor& s /*tile, diagonal -inf*/, at::Tensor& running /*(rows,)*/)
-//   at::Tensor weights(const at::Tensor& s, const at::Tensor& lse_rows) -> exp(s - lse_rows[:, None])
+//   void lse_update(const at::Tensor& s, at::Tensor& running): running[r] = logaddexp(running[r],
+//       logsumexp_c s[r, c]) for a contiguous tile s (-inf entries are masked out)
+//   at::Tensor weights(const at::Tensor& s, const at::Tensor& lse_rows, const at::Tensor& lse_cols):
+//       exp(s - lse_rows[:, None]) + exp(s - lse_cols[None, :])
+// s is symmetric, so only tiles (I, J) with J >= I are computed (square tiles of `block`):
+// the forward folds tile (I, J) into the row lse of I and, transposed, into that of J; the
+// backward's W = P_IJ + P_JI^T feeds dU_I += W u_J and dU_J += W^T u_I.
 template <typename Epilogue>
 std::tuple<at::Tensor, at::Tensor> info_nce_forward_tiled(const at::Tensor& z1, const at::Tensor& z2,
-                                                          double temperature, int64_t block_rows,
-                                                          int64_t block_cols, const Epilogue& ep) {
+                                                          double temperature, int64_t max_block, const Epilogue& ep) {
   check_info_nce(z1, z2, temperature);
   auto [z, norm, u] = info_nce_normalize(z1, z2);
   const int64_t m = u.size(0), n = z1.size(0);
+  const int64_t block = info_nce_block(m, max_block);
   const auto v = (u * (1.0 / temperature)).contiguous();
-  auto lse = at::empty({m}, u.options());
-  for (int64_t i0 = 0; i0 < m; i0 += block_rows) {
-    const int64_t bi = std::min(block_rows, m - i0);
+  auto lse = at::full({m}, -std::numeric_limits<double>::infinity(), u.options());
+  for (int64_t i0 = 0; i0 < m; i0 += block) {
+    const int64_t bi = std::min(block, m - i0);
     const auto ui = u.narrow(0, i0, bi);
-    auto running = lse.narrow(0, i0, bi);
-    running.fill_(-std::numeric_limits<double>::infinity());
-    for (int64_t j0 = 0; j0 < m; j0 += block_cols) {
-      const int64_t bj = std::min(block_cols, m - j0);
+    auto lse_i = lse.narrow(0, i0, bi);
+    for (int64_t j0 = i0; j0 < m; j0 += block) {
+      const int64_t bj = std::min(block, m - j0);
       auto s = at::mm(ui, v.narrow(0, j0, bj).t());
       info_nce_mask_diagonal(s, i0, j0);
-      ep.lse_update(s, running);
+      ep.lse_update(s, lse_i);
+      if (j0 != i0) {
+        auto lse_j = lse.narrow(0, j0, bj);
+        ep.lse_update(s.t().contiguous(), lse_j);
+      }
     }
   }
   const auto pos = (u.narrow(0, 0, n) * v.narrow(0, n, n)).sum();
@@ -76,30 +91,31 @@ std::tuple<at::Tensor, at::Tensor> info_nce_forward_tiled(const at::Tensor& z1, 
 template <typename Epilogue>
 std::tuple<at::Tensor, at::Tensor> info_nce_backward_tiled(const at::Tensor& grad_loss, const at::Tensor& z1,
                                                            const at::Tensor& z2, const at::Tensor& lse_in,
-                                                           double temperature, int64_t block_rows,
-                                                           int64_t block_cols, const Epilogue& ep) {
+                                                           double temperature, int64_t max_block, const Epilogue& ep) {
   check_info_nce(z1, z2, temperature);
   auto [z, norm, u] = info_nce_normalize(z1, z2);
   const int64_t m = u.size(0), n = z1.size(0);
+  const int64_t block = info_nce_block(m, max_block);
   TORCH_CHECK_VALUE(lse_in.dim() == 1 && lse_in.size(0) == m, "fastgen: lse must have shape (", m, ",), got ",
                     lse_in.sizes());
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastgen: grad_loss must be a scalar, got shape ", grad_loss.sizes());
   const auto lse = lse_in.to(u.scalar_type()).contiguous();
   const auto v = (u * (1.0 / temperature)).contiguous();
   auto du = at::zeros_like(u);
-  for (int64_t i0 = 0; i0 < m; i0 += block_rows) {
-    const int64_t bi = std::min(block_rows, m - i0);
+  for (int64_t i0 = 0; i0 < m; i0 += block) {
+    const int64_t bi = std::min(block, m - i0);
     const auto ui = u.narrow(0, i0, bi);
     auto dui = du.narrow(0, i0, bi);
-    const auto lse_i = lse.narrow(0, i0, bi);
-    for (int64_t j0 = 0; j0 < m; j0 += block_cols) {
-      const int64_t bj = std::min(block_cols, m - j0);
+    for (int64_t j0 = i0; j0 < m; j0 += block) {
+      const int64_t bj = std::min(block, m - j0);
       auto s = at::mm(ui, v.narrow(0, j0, bj).t());
       info_nce_mask_diagonal(s, i0, j0);
-      const auto p = ep.weights(s, lse_i);
-      dui.addmm_(p, u.narrow(0, j0, bj));
-      auto duj = du.narrow(0, j0, bj);
-      duj.addmm_(p.t(), ui);
+      const auto w = ep.weights(s, lse.narrow(0, i0, bi), lse.narrow(0, j0, bj));
+      dui.addmm_(w, u.narrow(0, j0, bj));
+      if (j0 != i0) {
+        auto duj = du.narrow(0, j0, bj);
+        duj.addmm_(w.t(), ui);
+      }
     }
   }
   // the positive pair's -2 u_{p(i)}, then the common scale g / (2N tau)
