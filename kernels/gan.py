@@ -423,4 +423,4 @@ def info_nce_loss_backward(grad_loss, z1, z2, lse, temperature):
     clamped = norm <= _NORM_EPS
     dz = torch.where(clamped, du / _NORM_EPS, (du - u * (u * du).sum(1, keepdim=True)) / norm.clamp_min(_NORM_EPS))
     dz = dz.to(z1.dtype)
-    return dz[:n].contiguous(), dz[n:].contiguous()
+    return dz[:n].clone(), dz[n:].clone()  # two outputs must not share storage

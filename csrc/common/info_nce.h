@@ -127,7 +127,8 @@ std::tuple<at::Tensor, at::Tensor> info_nce_backward_tiled(const at::Tensor& gra
   const auto r = norm.clamp_min(kInfoNceNormEps);
   auto dz = at::where(clamped, du / kInfoNceNormEps, (du - u * (u * du).sum(1, true)) / r);
   dz = dz.to(z1.scalar_type());
-  return {dz.narrow(0, 0, n).contiguous(), dz.narrow(0, n, n).contiguous()};
+  // two outputs must not share storage (the op's schema promises no aliasing)
+  return {dz.narrow(0, 0, n).clone(), dz.narrow(0, n, n).clone()};
 }
 
 }  // namespace fastgen

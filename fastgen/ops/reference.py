@@ -163,7 +163,7 @@ def group_norm_silu(x, weight, bias, num_groups, eps=1e-5, act=True):
     rstd of shape (N, num_groups) in the math dtype); rstd = 1 / sqrt(biased var + eps)."""
     t = math_dtype(x.dtype)
     n, c = x.shape[0], x.shape[1]
-    xg = x.to(t).reshape(n, num_groups, -1)
+    xg = x.to(t).reshape(n, num_groups, _group_size(x, num_groups))
     mean = xg.mean(-1) if xg.shape[-1] else xg.new_zeros(n, num_groups)
     var = xg.var(-1, unbiased=False) if xg.shape[-1] else xg.new_zeros(n, num_groups)
     rstd = torch.rsqrt(var + eps)
@@ -178,6 +178,13 @@ def group_norm_silu(x, weight, bias, num_groups, eps=1e-5, act=True):
     return y.to(x.dtype).contiguous(), mean, rstd
 
 
+def _group_size(x, num_groups):
+    size = x.shape[1] // num_groups
+    for s in x.shape[2:]:
+        size *= s
+    return size
+
+
 def group_norm_silu_backward(grad, x, weight, bias, mean, rstd, num_groups, act=True):
     """(dx, dweight, dbias) of group_norm_silu's first output from the forward's saved mean and
     rstd, in closed form (a test checks it against autograd through group_norm_silu):
@@ -188,14 +195,15 @@ def group_norm_silu_backward(grad, x, weight, bias, mean, rstd, num_groups, act=
     t = math_dtype(x.dtype)
     n, c = x.shape[0], x.shape[1]
     shape = [1, c] + [1] * (x.dim() - 2)
-    xhat = ((x.to(t).reshape(n, num_groups, -1) - mean.to(t)[..., None]) * rstd.to(t)[..., None]).reshape(x.shape)
+    gs = _group_size(x, num_groups)
+    xhat = ((x.to(t).reshape(n, num_groups, gs) - mean.to(t)[..., None]) * rstd.to(t)[..., None]).reshape(x.shape)
     w = weight.to(t).reshape(shape) if weight is not None else torch.ones(shape, dtype=t, device=x.device)
     gy = grad.to(t)
     if act:
         y = xhat * w + (bias.to(t).reshape(shape) if bias is not None else 0)
         gy = gy * bias_act_slope(y, "silu", 0.0)
-    gx = (gy * w).reshape(n, num_groups, -1)
-    xg = xhat.reshape(n, num_groups, -1)
+    gx = (gy * w).reshape(n, num_groups, gs)
+    xg = xhat.reshape(n, num_groups, gs)
     if gx.shape[-1]:
         gx = gx - gx.mean(-1, keepdim=True) - xg * (gx * xg).mean(-1, keepdim=True)
     dx = (gx * rstd.to(t)[..., None]).reshape(x.shape)
@@ -225,9 +233,21 @@ def info_nce_loss(z1, z2, temperature):
 
 
 def info_nce_loss_backward(grad_loss, z1, z2, lse, temperature):
-    """(dz1, dz2) of info_nce_loss, by autograd through the eager formula (the spec)."""
-    with torch.enable_grad():
-        a, b = z1.detach().requires_grad_(), z2.detach().requires_grad_()
-        loss = info_nce_loss(a, b, temperature)[0]
-        da, db = torch.autograd.grad(loss, (a, b), grad_loss.to(loss.dtype))
-    return da, db
+    """(dz1, dz2) of info_nce_loss in closed form on the full matrix (a test checks it against
+    autograd through info_nce_loss): with P the masked row softmax of s and Y the partner
+    one-hot, G = grad * (P - Y) / (2N), dU = (G + G^T) u / temperature, then back through the
+    normalization u = z / max(||z||, eps)."""
+    t = math_dtype(z1.dtype)
+    z = torch.cat([z1, z2]).to(t)
+    m, n = z.shape[0], z1.shape[0]
+    norm = z.norm(dim=1, keepdim=True)
+    u = z / norm.clamp_min(INFO_NCE_NORM_EPS)
+    s = (u @ u.t() / temperature).masked_fill(torch.eye(m, dtype=torch.bool, device=z.device), float("-inf"))
+    p = torch.exp(s - lse.to(t)[:, None])
+    p[torch.arange(m, device=z.device), torch.arange(m, device=z.device).roll(n)] -= 1
+    g = p * (grad_loss.to(t) / m)
+    du = (g + g.t()) @ u / temperature
+    dz = torch.where(norm <= INFO_NCE_NORM_EPS, du / INFO_NCE_NORM_EPS,
+                     (du - u * (u * du).sum(1, keepdim=True)) / norm.clamp_min(INFO_NCE_NORM_EPS))
+    dz = dz.to(z1.dtype)
+    return dz[:n].clone(), dz[n:].clone()
