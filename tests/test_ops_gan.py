@@ -586,3 +586,35 @@ def test_info_nce_loss_reference_backward_matches_autograd():
     actual = reference.info_nce_loss_backward(torch.tensor(1.7, dtype=torch.float64), z1, z2, lse, 0.25)
     for a, e in zip(actual, expected):
         assert_close(a, e)
+
+
+# -- fastgen.nn.GroupNormSiLU ------------------------------------------------------------------
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_silu_module_is_a_drop_in(affine):
+    torch.manual_seed(0)
+    unfused = torch.nn.Sequential(torch.nn.GroupNorm(4, 12, eps=1e-4, affine=affine), torch.nn.SiLU())
+    if affine:
+        with torch.no_grad():
+            unfused[0].weight.normal_()
+            unfused[0].bias.normal_()
+    fused = fastgen.nn.GroupNormSiLU(4, 12, eps=1e-4, affine=affine)
+    fused.load_state_dict(unfused[0].state_dict())  # same keys: loads strictly
+    assert list(fused.state_dict()) == list(unfused[0].state_dict())
+    x = torch.randn(3, 12, 5, 6, requires_grad=True)
+    y, y_ref = fused(x), unfused(x)
+    assert_close(y, y_ref, name="y")
+    g = torch.randn_like(y)
+    params = list(fused.parameters())
+    ref_params = list(unfused.parameters())
+    grads = torch.autograd.grad(y, [x] + params, g)
+    grads_ref = torch.autograd.grad(y_ref, [x] + ref_params, g)
+    for a, e in zip(grads, grads_ref):
+        assert_close(a, e, name="grad", atol=1e-4)
+    other = fastgen.nn.GroupNormSiLU.from_group_norm(unfused[0])
+    assert_close(other(x), y_ref, name="from_group_norm")
+
+
+def test_group_norm_silu_module_rejects_bad_groups():
+    with pytest.raises(ValueError, match="must be >= 1 and divide num_channels"):
+        fastgen.nn.GroupNormSiLU(5, 12)
