@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fastgen
+from fastgen.nn import GroupNormSiLU
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
@@ -588,7 +589,7 @@ def test_info_nce_loss_reference_backward_matches_autograd():
         assert_close(a, e)
 
 
-# -- fastgen.nn.GroupNormSiLU ------------------------------------------------------------------
+# -- GroupNormSiLU ------------------------------------------------------------------
 
 @pytest.mark.parametrize("affine", [True, False])
 def test_group_norm_silu_module_is_a_drop_in(affine):
@@ -598,7 +599,7 @@ def test_group_norm_silu_module_is_a_drop_in(affine):
         with torch.no_grad():
             unfused[0].weight.normal_()
             unfused[0].bias.normal_()
-    fused = fastgen.nn.GroupNormSiLU(4, 12, eps=1e-4, affine=affine)
+    fused = GroupNormSiLU(4, 12, eps=1e-4, affine=affine)
     fused.load_state_dict(unfused[0].state_dict())  # same keys: loads strictly
     assert list(fused.state_dict()) == list(unfused[0].state_dict())
     x = torch.randn(3, 12, 5, 6, requires_grad=True)
@@ -611,10 +612,10 @@ def test_group_norm_silu_module_is_a_drop_in(affine):
     grads_ref = torch.autograd.grad(y_ref, [x] + ref_params, g)
     for a, e in zip(grads, grads_ref):
         assert_close(a, e, name="grad", atol=1e-4)
-    other = fastgen.nn.GroupNormSiLU.from_group_norm(unfused[0])
+    other = GroupNormSiLU.from_group_norm(unfused[0])
     assert_close(other(x), y_ref, name="from_group_norm")
 
 
 def test_group_norm_silu_module_rejects_bad_groups():
     with pytest.raises(ValueError, match="must be >= 1 and divide num_channels"):
-        fastgen.nn.GroupNormSiLU(5, 12)
+        GroupNormSiLU(5, 12)
