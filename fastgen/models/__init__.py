@@ -5,5 +5,6 @@ A model registers itself with `@register("name")` and subclasses `GenerativeMode
 from .base import MODELS, DataSpec, GenerativeModel, get_model, register
 from . import vae  # noqa: F401  (registers "vae")
 from . import vqgan  # noqa: F401  (registers "vqgan")
+from . import autoregressive  # noqa: F401  (registers "fvsbn", "nade", "made")
 
 __all__ = ["MODELS", "DataSpec", "GenerativeModel", "get_model", "register"]
