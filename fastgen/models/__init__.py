@@ -6,5 +6,6 @@ from .base import MODELS, DataSpec, GenerativeModel, get_model, register
 from . import vae  # noqa: F401  (registers "vae")
 from . import vqgan  # noqa: F401  (registers "vqgan")
 from . import autoregressive  # noqa: F401  (registers "fvsbn", "nade", "made")
+from . import gan  # noqa: F401  (registers "gan", "wgan")
 
 __all__ = ["MODELS", "DataSpec", "GenerativeModel", "get_model", "register"]
