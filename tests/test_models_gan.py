@@ -10,7 +10,10 @@ from fastgen.models import DataSpec, get_model
 SPEC = DataSpec("8gaussians", "points2d", (2,), 8)
 
 
-@pytest.mark.parametrize("name,opts,lr", [("gan", {}, 1e-3), ("wgan", {"mode": "clip"}, 5e-4)])
+# WGAN-GP is left out here: within a few hundred steps its training is not yet stable enough on
+# this toy to assert a margin (see docs/gan_ops.md); its penalty's gradients are tested below.
+@pytest.mark.parametrize("name,opts,lr", [("gan", {}, 1e-3),
+                                          pytest.param("wgan", {"mode": "clip"}, 5e-4, marks=pytest.mark.slow)])
 def test_training_beats_untrained_sliced_wasserstein(tmp_path, name, opts, lr):
     common = dict(batch=256, seed=0, progress=False, plot_every=0, lr=lr, model_options=opts)
     untrained = train.train(name, "8gaussians", steps=0, out=str(tmp_path / "u"), **common)["eval"]
