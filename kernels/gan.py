@@ -380,6 +380,8 @@ def _info_nce_bwd_kernel(u_ptr, v_ptr, lse_ptr, du_ptr, M, D, BLOCK_M: tl.conste
 
 
 _NORM_EPS = 1e-12
+# IEEE: fp32 tiles use exact fp32 products (no TF32: logits are divided by the temperature, so
+# TF32's 1e-3 relative error would show in the loss); fp64 tiles pass no precision option.
 
 
 def _info_nce_prepare(z1, z2, temperature):
@@ -402,7 +404,7 @@ def info_nce_loss(z1, z2, temperature):
     lse = torch.empty(m, dtype=u.dtype, device=u.device)
     bm, bn, bd = _info_nce_blocks(m, d)
     _info_nce_fwd_kernel[(triton_cdiv(m, bm),)](u, v, lse, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                                                IEEE=True)
+                                                IEEE=u.dtype == torch.float32)
     pos = (u[:n] * v[n:]).sum()
     return (lse.sum() - 2 * pos) / m, lse
 
@@ -416,7 +418,8 @@ def info_nce_loss_backward(grad_loss, z1, z2, lse, temperature):
     bm, bn, bd = _info_nce_blocks(m, d)
     out_d = min(128, max(16, next_power_of_2(d)))
     _info_nce_bwd_kernel[(triton_cdiv(m, bm), triton_cdiv(d, out_d))](
-        u, v, lse, du, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, OUT_D=out_d, IEEE=True)
+        u, v, lse, du, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, OUT_D=out_d,
+        IEEE=u.dtype == torch.float32)
     du[:n] -= 2 * u[n:]
     du[n:] -= 2 * u[:n]
     du *= grad_loss.to(u.dtype).reshape(()) / (m * temperature)
