@@ -61,8 +61,9 @@ def _bias_act_fwd_kernel(x_ptr, b_ptr, out_ptr, numel, C, inner, params_ptr,
 def _bias_act_bwd_kernel(g_ptr, x_ptr, b_ptr, dx_ptr, partial_ptr, C, inner, rows, rows_per,
                          params_ptr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
                          BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
-    pid_o = tl.program_id(0)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # axis 0 = channel tile (may be many), axis 1 = row block (at most 2048: CUDA caps axis 1)
+    pid_o = tl.program_id(1)
+    cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
     math_t = params_ptr.dtype.element_ty
     alpha = tl.load(params_ptr)
@@ -110,14 +111,14 @@ def bias_act(x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
         return out
     _, c, inner = _outer_c_inner(x, dim)
     block = 4096 if INTERPRET else 1024
-    grid = (triton_cdiv(x.numel(), block),)
+    grid = (_cdiv(x.numel(), block),)
     b = bias.contiguous() if bias is not None else x  # never read without HAS_BIAS
     _bias_act_fwd_kernel[grid](x, b, out, x.numel(), c, inner, _params(x, alpha, gain),
                                ACT=ACT_CODES[act], HAS_BIAS=bias is not None, BLOCK=block)
     return out
 
 
-def triton_cdiv(a, b):
+def _cdiv(a, b):
     return -(-a // b)
 
 
@@ -137,14 +138,14 @@ def bias_act_backward(grad, x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=
         return dx, (db if bias is None else torch.zeros_like(bias))
     block_i = min(1024, next_power_of_2(inner))
     block_c = min(next_power_of_2(c), max(1, 1024 // block_i))
-    grid_c = triton_cdiv(c, block_c)
+    grid_c = _cdiv(c, block_c)
     # Enough row blocks to fill a GPU; under the interpreter every program is a slow host step.
     want = 1 if INTERPRET else max(1, 2048 // grid_c)
-    rows_per = triton_cdiv(outer, min(outer, want))
-    grid_o = triton_cdiv(outer, rows_per)
+    rows_per = _cdiv(outer, min(outer, want))
+    grid_o = _cdiv(outer, rows_per)
     partial = x.new_empty((grid_o, c), dtype=_math_dtype(x.dtype)) if bias is not None else x
     b = bias.contiguous() if bias is not None else x
-    _bias_act_bwd_kernel[(grid_o, grid_c)](grad, x, b, dx, partial, c, inner, outer, rows_per,
+    _bias_act_bwd_kernel[(grid_c, grid_o)](grad, x, b, dx, partial, c, inner, outer, rows_per,
                                            _params(x, alpha, gain), ACT=ACT_CODES[act],
                                            HAS_BIAS=bias is not None, BLOCK_C=block_c,
                                            BLOCK_I=block_i)
@@ -403,7 +404,7 @@ def info_nce_loss(z1, z2, temperature):
     n = z1.shape[0]
     lse = torch.empty(m, dtype=u.dtype, device=u.device)
     bm, bn, bd = _info_nce_blocks(m, d)
-    _info_nce_fwd_kernel[(triton_cdiv(m, bm),)](u, v, lse, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+    _info_nce_fwd_kernel[(_cdiv(m, bm),)](u, v, lse, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
                                                 IEEE=u.dtype == torch.float32)
     pos = (u[:n] * v[n:]).sum()
     return (lse.sum() - 2 * pos) / m, lse
@@ -417,7 +418,7 @@ def info_nce_loss_backward(grad_loss, z1, z2, lse, temperature):
     du = torch.empty_like(u)
     bm, bn, bd = _info_nce_blocks(m, d)
     out_d = min(128, max(16, next_power_of_2(d)))
-    _info_nce_bwd_kernel[(triton_cdiv(m, bm), triton_cdiv(d, out_d))](
+    _info_nce_bwd_kernel[(_cdiv(m, bm), _cdiv(d, out_d))](
         u, v, lse, du, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, OUT_D=out_d,
         IEEE=u.dtype == torch.float32)
     du[:n] -= 2 * u[n:]
