@@ -90,4 +90,21 @@ TORCH_LIBRARY(fastgen, m) {
         "Tensor sigmas, Tensor model_output_uncond, float guidance_scale) -> Tensor");
   m.def("flow_heun_step_native(Tensor model_output, Tensor model_output_next, Tensor sample, "
         "Tensor step_index, Tensor sigmas) -> Tensor");
+  // gan: bias_act (x + bias along dim, activation, gain) and its backward (dx, dbias; dbias is an
+  // empty tensor when bias is None).
+  m.def("bias_act_native(Tensor x, Tensor? bias, str act, float alpha, float gain, int dim) -> Tensor");
+  m.def("bias_act_backward_native(Tensor grad, Tensor x, Tensor? bias, str act, float alpha, "
+        "float gain, int dim) -> (Tensor, Tensor)");
+  // gan: group_norm_silu (GroupNorm over num_groups, optional affine, then SiLU when act) ->
+  // (y, mean, rstd) with mean/rstd (N, num_groups) in the math dtype; backward -> (dx, dweight,
+  // dbias), dweight/dbias empty when weight/bias is None.
+  m.def("group_norm_silu_native(Tensor x, Tensor? weight, Tensor? bias, int num_groups, float eps, "
+        "bool act) -> (Tensor, Tensor, Tensor)");
+  m.def("group_norm_silu_backward_native(Tensor grad, Tensor x, Tensor? weight, Tensor? bias, "
+        "Tensor mean, Tensor rstd, int num_groups, bool act) -> (Tensor, Tensor, Tensor)");
+  // gan: info_nce_loss (NT-Xent over the 2N samples of cat(z1, z2)) -> (loss, lse[2N]) in the
+  // math dtype, blockwise; backward -> (dz1, dz2) from the saved per-anchor logsumexp.
+  m.def("info_nce_loss_native(Tensor z1, Tensor z2, float temperature) -> (Tensor, Tensor)");
+  m.def("info_nce_loss_backward_native(Tensor grad_loss, Tensor z1, Tensor z2, Tensor lse, "
+        "float temperature) -> (Tensor, Tensor)");
 }

@@ -466,3 +466,97 @@ register_case(Case(
                                                 step_index=_FLOW_INDEX)},
     modes=("fwd",),
 ))
+
+
+# -- GAN / SimCLR family -----------------------------------------------------------------------
+
+def _bias_act_inputs(shape, dtype, device, requires_grad):
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    bias = torch.randn(shape[1], generator=g, device=device, dtype=dtype)
+    return {"x": x.requires_grad_(requires_grad), "bias": bias.requires_grad_(requires_grad)}
+
+
+def _check_with_reductions(n_elementwise):
+    """Outputs and per-element gradients at the dtype's tolerance; the rest (per-channel
+    gradients, sums over batch and space) at a tolerance for long fp32 sums in another order."""
+    def check(actual, expected, dtype, what):
+        from fastgen import testing
+
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            if i < n_elementwise:
+                testing.assert_close(a, e, dtype=dtype, name=f"{what}[{i}]", atol=1e-4)
+            else:
+                testing.assert_close(a, e, dtype=dtype, name=f"{what}[{i}]", rtol=1e-4, atol=1e-3)
+    return check
+
+
+def _bias_act_eager(x, bias):
+    """What a GAN layer does without the fusion: bias add, leaky ReLU, gain (StyleGAN's)."""
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    return torch.nn.functional.leaky_relu(x + bias.reshape(shape), 0.2) * 2 ** 0.5
+
+
+register_case(Case(
+    op="bias_act",
+    shapes=[(256, 4096), (32, 128, 32, 32)],  # a linear layer's output, a conv feature map
+    quick_shapes=[(64, 1024)],
+    make_inputs=_bias_act_inputs,
+    reference=_bias_act_eager,
+    fastgen=lambda backend, **kw: fastgen.ops.bias_act(**kw, act="leaky_relu", alpha=0.2, gain=2 ** 0.5,
+                                                       backend=backend),
+    grad_inputs=("x", "bias"),
+    check=_check_with_reductions(2),  # y, dx
+))
+
+
+def _group_norm_inputs(shape, dtype, device, requires_grad):
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    weight = 1 + 0.1 * torch.randn(shape[1], generator=g, device=device, dtype=dtype)
+    bias = 0.1 * torch.randn(shape[1], generator=g, device=device, dtype=dtype)
+    return {k: v.requires_grad_(requires_grad) for k, v in (("x", x), ("weight", weight), ("bias", bias))}
+
+
+def _group_norm_silu_eager(x, weight, bias):
+    """nn.GroupNorm(32, C) followed by nn.SiLU, as UNet / VQGAN blocks write it."""
+    return torch.nn.functional.silu(torch.nn.functional.group_norm(x, 32, weight, bias, 1e-5))
+
+
+register_case(Case(
+    op="group_norm_silu",
+    shapes=[(32, 128, 32, 32), (8, 512, 16, 16)],
+    quick_shapes=[(4, 64, 16, 16)],
+    make_inputs=_group_norm_inputs,
+    reference=_group_norm_silu_eager,
+    fastgen=lambda backend, **kw: fastgen.ops.group_norm_silu(**kw, num_groups=32, backend=backend),
+    grad_inputs=("x", "weight", "bias"),
+    check=_check_with_reductions(2),  # y, dx
+))
+
+
+def _info_nce_inputs(shape, dtype, device, requires_grad):
+    n, d = shape
+    g = torch.Generator(device).manual_seed(0)
+    return {name: torch.randn(n, d, generator=g, device=device, dtype=dtype).requires_grad_(requires_grad)
+            for name in ("z1", "z2")}
+
+
+def _info_nce_check(actual, expected, dtype, what):
+    """The loss sums 2N logsumexps: compare at fp32 tolerance scaled by 1/temperature."""
+    from fastgen import testing
+
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        testing.assert_close(a.to(e.dtype), e, rtol=1e-4, atol=1e-4 if i else 1e-3, name=f"{what}[{i}]")
+
+
+register_case(Case(
+    op="info_nce_loss",
+    shapes=[(4096, 128)],       # (N, D): 2N = 8192 anchors, a 256 MiB fp32 matrix for eager
+    quick_shapes=[(512, 128)],
+    make_inputs=_info_nce_inputs,
+    reference=lambda z1, z2: reference.info_nce_loss(z1, z2, 0.5)[0],
+    fastgen=lambda backend, **kw: fastgen.ops.info_nce_loss(**kw, temperature=0.5, backend=backend),
+    grad_inputs=("z1", "z2"),
+    check=_info_nce_check,
+))

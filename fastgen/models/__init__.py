@@ -9,5 +9,7 @@ from . import vae  # noqa: F401  (registers "vae")
 from . import vqgan  # noqa: F401  (registers "vqgan")
 from . import gpt_prior  # noqa: F401  (registers "gpt_prior"; after vqgan, which it loads)
 from . import oadtr  # noqa: F401  (registers "oadtr")
+from . import autoregressive  # noqa: F401  (registers "fvsbn", "nade", "made")
+from . import gan  # noqa: F401  (registers "gan", "wgan")
 
 __all__ = ["MODELS", "DataSpec", "GenerativeModel", "get_model", "register"]

@@ -2,8 +2,10 @@
 from .attention import KVCache, MultiheadAttention, scaled_dot_product_attention
 from .flows import (ActNorm, AdditiveCoupling, AffineCoupling, FlowSequential, InvConv2dLU,
                     NICEScaling, Split, Squeeze)
+from .gan import GroupNormSiLU
 from .vq import EMAVectorQuantizer, ResidualVQ, VectorQuantize, VectorQuantizer, vq_ema_update_
 
 __all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "EMAVectorQuantizer", "FlowSequential",
-           "InvConv2dLU", "KVCache", "MultiheadAttention", "NICEScaling", "ResidualVQ", "Split", "Squeeze",
-           "VectorQuantize", "VectorQuantizer", "scaled_dot_product_attention", "vq_ema_update_"]
+           "GroupNormSiLU", "InvConv2dLU", "KVCache", "MultiheadAttention", "NICEScaling", "ResidualVQ",
+           "Split", "Squeeze", "VectorQuantize", "VectorQuantizer", "scaled_dot_product_attention",
+           "vq_ema_update_"]

@@ -1,0 +1,498 @@
+// CUDA kernels for the GAN / SimCLR family (math in csrc/common/gan.h).
+//
+// bias_act views x as (outer, C, inner), C = x.shape[dim]. The forward is a grid-stride
+// elementwise kernel. The backward's grid is (channel tiles, row blocks): each block writes its
+// dx and one partial dbias per channel; the partials are summed over row blocks afterwards
+// (deterministic, no atomics).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+
+#include "common/checks.h"
+#include "common/gan.h"
+#include "common/info_nce.h"
+
+namespace fastgen {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename F>
+void dispatch_act(c10::string_view act, F&& f) {
+  if (act == "leaky_relu") return f(std::integral_constant<Act, Act::kLeakyRelu>());
+  if (act == "relu") return f(std::integral_constant<Act, Act::kRelu>());
+  if (act == "silu") return f(std::integral_constant<Act, Act::kSilu>());
+  if (act == "gelu") return f(std::integral_constant<Act, Act::kGelu>());
+  TORCH_CHECK_VALUE(false, "fastgen: act must be one of leaky_relu, relu, silu, gelu, got '",
+                    std::string(act), "'");
+}
+
+// Sum of v over the block; the result is valid in thread 0.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  __shared__ T warp_sums[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // warp_sums may still be read by a previous call
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : T(0);
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+struct ChannelView {
+  int64_t outer, channels, inner;
+  ChannelView(const at::Tensor& x, int64_t dim) {
+    dim = dim < 0 ? dim + x.dim() : dim;
+    channels = x.size(dim);
+    inner = 1;
+    for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
+    outer = channels * inner == 0 ? 0 : x.numel() / (channels * inner);
+  }
+};
+
+void check_bias_act(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1, "fastgen: x must have at least one dim");
+  TORCH_CHECK_VALUE(dim >= -x.dim() && dim < x.dim(), "fastgen: dim ", dim, " out of range for x of shape ",
+                    x.sizes());
+  if (bias.has_value()) {
+    const int64_t c = x.size(dim < 0 ? dim + x.dim() : dim);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == c, "fastgen: bias must have shape (", c,
+                      ",), got ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "fastgen: bias has dtype ", bias->scalar_type(),
+                     " but x has ", x.scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == x.device(), "fastgen: bias is on ", bias->device(), " but x is on ",
+                      x.device());
+  }
+}
+
+template <Act A, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+bias_act_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias,
+                        scalar_t* __restrict__ out, int64_t numel, int64_t channels, int64_t inner,
+                        acc_t alpha, acc_t gain) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < numel;
+       i += static_cast<int64_t>(gridDim.x) * kThreads) {
+    acc_t y = static_cast<acc_t>(x[i]);
+    if (bias != nullptr) y += static_cast<acc_t>(bias[(i / inner) % channels]);
+    out[i] = static_cast<scalar_t>(act_forward<A>(y, alpha) * gain);
+  }
+}
+
+// kPlanes (inner > 1): block (c, row block) walks its rows' `inner`-long planes of channel c.
+// Otherwise (inner == 1): thread t of block (tile, row block) owns channel tile*kThreads + t
+// and walks the rows, so neighbouring threads read neighbouring channels.
+template <Act A, bool kPlanes, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+bias_act_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                         const scalar_t* __restrict__ bias, scalar_t* __restrict__ dx,
+                         acc_t* __restrict__ partial, int64_t outer, int64_t channels, int64_t inner,
+                         int64_t rows_per_block, acc_t alpha, acc_t gain) {
+  const int64_t r0 = blockIdx.y * rows_per_block;
+  const int64_t r1 = min(outer, r0 + rows_per_block);
+  acc_t acc = 0;
+  if constexpr (kPlanes) {
+    const int64_t c = blockIdx.x;
+    const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t base = (r * channels + c) * inner;
+      for (int64_t j = threadIdx.x; j < inner; j += kThreads) {
+        const acc_t d = static_cast<acc_t>(grad[base + j]) *
+                        act_slope<A>(static_cast<acc_t>(x[base + j]) + b, alpha) * gain;
+        dx[base + j] = static_cast<scalar_t>(d);
+        acc += d;
+      }
+    }
+    acc = block_sum(acc);
+    if (partial != nullptr && threadIdx.x == 0) partial[blockIdx.y * channels + c] = acc;
+  } else {
+    const int64_t c = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+    if (c >= channels) return;
+    const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i = r * channels + c;
+      const acc_t d = static_cast<acc_t>(grad[i]) * act_slope<A>(static_cast<acc_t>(x[i]) + b, alpha) * gain;
+      dx[i] = static_cast<scalar_t>(d);
+      acc += d;
+    }
+    if (partial != nullptr) partial[blockIdx.y * channels + c] = acc;
+  }
+}
+
+at::Tensor bias_act_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in, c10::string_view act,
+                         double alpha, double gain, int64_t dim) {
+  check_bias_act(x_in, bias_in, dim);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous();
+  auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return out;
+  const std::optional<at::Tensor> bias = bias_in.has_value() ? std::optional<at::Tensor>(bias_in->contiguous())
+                                                             : std::nullopt;
+  const ChannelView v(x, dim);
+  const int64_t blocks = std::min<int64_t>((x.numel() + kThreads - 1) / kThreads, 65536 * 8);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_act(act, [&](auto tag) {
+      constexpr Act A = decltype(tag)::value;
+      bias_act_forward_kernel<A, scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), bias ? bias->const_data_ptr<scalar_t>() : nullptr,
+          out.mutable_data_ptr<scalar_t>(), x.numel(), v.channels, v.inner, static_cast<acc_t>(alpha),
+          static_cast<acc_t>(gain));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                          const std::optional<at::Tensor>& bias_in,
+                                                          c10::string_view act, double alpha, double gain,
+                                                          int64_t dim) {
+  check_bias_act(x_in, bias_in, dim);
+  check_same_float_tensor(x_in, "x", grad_in, "grad");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const bool want_db = bias_in.has_value();
+  if (x.numel() == 0) return {dx, want_db ? at::zeros_like(*bias_in) : at::empty({0}, x.options())};
+  const std::optional<at::Tensor> bias = want_db ? std::optional<at::Tensor>(bias_in->contiguous())
+                                                 : std::nullopt;
+  const ChannelView v(x, dim);
+  const bool planes = v.inner > 1;
+  const int64_t tiles = planes ? v.channels : (v.channels + kThreads - 1) / kThreads;
+  TORCH_CHECK_VALUE(tiles <= INT32_MAX, "fastgen: too many channels (", v.channels, ")");
+  // About 2048 blocks in all: enough to fill the GPU, few partials to sum.
+  const int64_t row_blocks = std::min<int64_t>(std::max<int64_t>(1, 2048 / tiles), std::min<int64_t>(v.outer, 65535));
+  const int64_t rows_per_block = (v.outer + row_blocks - 1) / row_blocks;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>((v.outer + rows_per_block - 1) / rows_per_block));
+  const auto acc_dtype = opmath_dtype(x.scalar_type());
+  auto partial = want_db ? at::empty({grid.y, v.channels}, x.options().dtype(acc_dtype)) : at::Tensor();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    dispatch_act(act, [&](auto tag) {
+      constexpr Act A = decltype(tag)::value;
+      const auto launch = [&](auto planes_tag) {
+        bias_act_backward_kernel<A, decltype(planes_tag)::value, scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+            grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+            bias ? bias->const_data_ptr<scalar_t>() : nullptr, dx.mutable_data_ptr<scalar_t>(),
+            want_db ? partial.mutable_data_ptr<acc_t>() : nullptr, v.outer, v.channels, v.inner, rows_per_block,
+            static_cast<acc_t>(alpha), static_cast<acc_t>(gain));
+      };
+      if (planes) launch(std::true_type()); else launch(std::false_type());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  auto db = want_db ? partial.sum(0).to(bias_in->scalar_type()) : at::empty({0}, x.options());
+  return {dx, db};
+}
+
+
+// ---- group_norm_silu ---------------------------------------------------------------------------
+// One block per (sample, group); the group's m = Cg * HW elements are contiguous. Forward: mean,
+// centred variance (two passes, the second mostly from L2), output. Backward: per channel of
+// the group, block sums of gy and gy * (x - mean) (written out for dweight / dbias, which are
+// reduced over the batch afterwards), then dx.
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t broadcast_from_thread0(acc_t v) {
+  __shared__ acc_t slot;
+  if (threadIdx.x == 0) slot = v;
+  __syncthreads();
+  v = slot;
+  __syncthreads();
+  return v;
+}
+
+template <bool kAct, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+group_norm_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                          const scalar_t* __restrict__ b, scalar_t* __restrict__ y, acc_t* __restrict__ mean,
+                          acc_t* __restrict__ rstd, int64_t groups, int64_t cg, int64_t hw, acc_t eps) {
+  const int64_t t = blockIdx.x;
+  const int64_t g = t % groups;
+  const int64_t m = cg * hw;
+  const scalar_t* xs = x + t * m;
+  acc_t s = 0;
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) s += static_cast<acc_t>(xs[i]);
+  const acc_t mu = broadcast_from_thread0(block_sum(s) / static_cast<acc_t>(m));
+  s = 0;
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
+    const acc_t d = static_cast<acc_t>(xs[i]) - mu;
+    s += d * d;
+  }
+  const acc_t rs = broadcast_from_thread0(acc_t(1) / ::sqrt(block_sum(s) / static_cast<acc_t>(m) + eps));
+  if (threadIdx.x == 0) {
+    mean[t] = mu;
+    rstd[t] = rs;
+  }
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
+    const int64_t c = g * cg + i / hw;
+    const acc_t scale = rs * (w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1));
+    const acc_t shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
+    acc_t o = static_cast<acc_t>(xs[i]) * scale + shift;
+    if constexpr (kAct) o = act_forward<Act::kSilu>(o, acc_t(0));
+    y[t * m + i] = static_cast<scalar_t>(o);
+  }
+}
+
+template <bool kAct, typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t group_norm_gy(scalar_t g, acc_t y) {
+  acc_t gy = static_cast<acc_t>(g);
+  if constexpr (kAct) gy *= act_slope<Act::kSilu>(y, acc_t(0));
+  return gy;
+}
+
+template <bool kAct, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+group_norm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                           const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
+                           const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd,
+                           scalar_t* __restrict__ dx, acc_t* __restrict__ sa, acc_t* __restrict__ sb,
+                           int64_t groups, int64_t cg, int64_t hw) {
+  const int64_t t = blockIdx.x;
+  const int64_t g = t % groups;
+  const int64_t m = cg * hw;
+  const scalar_t* xs = x + t * m;
+  const scalar_t* gs = grad + t * m;
+  const acc_t mu = mean[t], rs = rstd[t];
+  acc_t s1 = 0, s2 = 0;  // meaningful in thread 0
+  for (int64_t cl = 0; cl < cg; ++cl) {
+    const int64_t c = g * cg + cl;
+    const acc_t wc = w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1);
+    const acc_t scale = rs * wc, shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
+    acc_t a = 0, bs = 0;
+    for (int64_t i = cl * hw + threadIdx.x; i < (cl + 1) * hw; i += kThreads) {
+      const acc_t xv = static_cast<acc_t>(xs[i]);
+      const acc_t gy = group_norm_gy<kAct, scalar_t, acc_t>(gs[i], xv * scale + shift);
+      a += gy * (xv - mu);
+      bs += gy;
+    }
+    a = block_sum(a);
+    bs = block_sum(bs);
+    if (threadIdx.x == 0) {
+      sa[t * cg + cl] = a;
+      sb[t * cg + cl] = bs;
+      s1 += wc * bs;
+      s2 += wc * rs * a;
+    }
+  }
+  acc_t k1, k2;
+  group_norm_dx_coefs<acc_t>(rs, s1, s2, static_cast<acc_t>(m), &k1, &k2);
+  k1 = broadcast_from_thread0(k1);
+  k2 = broadcast_from_thread0(k2);
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
+    const int64_t c = g * cg + i / hw;
+    const acc_t wc = w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1);
+    const acc_t scale = rs * wc, shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
+    const acc_t xv = static_cast<acc_t>(xs[i]);
+    const acc_t gy = group_norm_gy<kAct, scalar_t, acc_t>(gs[i], xv * scale + shift);
+    dx[t * m + i] = static_cast<scalar_t>(scale * gy + k1 * (xv - mu) + k2);
+  }
+}
+
+void check_group_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& bias, int64_t num_groups) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *), got ", x.sizes());
+  TORCH_CHECK_VALUE(num_groups >= 1 && x.size(1) % num_groups == 0, "fastgen: num_groups must divide the ",
+                    x.size(1), " channels of x, got ", num_groups);
+  for (const auto& [name, p] : {std::make_pair("weight", &weight), std::make_pair("bias", &bias)}) {
+    if (!p->has_value()) continue;
+    const auto& t = **p;
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(1), "fastgen: ", name, " must have shape (",
+                      x.size(1), ",), got ", t.sizes());
+    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "fastgen: ", name, " has dtype ", t.scalar_type(),
+                     " but x has ", x.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == x.device(), "fastgen: ", name, " is on ", t.device(), " but x is on ",
+                      x.device());
+  }
+}
+
+const void* opt_ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Tensor& x_in,
+                                                                    const std::optional<at::Tensor>& weight_in,
+                                                                    const std::optional<at::Tensor>& bias_in,
+                                                                    int64_t num_groups, double eps, bool act) {
+  check_group_norm(x_in, weight_in, bias_in, num_groups);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous();
+  const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
+  const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
+  const int64_t n = x.size(0), c = x.size(1), cg = c / num_groups;
+  const int64_t hw = n * c == 0 ? 0 : x.numel() / (n * c);
+  auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const auto stat_opts = x.options().dtype(opmath_dtype(x.scalar_type()));
+  auto mean = at::zeros({n, num_groups}, stat_opts);
+  auto rstd = at::full({n, num_groups}, 1.0 / std::sqrt(eps), stat_opts);
+  if (n == 0 || cg * hw == 0) return {y, mean, rstd};
+  TORCH_CHECK_VALUE(n * num_groups <= INT32_MAX, "fastgen: N * num_groups exceeds 2^31-1");
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto launch = [&](auto act_tag) {
+      group_norm_forward_kernel<decltype(act_tag)::value, scalar_t, acc_t>
+          <<<static_cast<unsigned>(n * num_groups), kThreads, 0, stream>>>(
+              x.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(opt_ptr(weight)),
+              static_cast<const scalar_t*>(opt_ptr(bias)), y.mutable_data_ptr<scalar_t>(),
+              mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), num_groups, cg, hw,
+              static_cast<acc_t>(eps));
+    };
+    if (act) launch(std::true_type()); else launch(std::false_type());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& x_in, const std::optional<at::Tensor>& weight_in,
+    const std::optional<at::Tensor>& bias_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
+    int64_t num_groups, bool act) {
+  check_group_norm(x_in, weight_in, bias_in, num_groups);
+  check_same_float_tensor(x_in, "x", grad_in, "grad");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
+  const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
+  const int64_t n = x.size(0), c = x.size(1), cg = c / num_groups;
+  const int64_t hw = n * c == 0 ? 0 : x.numel() / (n * c);
+  const auto stat_dtype = opmath_dtype(x.scalar_type());
+  TORCH_CHECK_VALUE(mean_in.dim() == 2 && mean_in.size(0) == n && mean_in.size(1) == num_groups &&
+                        mean_in.sizes() == rstd_in.sizes() && mean_in.scalar_type() == stat_dtype &&
+                        rstd_in.scalar_type() == stat_dtype,
+                    "fastgen: mean and rstd must be the forward's (", n, ", ", num_groups, ") ", stat_dtype,
+                    " statistics");
+  const auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  auto sa = at::zeros({n, num_groups, cg}, x.options().dtype(stat_dtype));
+  auto sb = at::zeros({n, num_groups, cg}, x.options().dtype(stat_dtype));
+  if (n > 0 && cg * hw > 0) {
+    TORCH_CHECK_VALUE(n * num_groups <= INT32_MAX, "fastgen: N * num_groups exceeds 2^31-1");
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto launch = [&](auto act_tag) {
+        group_norm_backward_kernel<decltype(act_tag)::value, scalar_t, acc_t>
+            <<<static_cast<unsigned>(n * num_groups), kThreads, 0, stream>>>(
+                grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                static_cast<const scalar_t*>(opt_ptr(weight)), static_cast<const scalar_t*>(opt_ptr(bias)),
+                mean.const_data_ptr<acc_t>(), rstd.const_data_ptr<acc_t>(), dx.mutable_data_ptr<scalar_t>(),
+                sa.mutable_data_ptr<acc_t>(), sb.mutable_data_ptr<acc_t>(), num_groups, cg, hw);
+      };
+      if (act) launch(std::true_type()); else launch(std::false_type());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  auto dw = weight ? (sa * rstd.unsqueeze(-1)).sum(0).reshape({c}).to(weight->scalar_type()) : at::empty({0}, x.options());
+  auto db = bias ? sb.sum(0).reshape({c}).to(bias->scalar_type()) : at::empty({0}, x.options());
+  return {dx, dw, db};
+}
+
+// ---- info_nce_loss ------------------------------------------------------------------------------
+// Driver: common/info_nce.h (tile GEMMs on cuBLAS). Epilogue: one block per tile row computes
+// the row's max and sum of exp and folds them into the running logsumexp.
+
+template <typename T>
+__device__ __forceinline__ T block_max(T v) {
+  __shared__ T warp_max[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) warp_max[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < kThreads / 32 ? warp_max[threadIdx.x] : -std::numeric_limits<T>::infinity();
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+info_nce_lse_kernel(const T* __restrict__ s, T* __restrict__ running, int64_t cols) {
+  const T* row = s + blockIdx.x * cols;
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t j = threadIdx.x; j < cols; j += kThreads) mx = max(mx, row[j]);
+  mx = broadcast_from_thread0(block_max(mx));
+  const T hi = max(mx, running[blockIdx.x]);
+  if (hi == -std::numeric_limits<T>::infinity()) return;
+  T sum = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += kThreads) sum += fexp(row[j] - hi);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) running[blockIdx.x] = hi + ::log(sum + fexp(running[blockIdx.x] - hi));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+info_nce_weights_kernel(const T* __restrict__ s, const T* __restrict__ lse_rows, const T* __restrict__ lse_cols,
+                        T* __restrict__ p, int64_t cols) {
+  const T l = lse_rows[blockIdx.x];
+  const int64_t base = blockIdx.x * cols;
+  for (int64_t j = threadIdx.x; j < cols; j += kThreads) {
+    const T x = s[base + j];
+    p[base + j] = fexp(x - l) + fexp(x - lse_cols[j]);
+  }
+}
+
+struct CudaInfoNceEpilogue {
+  void lse_update(const at::Tensor& s, at::Tensor& running) const {
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "info_nce_lse_cuda", [&] {
+      info_nce_lse_kernel<scalar_t><<<static_cast<unsigned>(s.size(0)), kThreads, 0, stream>>>(
+          s.const_data_ptr<scalar_t>(), running.mutable_data_ptr<scalar_t>(), s.size(1));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  at::Tensor weights(const at::Tensor& s, const at::Tensor& lse_rows, const at::Tensor& lse_cols) const {
+    auto p = at::empty_like(s);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "info_nce_weights_cuda", [&] {
+      info_nce_weights_kernel<scalar_t><<<static_cast<unsigned>(s.size(0)), kThreads, 0, stream>>>(
+          s.const_data_ptr<scalar_t>(), lse_rows.const_data_ptr<scalar_t>(), lse_cols.const_data_ptr<scalar_t>(),
+          p.mutable_data_ptr<scalar_t>(), s.size(1));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return p;
+  }
+};
+
+// 4096 x 4096 fp32 tiles: 64 MiB, large enough for cuBLAS to run near peak.
+constexpr int64_t kInfoNceTile = 4096;
+
+std::tuple<at::Tensor, at::Tensor> info_nce_loss_cuda(const at::Tensor& z1, const at::Tensor& z2, double temperature) {
+  const c10::cuda::CUDAGuard guard(z1.device());
+  return info_nce_forward_tiled(z1, z2, temperature, kInfoNceTile, CudaInfoNceEpilogue());
+}
+
+std::tuple<at::Tensor, at::Tensor> info_nce_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& z1,
+                                                               const at::Tensor& z2, const at::Tensor& lse,
+                                                               double temperature) {
+  const c10::cuda::CUDAGuard guard(z1.device());
+  return info_nce_backward_tiled(grad_loss, z1, z2, lse, temperature, kInfoNceTile,
+                                 CudaInfoNceEpilogue());
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+  m.impl("bias_act_native", &bias_act_cuda);
+  m.impl("bias_act_backward_native", &bias_act_backward_cuda);
+  m.impl("group_norm_silu_native", &group_norm_silu_cuda);
+  m.impl("group_norm_silu_backward_native", &group_norm_silu_backward_cuda);
+  m.impl("info_nce_loss_native", &info_nce_loss_cuda);
+  m.impl("info_nce_loss_backward_native", &info_nce_loss_backward_cuda);
+}
+
+}  // namespace fastgen
