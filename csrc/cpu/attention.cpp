@@ -112,24 +112,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
 }
 
 // Decoding: the per-sequence lengths become an additive mask over the cache for torch's kernel.
+// GQA without copying the cache: the `group` query heads that share a kv head all see the same
+// keys, so they are folded into the query dimension of that kv head (row r = g * Lq + i).
 at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& cache_seqlens, c10::optional<double> scale) {
   check_attention(q, k_cache, v_cache);
   TORCH_CHECK_VALUE(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == q.size(0),
                     "fastgen: cache_seqlens must have shape (B,)");
-  const int64_t b = q.size(0), lq = q.size(2), lmax = k_cache.size(2);
+  const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3);
+  const int64_t hkv = k_cache.size(1), lmax = k_cache.size(2), group = h / hkv, rows = group * lq;
   if (q.numel() == 0 || lmax == 0) return at::zeros(q.sizes(), q.options());
   const auto opts = q.options().dtype(at::kLong);
-  // query i of sequence b sees keys j < cache_seqlens[b] - (lq - 1 - i)
-  const auto limit = cache_seqlens.to(at::kLong).view({b, 1}) - (lq - 1 - at::arange(lq, opts)).view({1, lq});
-  const auto visible = at::arange(lmax, opts).view({1, 1, lmax}) < limit.unsqueeze(-1);  // [B, Lq, Lmax]
-  const auto mask = at::zeros({b, 1, lq, lmax}, q.options())
+  // row r is query i = r % lq, which sees keys j < cache_seqlens[b] - (lq - 1 - i)
+  const auto i = at::arange(rows, opts).remainder(lq);
+  const auto limit = cache_seqlens.to(at::kLong).view({b, 1}) - (lq - 1 - i).view({1, rows});  // [B, rows]
+  const auto visible = at::arange(lmax, opts).view({1, 1, lmax}) < limit.unsqueeze(-1);      // [B, rows, Lmax]
+  const auto mask = at::zeros({b, 1, rows, lmax}, q.options())
                         .masked_fill_(visible.logical_not().unsqueeze(1), -std::numeric_limits<double>::infinity());
-  const int64_t group = q.size(1) / k_cache.size(1);
-  auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(
-      q, expand_heads(k_cache, group), expand_heads(v_cache, group), 0.0, false, mask, scale);
-  const auto sees = (limit > 0).view({b, 1, lq, 1});
-  return at::where(sees, out, at::zeros({}, out.options())).contiguous();
+  const auto qf = q.reshape({b, hkv, rows, d});
+  auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(qf, k_cache, v_cache, 0.0, false, mask, scale);
+  const auto sees = (limit > 0).view({b, 1, rows, 1});
+  return at::where(sees, out, at::zeros({}, out.options())).reshape({b, h, lq, d}).contiguous();
 }
 
 }  // namespace
