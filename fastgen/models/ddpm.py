@@ -3,7 +3,7 @@ training noises data with the fused `add_noise`, sampling runs fastgen.diffusion
 the DDPM (ancestral) or DDIM (deterministic, eta = 0, or any eta) scheduler on the same
 checkpoint.
 
-    fastgen train ddpm moons --model-options '{"sampler": "ddim", "sample_steps": 50}'
+    fastgen train ddpm --data moons --model-opt sampler=ddim --model-opt sample_steps=50
 """
 import math
 
