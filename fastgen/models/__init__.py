@@ -11,5 +11,6 @@ from . import gpt_prior  # noqa: F401  (registers "gpt_prior"; after vqgan, whic
 from . import oadtr  # noqa: F401  (registers "oadtr")
 from . import autoregressive  # noqa: F401  (registers "fvsbn", "nade", "made")
 from . import gan  # noqa: F401  (registers "gan", "wgan")
+from . import simclr  # noqa: F401  (registers "simclr")
 
 __all__ = ["MODELS", "DataSpec", "GenerativeModel", "get_model", "register"]
