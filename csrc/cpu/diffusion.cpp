@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/vec_lanes.h"
 #include "common/checks.h"
 #include "common/diffusion.h"
 
@@ -28,29 +29,9 @@ constexpr int64_t kChunk = 1 << 14;       // elements per task
 // on a 64x64 latent step, and far more on a loaded machine.
 constexpr int64_t kSerialBelow = 1 << 18;
 
+// fp16/bf16 widen to two fp32 vectors (csrc/cpu/vec_lanes.h)
 template <typename scalar_t>
-struct Lanes {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using VecM = Vectorized<opmath_t>;
-  static constexpr bool reduced = !std::is_same_v<scalar_t, opmath_t>;
-  static constexpr int parts = reduced ? 2 : 1;
-  static constexpr int64_t step = Vectorized<scalar_t>::size();
-
-  static void load(const scalar_t* p, VecM* out) {
-    if constexpr (reduced) {
-      std::tie(out[0], out[1]) = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(p));
-    } else {
-      out[0] = VecM::loadu(p);
-    }
-  }
-  static void store(scalar_t* p, const VecM* in) {
-    if constexpr (reduced) {
-      at::vec::convert_from_float<scalar_t>(in[0], in[1]).store(p);
-    } else {
-      in[0].store(p);
-    }
-  }
-};
+using Lanes = VecLanes<scalar_t>;
 
 // Runs f(row, start, length) over [0, rows) x [0, cols) in chunks, in parallel when large.
 template <typename F>

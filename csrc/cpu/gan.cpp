@@ -40,6 +40,7 @@ inline at::vec::Vectorized<T> fselect_nonpos(const at::vec::Vectorized<T>& y, co
 }
 }  // namespace fastgen
 
+#include "cpu/vec_lanes.h"
 #include "common/checks.h"
 #include "common/gan.h"
 #include "common/info_nce.h"
@@ -49,30 +50,9 @@ namespace {
 
 using at::vec::Vectorized;
 
-// fp16/bf16 vectors are widened to two float vectors; fp32/fp64 load as they are.
+// fp16/bf16 widen to two fp32 vectors (csrc/cpu/vec_lanes.h)
 template <typename scalar_t>
-struct Lanes {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using VecM = Vectorized<opmath_t>;
-  static constexpr bool reduced = !std::is_same_v<scalar_t, opmath_t>;
-  static constexpr int parts = reduced ? 2 : 1;
-  static constexpr int64_t step = Vectorized<scalar_t>::size();
-
-  static void load(const scalar_t* p, VecM* out) {
-    if constexpr (reduced) {
-      std::tie(out[0], out[1]) = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(p));
-    } else {
-      out[0] = VecM::loadu(p);
-    }
-  }
-  static void store(scalar_t* p, const VecM* in) {
-    if constexpr (reduced) {
-      at::vec::convert_from_float<scalar_t>(in[0], in[1]).store(p);
-    } else {
-      in[0].store(p);
-    }
-  }
-};
+using Lanes = VecLanes<scalar_t>;
 
 template <typename F>
 void dispatch_act(c10::string_view act, F&& f) {
