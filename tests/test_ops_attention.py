@@ -82,6 +82,30 @@ def test_dtypes(device_backend, shape, dtype):
     _compare(device, backend, dtype, q, k, v, True, _padding(shape[0], shape[4], device), scale=0.3)
 
 
+# The shapes the CUDA tensor-core forward takes (fp16/bf16, head dim 64/128): several 64-row
+# query blocks and 64-key tiles with ragged tails, Lq > Lk and Lq < Lk under the top-left causal
+# mask, GQA, a single query, unaligned rows (odd strides: the element-wise load path).
+MMA_SHAPES = [(2, 4, 2, 130, 200, 64), (1, 2, 1, 200, 70, 128), (1, 1, 1, 1, 300, 64), (3, 2, 2, 65, 65, 128)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("unaligned", [False, True], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("padding", [False, True], ids=["nomask", "keypad"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", MMA_SHAPES, ids=str)
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_tensor_core_shapes_on_gpu(backend, shape, dtype, causal, padding, unaligned):
+    require_backend(OP, "cuda", backend)
+    q, k, v = _inputs(shape, dtype, "cuda")
+    if unaligned:  # rows 3 elements apart from 16-byte boundaries: views into a wider buffer
+        q, k, v = [torch.cat([t.detach(), t.detach()[..., :3]], -1)[..., :shape[-1]].requires_grad_()
+                   for t in (q, k, v)]
+        assert q.stride(2) == shape[-1] + 3
+    kpm = _padding(shape[0], shape[4], "cuda") if padding else None
+    _compare("cuda", backend, dtype, q, k, v, causal, kpm)
+
+
 def test_gradcheck_fp64(device_backend):
     device, backend = _setup(device_backend, torch.float64)
     q, k, v = _inputs((1, 2, 1, 5, 6, 4), torch.float64, device)

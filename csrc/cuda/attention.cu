@@ -2,7 +2,7 @@
 // the head dim (up to 256 = 8 per lane), dot products reduce with shuffles in a fixed order,
 // the softmax is online (running max and sum). No Lq x Lk matrix, no atomics: deterministic.
 // Any float dtype, fp32 math (fp64 for fp64). This is the plain-FMA kernel; a tensor-core
-// (mma) version for fp16/bf16 at head dims 64/128 is not written yet.
+// version for fp16/bf16 at head dims 64/128 (attention_mma.cuh) takes the forward there on sm_80+.
 // Layout (B, H, L, Dh) with unit last stride; GQA: query head h reads kv head h / group;
 // causal is top-left aligned (query i sees keys j <= i); key_padding_mask True = padded key.
 #include <ATen/ATen.h>
@@ -13,9 +13,12 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 
 #include "common/checks.h"
+#include "attention_mma.cuh"
 
 namespace fastgen {
 namespace {
@@ -197,6 +200,48 @@ unsigned warp_blocks(int64_t rows) { return static_cast<unsigned>((rows + kWarps
 #define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// The tensor-core forward: fp16/bf16, head dim 64 or 128, sm_80+. FASTGEN_ATTENTION_MMA=0 turns it
+// off (to compare with the FMA kernel).
+bool mma_applies(const at::Tensor& q, const Geometry& g) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("FASTGEN_ATTENTION_MMA");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  const auto dtype = q.scalar_type();
+  return enabled && (dtype == at::kHalf || dtype == at::kBFloat16) && (g.d == 64 || g.d == 128) &&
+         at::cuda::getCurrentDeviceProperties()->major >= 8;
+}
+
+template <typename T, int D>
+void launch_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const bool* pad, at::Tensor& out,
+                at::Tensor& lse, const Geometry& g, double scale, bool causal) {
+  namespace mm = mma_attention;
+  const auto aligned = [](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 && t.stride(0) % 8 == 0 &&
+           t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0;
+  };
+  mm::Params prm{q.const_data_ptr(), k.const_data_ptr(), v.const_data_ptr(), pad, out.mutable_data_ptr(),
+                 lse.mutable_data_ptr<float>(), g.h, g.hkv, g.lq, g.lk, g.sqb, g.sqh, g.sqm, g.skb, g.skh, g.skn,
+                 g.svb, g.svh, g.svn, static_cast<float>(scale) * mm::kLog2e, causal,
+                 aligned(q) && aligned(k) && aligned(v)};
+  constexpr size_t bytes = mm::Smem<D>::bytes;
+  auto kernel = mm::attn_fwd_mma_kernel<T, D>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  const dim3 grid(static_cast<unsigned>(g.b * g.h), static_cast<unsigned>((g.lq + mm::kRows - 1) / mm::kRows));
+  kernel<<<grid, mm::kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const bool* pad, at::Tensor& out,
+                at::Tensor& lse, const Geometry& g, double scale, bool causal) {
+  if (g.d == 64) {
+    launch_mma<T, 64>(q, k, v, pad, out, lse, g, scale, causal);
+  } else {
+    launch_mma<T, 128>(q, k, v, pad, out, lse, g, scale, causal);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                         const at::Tensor& v_in, bool causal, c10::optional<double> scale,
                                                         const c10::optional<at::Tensor>& key_padding_mask) {
@@ -211,6 +256,14 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
   at::Tensor pad_holder;
   const bool* pad = padding_ptr(key_padding_mask, pad_holder);
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(g.d));
+  if (mma_applies(q, g)) {
+    if (q.scalar_type() == at::kHalf) {
+      launch_mma<__half>(q, k, v, pad, out, lse, g, s, causal);
+    } else {
+      launch_mma<__nv_bfloat16>(q, k, v, pad, out, lse, g, s, causal);
+    }
+    return {out, lse};
+  }
   FASTGEN_DISPATCH_FLOATS(q.scalar_type(), "flash_attention_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     attn_fwd_kernel<scalar_t, A><<<warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream()>>>(
