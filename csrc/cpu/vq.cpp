@@ -9,8 +9,13 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -65,6 +70,21 @@ inline std::pair<T, int64_t> tile_row_min(const T* s, const T* enorm, int64_t n)
   return {best, best_i};
 }
 
+// The direct kernels write final results: distance ||z||^2 + best partial, clamped at 0, as
+// vq_finish does (a row of z that is not finite, or one with no finite distance: code 0 at +inf).
+template <typename T>
+inline void finish_row(T bestv, int64_t besti, const T* zrow, int64_t d, T* dist, int64_t* idx) {
+  T znorm = 0;
+  for (int64_t c = 0; c < d; ++c) znorm += zrow[c] * zrow[c];
+  const T inf = std::numeric_limits<T>::infinity();
+  if (!std::isfinite(znorm)) {
+    *idx = 0, *dist = inf;
+    return;
+  }
+  *idx = besti < 0 ? 0 : besti;
+  *dist = besti < 0 || std::isinf(bestv) ? inf : std::max(bestv + znorm, T(0));
+}
+
 // Small D: BLAS on a K x D panel with tiny D is inefficient, so compute distances directly.
 // Codes run along SIMD lanes (codebook transposed to [D, Kp], Kp = K rounded up to the vector
 // width, padding codes at ||e||^2 = +inf so they never win) and kRows rows share every codebook
@@ -116,22 +136,100 @@ void nearest_direct(const T* z, const T* et, const T* enorm, int64_t n, int64_t 
           const int64_t li = static_cast<int64_t>(bi[l]);
           if (li >= 0 && (bv[l] < bestv || (bv[l] == bestv && li < besti))) bestv = bv[l], besti = li;
         }
-        if (besti >= 0) best[r0 + r] = bestv, best_idx[r0 + r] = besti;
+        finish_row(bestv, besti, z + (r0 + r) * d, d, best + r0 + r, best_idx + r0 + r);
       }
     }
   });
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// fp32 with AVX-512: the same walk, but a code block only touches a row's (min, index) when one
+// of its lanes improved, which after the first few blocks is rare: one mask compare and a
+// predictable branch per row and block instead of a compare and two blends, so the FMAs
+// (D per row and block) are nearly all the work.
+template <int DIM>
+void nearest_direct_f32(const float* z, const float* et, const float* enorm, int64_t n, int64_t d_runtime,
+                        int64_t kp, float* best, int64_t* best_idx) {
+  const int64_t d = DIM > 0 ? DIM : d_runtime;
+  constexpr int64_t W = 16;
+  const float inf = std::numeric_limits<float>::infinity();
+  at::parallel_for(0, (n + kRows - 1) / kRows, 4, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, n - r0));
+      float zm2[kRows][kDirectMaxD];
+      for (int r = 0; r < kRows; ++r)  // missing rows repeat the last one; results dropped
+        for (int64_t c = 0; c < d; ++c) zm2[r][c] = -2.f * z[(r0 + std::min(r, rows - 1)) * d + c];
+      __m512 vbest[kRows];
+      __m512i vblock[kRows];  // per lane: start of the block its minimum came from
+      for (int r = 0; r < kRows; ++r) vbest[r] = _mm512_set1_ps(inf), vblock[r] = _mm512_set1_epi32(-1);
+      for (int64_t j = 0; j < kp; j += W) {
+        __m512 acc[kRows];
+        const __m512 en = _mm512_loadu_ps(enorm + j);
+        for (int r = 0; r < kRows; ++r) acc[r] = en;
+        for (int64_t c = 0; c < d; ++c) {
+          const __m512 ev = _mm512_loadu_ps(et + c * kp + j);
+          for (int r = 0; r < kRows; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(zm2[r][c]), ev, acc[r]);
+        }
+        const __m512i jv = _mm512_set1_epi32(static_cast<int>(j));
+        for (int r = 0; r < kRows; ++r) {
+          const __mmask16 better = _mm512_cmp_ps_mask(acc[r], vbest[r], _CMP_LT_OQ);
+          vbest[r] = _mm512_mask_mov_ps(vbest[r], better, acc[r]);
+          vblock[r] = _mm512_mask_mov_epi32(vblock[r], better, jv);
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        alignas(64) float bv[W];
+        alignas(64) int32_t bj[W];
+        _mm512_store_ps(bv, vbest[r]);
+        _mm512_store_si512(reinterpret_cast<__m512i*>(bj), vblock[r]);
+        float bestv = inf;
+        int64_t besti = -1;
+        for (int64_t l = 0; l < W; ++l) {
+          if (bj[l] < 0) continue;
+          const int64_t li = bj[l] + l;
+          if (bv[l] < bestv || (bv[l] == bestv && li < besti)) bestv = bv[l], besti = li;
+        }
+        finish_row(bestv, besti, z + (r0 + r) * d, d, best + r0 + r, best_idx + r0 + r);
+      }
+    }
+  });
+}
+#endif
+
+// Picks nearest_direct_f32 for fp32 on AVX-512 builds; false otherwise.
+template <typename T>
+struct DirectF32 {
+  template <typename Run>
+  static bool run(int64_t, const Run&) { return false; }
+};
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+struct DirectF32<float> {
+  template <typename Run>
+  static bool run(int64_t d, const Run& run) {
+    switch (d) {
+      case 4: run(nearest_direct_f32<4>); break;
+      case 8: run(nearest_direct_f32<8>); break;
+      case 16: run(nearest_direct_f32<16>); break;
+      case 32: run(nearest_direct_f32<32>); break;
+      default: run(nearest_direct_f32<0>);
+    }
+    return true;
+  }
+};
+#endif
 
 std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const at::Tensor& e_in,
                                                   c10::string_view metric) {
   check_vq_nearest(z_in, e_in, metric);
   auto [z, e] = vq_math_inputs(z_in, e_in, metric);
   const int64_t n = z.size(0), k = e.size(0);
-  auto idx = at::zeros({n}, z.options().dtype(at::kLong));
-  auto best = at::full({n}, std::numeric_limits<double>::infinity(), z.options());
-  if (n == 0) return {idx, best};
-  const auto enorm = (e * e).sum(1).contiguous();
-  if (z.size(1) <= kDirectMaxD && k < (int64_t(1) << 24)) {
+  if (z.size(1) <= kDirectMaxD && k < (int64_t(1) << 24)) {  // writes every row's result
+    auto idx = at::empty({n}, z.options().dtype(at::kLong));
+    auto best = at::empty({n}, z.options());
+    if (n == 0) return {idx, best};
+    const auto enorm = (e * e).sum(1).contiguous();
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "vq_nearest_cpu_direct", [&] {
       constexpr int64_t W = Vectorized<scalar_t>::size();
       const int64_t kp = (k + W - 1) / W * W;
@@ -143,6 +241,7 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
         kernel(z.const_data_ptr<scalar_t>(), et.const_data_ptr<scalar_t>(), en.const_data_ptr<scalar_t>(),
                n, z.size(1), kp, best.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>());
       };
+      if (DirectF32<scalar_t>::run(z.size(1), run)) return;
       switch (z.size(1)) {  // the common small latent sizes get an unrolled kernel
         case 4: run(nearest_direct<scalar_t, 4>); break;
         case 8: run(nearest_direct<scalar_t, 8>); break;
@@ -151,8 +250,12 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
         default: run(nearest_direct<scalar_t, 0>);
       }
     });
-    return {idx, vq_finish(best, idx, (z * z).sum(1))};
+    return {idx, best};
   }
+  auto idx = at::zeros({n}, z.options().dtype(at::kLong));
+  auto best = at::full({n}, std::numeric_limits<double>::infinity(), z.options());
+  if (n == 0) return {idx, best};
+  const auto enorm = (e * e).sum(1).contiguous();
   // Row block x codebook tile: one multithreaded BLAS GEMM into a reused buffer, then the SIMD
   // epilogue over the rows in parallel. (Per-thread single-threaded GEMMs on cache-sized tiles
   // measured slower here.)
