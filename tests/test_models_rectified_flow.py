@@ -56,8 +56,8 @@ def test_trained_flow_beats_untrained_and_reflow_through_the_cli_straightens_it(
     # the reflowed checkpoint holds its couplings: it reloads and evaluates without its teacher
     os.remove(teacher)
     rf2 = train.evaluate("rectified_flow", ckpt)
-    assert rf2["straightness"] < 0.25 * rf1["straightness"], (rf2, rf1)
-    assert rf2["sliced_wasserstein_euler_1"] < 0.5 * rf1["sliced_wasserstein_euler_1"], (rf2, rf1)
+    assert rf2["straightness"] < 0.1 * rf1["straightness"], (rf2, rf1)
+    assert rf2["sliced_wasserstein_euler_1"] < 0.3 * rf1["sliced_wasserstein_euler_1"], (rf2, rf1)
     assert rf2["sliced_wasserstein_euler_20"] < 0.4 * untrained["sliced_wasserstein"], (rf2, untrained)
     # and the couplings it trained on are the teacher's ODE: 20 Euler steps from the stored noise
     model = train.model_from_checkpoint(state)
