@@ -52,6 +52,14 @@ def test_trained_flow_beats_untrained_and_reflow_through_the_cli_straightens_it(
     state = train.load_checkpoint(ckpt, "rectified_flow")
     assert state["model_config"]["reflowed_from"] == teacher and state["model_config"]["reflow_from"] is None
     assert state["model_config"]["hidden"] == 64  # the teacher's architecture (reflow_init)
+    # --resume rebuilds the couplings from the teacher (same seed: the same couplings) and goes on
+    rc = cli.main(["train", "rectified_flow", "--data", "moons", "--steps", "320", "--out", str(tmp_path / "rf2"),
+                   "--resume", "--plot-every", "0"] + [a for k, v in state["run_config"]["model_options"].items()
+                                                       for a in ("--model-opt", f"{k}={v}")])
+    assert rc == 0, capsys.readouterr().err
+    resumed = train.load_checkpoint(ckpt, "rectified_flow")
+    assert resumed["step"] == 320
+    assert torch.equal(resumed["model_state"]["reflow_sample"], state["model_state"]["reflow_sample"])
 
     # the reflowed checkpoint holds its couplings: it reloads and evaluates without its teacher
     os.remove(teacher)
@@ -130,7 +138,7 @@ def test_bad_options_raise_clear_errors(tmp_path):
         _model(eval_steps=[1, 2.5])
     with pytest.raises(ValueError, match="reflow_pairs must be a positive int"):
         _model(reflow_pairs=-3)
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="reflow_from: no checkpoint at .*train the flow to reflow first"):
         _model(reflow_from=str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="reflow_from must be the path"):
         _model(reflow_from=3)

@@ -125,7 +125,12 @@ class RectifiedFlow(GenerativeModel):
         if not isinstance(path, str):
             raise ValueError(f"rectified_flow: reflow_from must be the path of a rectified_flow checkpoint, "
                              f"got {path!r}")
-        state = load_checkpoint(path, "rectified_flow")
+        try:
+            state = load_checkpoint(path, "rectified_flow")
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"rectified_flow: reflow_from: {exc} (train the flow to reflow first: "
+                                    f"fastgen train rectified_flow --data {data.name} --out <run>, then "
+                                    f"reflow_from=<run>/checkpoint.pt)") from None
         if tuple(state["data_spec"]["shape"]) != tuple(data.shape):
             raise ValueError(f"rectified_flow: the teacher at {path} was trained on points of shape "
                              f"{tuple(state['data_spec']['shape'])}, the data has {tuple(data.shape)}")
