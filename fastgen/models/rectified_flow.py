@@ -29,6 +29,7 @@ S = E_sigma E_z ||(z - x_0) - v(x_sigma, sigma)||^2 along the model's own Euler 
 import torch
 
 from .. import metrics, ops
+from ..diffusion.schedulers import randn
 from .base import GenerativeModel, register
 from .ddpm import MLPDenoiser
 
@@ -185,7 +186,9 @@ class RectifiedFlow(GenerativeModel):
         return x.reshape((n,) + tuple(self.data.shape))
 
     def _noise(self, n, generator):
-        return torch.randn(n, self.dim, generator=generator, device=self.device)
+        # drawn as diffusers' pipelines (and fastgen.diffusion.sample) draw it: a CPU generator
+        # feeds a model on any device
+        return randn((n, self.dim), generator=generator, device=self.device)
 
     @torch.no_grad()
     def straightness(self, z, steps=None):
