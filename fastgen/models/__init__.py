@@ -12,5 +12,6 @@ from . import oadtr  # noqa: F401  (registers "oadtr")
 from . import autoregressive  # noqa: F401  (registers "fvsbn", "nade", "made")
 from . import gan  # noqa: F401  (registers "gan", "wgan")
 from . import simclr  # noqa: F401  (registers "simclr")
+from . import rectified_flow  # noqa: F401  (registers "rectified_flow")
 
 __all__ = ["MODELS", "DataSpec", "GenerativeModel", "get_model", "register"]
