@@ -103,6 +103,7 @@ def triton_cdiv(a, b):
 @jit
 def _denoise_step_kernel(m_ptr, u_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_ptr, prev_table_ptr,
                          thr_ptr, prev_ptr, x0_ptr, n, cols, eta_hi, eta_lo, clip_hi, clip_lo, g_hi, g_lo,
+                         seed_ptr, seed_value, seed_offset, SEED_FROM_PTR: tl.constexpr, GEN_NOISE: tl.constexpr,
                          GUIDED: tl.constexpr, T_FROM_PTR: tl.constexpr, DDPM: tl.constexpr,
                          PRED_TYPE: tl.constexpr,
                          VAR_TYPE: tl.constexpr, CLIP: tl.constexpr, THRESHOLD: tl.constexpr,
@@ -180,7 +181,11 @@ def _denoise_step_kernel(m_ptr, u_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_p
     elif CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip_range), clip_range)
     prev = A * x0 + B * x + C * m
-    if HAS_NOISE:
+    if GEN_NOISE:  # in-kernel noise: element idx gets randn(seed, seed_offset + idx), any tiling
+        seed = _load_index(seed_ptr, seed_value, SEED_FROM_PTR)
+        z = tl.randn(seed, seed_offset + idx).to(math_t)
+        prev += D * z
+    elif HAS_NOISE:
         z = tl.load(noise_ptr + idx, mask=mask, other=0.0).to(math_t)
         prev += D * z
     tl.store(prev_ptr + idx, prev.to(prev_ptr.dtype.element_ty), mask=mask)
@@ -189,15 +194,18 @@ def _denoise_step_kernel(m_ptr, u_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_p
 
 def _denoise_step(ddpm, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
                   threshold, uncond, guidance_scale, eta, prediction_type, variance_type, clip_sample,
-                  clip_sample_range, use_clipped_model_output):
+                  clip_sample_range, use_clipped_model_output, seed=None, seed_offset=0):
     m, x = model_output.contiguous(), sample.contiguous()
     prev = torch.empty_like(x, memory_format=torch.contiguous_format)
     x0 = torch.empty_like(x, memory_format=torch.contiguous_format)
     n = x.numel()
     if n == 0:
         return prev, x0
-    has_noise = noise.numel() > 0 and (ddpm or eta > 0)
+    stochastic = ddpm or eta > 0
+    gen_noise = seed is not None and stochastic
+    has_noise = noise.numel() > 0 and stochastic
     noise = noise.contiguous() if has_noise else x
+    seed_ptr, seed_value, seed_from_ptr = _index_arg(seed.reshape(()), x) if gen_noise else (x, 0, False)
     thresholding = threshold.numel() > 0
     guided = uncond.numel() > 0
     t_ptr, t_value, from_ptr = _index_arg(timestep.reshape(()), x)
@@ -205,7 +213,8 @@ def _denoise_step(ddpm, model_output, sample, noise, timestep, alphas_cumprod, a
         m, uncond.contiguous() if guided else m, x, noise, t_ptr, t_value, alphas_cumprod.contiguous(),
         alphas_cumprod_prev.contiguous(), threshold.contiguous() if thresholding else x, prev, x0, n,
         n // x.shape[0], *_split_double(eta), *_split_double(clip_sample_range),
-        *_split_double(guidance_scale), GUIDED=guided, T_FROM_PTR=from_ptr, DDPM=ddpm,
+        *_split_double(guidance_scale), seed_ptr, seed_value, int(seed_offset), SEED_FROM_PTR=seed_from_ptr,
+        GEN_NOISE=gen_noise, GUIDED=guided, T_FROM_PTR=from_ptr, DDPM=ddpm,
         PRED_TYPE=PRED[prediction_type],
         VAR_TYPE=VAR[variance_type], CLIP=bool(clip_sample), THRESHOLD=thresholding,
         HAS_NOISE=has_noise, USE_CLIPPED=bool(use_clipped_model_output), BLOCK=_BLOCK)
@@ -214,20 +223,22 @@ def _denoise_step(ddpm, model_output, sample, noise, timestep, alphas_cumprod, a
 
 def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev, threshold,
               model_output_uncond, guidance_scale=1.0, eta=0.0, prediction_type="epsilon",
-              clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False):
+              clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False, seed=None,
+              seed_offset=0):
     return _denoise_step(False, model_output, sample, noise, timestep, alphas_cumprod,
                          alphas_cumprod_prev, threshold, model_output_uncond, guidance_scale, eta,
                          prediction_type, "fixed_small",
-                         clip_sample, clip_sample_range, use_clipped_model_output)
+                         clip_sample, clip_sample_range, use_clipped_model_output, seed, seed_offset)
 
 
 def ddpm_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev, threshold,
               model_output_uncond, guidance_scale=1.0, prediction_type="epsilon",
-              variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0):
+              variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0, seed=None,
+              seed_offset=0):
     return _denoise_step(True, model_output, sample, noise, timestep, alphas_cumprod,
                          alphas_cumprod_prev, threshold, model_output_uncond, guidance_scale, 0.0,
                          prediction_type, variance_type,
-                         clip_sample, clip_sample_range, False)
+                         clip_sample, clip_sample_range, False, seed, seed_offset)
 
 
 # -- flow matching ---------------------------------------------------------------------------------

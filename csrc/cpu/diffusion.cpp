@@ -12,11 +12,13 @@
 #include <algorithm>
 #include <string>
 #include <type_traits>
+#include <optional>
 #include <vector>
 
 #include "cpu/vec_lanes.h"
 #include "common/checks.h"
 #include "common/diffusion.h"
+#include "common/philox.h"
 
 namespace fastgen {
 namespace {
@@ -170,8 +172,9 @@ at::Tensor get_velocity_cpu(const at::Tensor& sample, const at::Tensor& noise, c
 
 enum Limit { kNone = 0, kClip = 1, kThreshold = 2 };
 
-template <typename scalar_t, int kLimit, bool kNoise, bool kGuided>
-void denoise_span(const scalar_t* m, const scalar_t* u, const scalar_t* x, const scalar_t* z, scalar_t* prev,
+// noise_t: scalar_t for passed noise, opmath_t for a buffer of in-kernel (Philox) noise.
+template <typename scalar_t, int kLimit, bool kNoise, bool kGuided, typename noise_t = scalar_t>
+void denoise_span(const scalar_t* m, const scalar_t* u, const scalar_t* x, const noise_t* z, scalar_t* prev,
                   scalar_t* x0_out, int64_t n, const StepCoeffs<at::opmath_type<scalar_t>>& c,
                   at::opmath_type<scalar_t> bound, at::opmath_type<scalar_t> guidance) {
   using L = Lanes<scalar_t>;
@@ -189,7 +192,13 @@ void denoise_span(const scalar_t* m, const scalar_t* u, const scalar_t* x, const
       for (int p = 0; p < L::parts; ++p) vm[p] = vu[p] + vg * (vm[p] - vu[p]);
     }
     L::load(x + i, vx);
-    if constexpr (kNoise) L::load(z + i, vz);
+    if constexpr (kNoise) {
+      if constexpr (std::is_same_v<noise_t, scalar_t>) {
+        L::load(z + i, vz);
+      } else {
+        for (int p = 0; p < L::parts; ++p) vz[p] = VecM::loadu(z + i + p * VecM::size());
+      }
+    }
     for (int p = 0; p < L::parts; ++p) {
       VecM x0 = (vX * vx[p] + vM * vm[p]) * vS;
       if constexpr (kLimit == kClip) x0 = at::vec::clamp(x0, lo, hi);
@@ -225,10 +234,24 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
                                                const at::Tensor& threshold_in, const at::Tensor& uncond_in,
                                                double guidance, double eta, int prediction,
                                                int variance, bool clip, double clip_range,
-                                               bool use_clipped) {
+                                               bool use_clipped, const std::optional<at::Tensor>& seed_in,
+                                               int64_t seed_offset) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "fastgen: sample must have a leading batch dim");
   check_same_float_tensor(x_in, "sample", m_in, "model_output");
-  const bool noise_given = optional_like(noise_in, x_in, "noise");
+  bool noise_given = optional_like(noise_in, x_in, "noise");
+  // In-kernel noise: element i gets philox::randn(seed, seed_offset + i) (common/philox.h).
+  const bool seeded = seed_in.has_value();
+  uint64_t seed = 0;
+  if (seeded) {
+    TORCH_CHECK_VALUE(!noise_given, "fastgen: pass either noise or seed (in-kernel noise), not both");
+    TORCH_CHECK_TYPE(at::isIntegralType(seed_in->scalar_type(), false),
+                     "fastgen: seed must be an integer tensor, got ", seed_in->scalar_type());
+    TORCH_CHECK_VALUE(seed_in->numel() == 1, "fastgen: seed must hold one value, got shape ", seed_in->sizes());
+    TORCH_CHECK_VALUE(seed_in->device().is_cpu(), "fastgen: seed must be on the host for the CPU kernel");
+    TORCH_CHECK_VALUE(seed_offset >= 0, "fastgen: seed_offset must be >= 0, got ", seed_offset);
+    seed = static_cast<uint64_t>(seed_in->item<int64_t>());
+    noise_given = true;
+  }
   const bool guided = optional_like(uncond_in, x_in, "model_output_uncond");
   check_table(table, x_in, "alphas_cumprod", 1);
   check_table(prev_table, x_in, "alphas_cumprod_prev", 1);
@@ -242,9 +265,10 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
   TORCH_CHECK_VALUE(clip_range > 0, "fastgen: clip_sample_range must be > 0");
   TORCH_CHECK_VALUE(eta >= 0, "fastgen: eta must be >= 0");
   const bool has_noise = noise_given && (ddpm || eta > 0);
-  TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0");
+  TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise (or a seed) is required when eta > 0");
+  const bool gen_noise = seeded && has_noise;
   const auto m = m_in.contiguous(), x = x_in.contiguous();
-  const auto z = has_noise ? noise_in.contiguous() : x;
+  const auto z = has_noise && !gen_noise ? noise_in.contiguous() : x;
   const auto u = guided ? uncond_in.contiguous() : m;
   auto prev = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto x0 = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -275,8 +299,17 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
         const int64_t off = row * cols + start;
         const opmath_t bound = kL == kThreshold ? static_cast<opmath_t>(ps[row])
                                                 : static_cast<opmath_t>(clip_range);
-        denoise_span<scalar_t, kL, kN, kG>(pm + off, pu + off, px + off, pz + off, pp + off, p0 + off, len,
-                                           c, bound, g);
+        if (gen_noise) {
+          // the span's noise first (a span is at most kChunk elements), then the fused pass
+          std::vector<opmath_t> buf(len);
+          const uint64_t base = static_cast<uint64_t>(seed_offset + off);
+          for (int64_t j = 0; j < len; ++j) buf[j] = static_cast<opmath_t>(philox::randn(seed, base + j));
+          denoise_span<scalar_t, kL, true, kG, opmath_t>(pm + off, pu + off, px + off, buf.data(), pp + off,
+                                                         p0 + off, len, c, bound, g);
+        } else {
+          denoise_span<scalar_t, kL, kN, kG>(pm + off, pu + off, px + off, pz + off, pp + off, p0 + off, len,
+                                             c, bound, g);
+        }
       });
     };
     auto run = [&](auto limit, auto noise) {
@@ -301,10 +334,11 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& model_output,
                                                  const at::Tensor& threshold, const at::Tensor& uncond,
                                                  double guidance_scale, double eta,
                                                  c10::string_view prediction_type, bool clip_sample,
-                                                 double clip_sample_range, bool use_clipped_model_output) {
+                                                 double clip_sample_range, bool use_clipped_model_output,
+                                                 const std::optional<at::Tensor>& seed, int64_t seed_offset) {
   return denoise_cpu(false, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
                      threshold, uncond, guidance_scale, eta, parse_prediction(std::string(prediction_type)), kFixedSmall,
-                     clip_sample, clip_sample_range, use_clipped_model_output);
+                     clip_sample, clip_sample_range, use_clipped_model_output, seed, seed_offset);
 }
 
 std::tuple<at::Tensor, at::Tensor> ddpm_step_cpu(const at::Tensor& model_output, const at::Tensor& sample,
@@ -314,10 +348,12 @@ std::tuple<at::Tensor, at::Tensor> ddpm_step_cpu(const at::Tensor& model_output,
                                                  const at::Tensor& threshold, const at::Tensor& uncond,
                                                  double guidance_scale, c10::string_view prediction_type,
                                                  c10::string_view variance_type, bool clip_sample,
-                                                 double clip_sample_range) {
+                                                 double clip_sample_range, const std::optional<at::Tensor>& seed,
+                                                 int64_t seed_offset) {
   return denoise_cpu(true, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
                      threshold, uncond, guidance_scale, 0.0, parse_prediction(std::string(prediction_type)),
-                     parse_variance(std::string(variance_type)), clip_sample, clip_sample_range, false);
+                     parse_variance(std::string(variance_type)), clip_sample, clip_sample_range, false, seed,
+                     seed_offset);
 }
 
 // -- flow matching -----------------------------------------------------------------------------------

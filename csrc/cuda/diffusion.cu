@@ -9,10 +9,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 
 #include "common/checks.h"
 #include "common/diffusion.h"
+#include "common/philox.h"
 
 namespace fastgen {
 namespace {
@@ -41,6 +43,18 @@ Index make_index(const at::Tensor& index, const at::Tensor& sample, int64_t uppe
   TORCH_CHECK_VALUE(index.device() == sample.device(), "fastgen: ", name, " is on ", index.device(),
                     " but sample is on ", sample.device());
   keep = index.scalar_type() == at::kLong ? index : index.to(at::kLong);
+  return {keep.const_data_ptr<int64_t>(), 0};
+}
+
+// A Philox seed: any 64-bit value (int64 bit pattern), by value from the host or read on the device.
+Index make_seed(const at::Tensor& seed, const at::Tensor& sample, at::Tensor& keep) {
+  TORCH_CHECK_TYPE(at::isIntegralType(seed.scalar_type(), false), "fastgen: seed must be an integer tensor, got ",
+                   seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.numel() == 1, "fastgen: seed must hold one value, got shape ", seed.sizes());
+  if (seed.device().is_cpu()) return {nullptr, seed.item<int64_t>()};
+  TORCH_CHECK_VALUE(seed.device() == sample.device(), "fastgen: seed is on ", seed.device(), " but sample is on ",
+                    sample.device());
+  keep = seed.scalar_type() == at::kLong ? seed.reshape({}) : seed.reshape({}).to(at::kLong);
   return {keep.const_data_ptr<int64_t>(), 0};
 }
 
@@ -154,17 +168,20 @@ struct DenoiseConfig {
   int prediction, variance;
 };
 
-template <typename scalar_t, typename acc_t, bool kThreshold, bool kNoise>
+// kNoise: 0 none, 1 passed (z), 2 in-kernel Philox randn(seed, seed_offset + i) (common/philox.h)
+template <typename scalar_t, typename acc_t, bool kThreshold, int kNoise>
 __global__ void __launch_bounds__(kThreads)
 denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ u, acc_t guidance,
                const scalar_t* __restrict__ x,
-               const scalar_t* __restrict__ z, Index timestep, const acc_t* __restrict__ table,
+               const scalar_t* __restrict__ z, Index seed, int64_t seed_offset, Index timestep,
+               const acc_t* __restrict__ table,
                const acc_t* __restrict__ prev_table, const acc_t* __restrict__ threshold,
                scalar_t* __restrict__ prev, scalar_t* __restrict__ x0_out, int64_t n, int64_t cols,
                acc_t eta, acc_t clip_range, DenoiseConfig cfg) {
   const int64_t t = timestep.get();
   const StepCoeffs<acc_t> c = denoise_coeffs<acc_t>(cfg.ddpm, cfg.prediction, cfg.variance, table[t],
                                                     prev_table[t], t, eta, cfg.use_clipped);
+  const uint64_t key = kNoise == 2 ? static_cast<uint64_t>(seed.get()) : 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc_t vm = static_cast<acc_t>(m[i]);
@@ -181,7 +198,8 @@ denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ u, a
       x0 = clamp_range(x0, -clip_range, clip_range);
     }
     acc_t out = c.A * x0 + c.B * vx + c.C * vm;
-    if (kNoise) out += c.D * static_cast<acc_t>(z[i]);
+    if (kNoise == 1) out += c.D * static_cast<acc_t>(z[i]);
+    if (kNoise == 2) out += c.D * static_cast<acc_t>(philox::randn(key, static_cast<uint64_t>(seed_offset + i)));
     prev[i] = static_cast<scalar_t>(out);
     x0_out[i] = static_cast<scalar_t>(x0);
   }
@@ -192,10 +210,17 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
                                                 const at::Tensor& table_in, const at::Tensor& prev_table_in,
                                                 const at::Tensor& threshold_in, const at::Tensor& uncond_in,
                                                 double guidance, double eta, int prediction,
-                                                int variance, bool clip, double clip_range, bool use_clipped) {
+                                                int variance, bool clip, double clip_range, bool use_clipped,
+                                                const std::optional<at::Tensor>& seed_in, int64_t seed_offset) {
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "fastgen: sample must have a leading batch dim");
   check_same_float_tensor(x_in, "sample", m_in, "model_output");
-  const bool noise_given = optional_like(noise_in, x_in, "noise");
+  bool noise_given = optional_like(noise_in, x_in, "noise");
+  const bool seeded = seed_in.has_value();
+  if (seeded) {
+    TORCH_CHECK_VALUE(!noise_given, "fastgen: pass either noise or seed (in-kernel noise), not both");
+    TORCH_CHECK_VALUE(seed_offset >= 0, "fastgen: seed_offset must be >= 0, got ", seed_offset);
+    noise_given = true;
+  }
   const bool guided = optional_like(uncond_in, x_in, "model_output_uncond");
   check_table(table_in, x_in, "alphas_cumprod", 1);
   check_table(prev_table_in, x_in, "alphas_cumprod_prev", 1);
@@ -212,11 +237,14 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
   TORCH_CHECK_VALUE(eta >= 0, "fastgen: eta must be >= 0");
   TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0");
   const bool has_noise = noise_given && (ddpm || eta > 0);
+  const bool gen_noise = seeded && has_noise;
   const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor keep;
+  at::Tensor keep, keep_seed;
   const Index t = make_index(timestep, x_in, table_in.size(0), "timestep", keep);
+  // a host seed is passed by value, a device one read by the kernel (no sync); any int64 value
+  const Index seed = gen_noise ? make_seed(*seed_in, x_in, keep_seed) : Index{nullptr, 0};
   const auto m = m_in.contiguous(), x = x_in.contiguous();
-  const auto z = has_noise ? noise_in.contiguous() : x;
+  const auto z = has_noise && !gen_noise ? noise_in.contiguous() : x;
   const auto u = guided ? uncond_in.contiguous() : m;
   auto prev = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto x0 = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -234,13 +262,21 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
       denoise_kernel<scalar_t, acc_t, decltype(thr_flag)::value, decltype(noise_flag)::value>
           <<<blocks_for(n), kThreads, 0, stream>>>(
               m.const_data_ptr<scalar_t>(), guided ? u.const_data_ptr<scalar_t>() : nullptr,
-              static_cast<acc_t>(guidance), x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), t,
+              static_cast<acc_t>(guidance), x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), seed,
+              seed_offset, t,
               table.const_data_ptr<acc_t>(), prev_table.const_data_ptr<acc_t>(), thr.const_data_ptr<acc_t>(),
               prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), n, cols,
               static_cast<acc_t>(eta), static_cast<acc_t>(clip_range), cfg);
     };
-    if (thresholding) has_noise ? launch(std::true_type{}, std::true_type{}) : launch(std::true_type{}, std::false_type{});
-    else has_noise ? launch(std::false_type{}, std::true_type{}) : launch(std::false_type{}, std::false_type{});
+    using None = std::integral_constant<int, 0>;
+    using Passed = std::integral_constant<int, 1>;
+    using Philox = std::integral_constant<int, 2>;
+    auto with_noise = [&](auto thr_flag) {
+      if (gen_noise) launch(thr_flag, Philox{});
+      else if (has_noise) launch(thr_flag, Passed{});
+      else launch(thr_flag, None{});
+    };
+    thresholding ? with_noise(std::true_type{}) : with_noise(std::false_type{});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {prev, x0};
@@ -253,10 +289,11 @@ std::tuple<at::Tensor, at::Tensor> ddim_step_cuda(const at::Tensor& model_output
                                                   const at::Tensor& threshold, const at::Tensor& uncond,
                                                   double guidance_scale, double eta,
                                                   c10::string_view prediction_type, bool clip_sample,
-                                                  double clip_sample_range, bool use_clipped_model_output) {
+                                                  double clip_sample_range, bool use_clipped_model_output,
+                                                  const std::optional<at::Tensor>& seed, int64_t seed_offset) {
   return denoise_cuda(false, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
                       threshold, uncond, guidance_scale, eta, parse_prediction(std::string(prediction_type)), kFixedSmall,
-                      clip_sample, clip_sample_range, use_clipped_model_output);
+                      clip_sample, clip_sample_range, use_clipped_model_output, seed, seed_offset);
 }
 
 std::tuple<at::Tensor, at::Tensor> ddpm_step_cuda(const at::Tensor& model_output, const at::Tensor& sample,
@@ -266,10 +303,12 @@ std::tuple<at::Tensor, at::Tensor> ddpm_step_cuda(const at::Tensor& model_output
                                                   const at::Tensor& threshold, const at::Tensor& uncond,
                                                   double guidance_scale, c10::string_view prediction_type,
                                                   c10::string_view variance_type, bool clip_sample,
-                                                  double clip_sample_range) {
+                                                  double clip_sample_range, const std::optional<at::Tensor>& seed,
+                                                  int64_t seed_offset) {
   return denoise_cuda(true, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
                       threshold, uncond, guidance_scale, 0.0, parse_prediction(std::string(prediction_type)),
-                      parse_variance(std::string(variance_type)), clip_sample, clip_sample_range, false);
+                      parse_variance(std::string(variance_type)), clip_sample, clip_sample_range, false, seed,
+                      seed_offset);
 }
 
 // -- flow matching -----------------------------------------------------------------------------------

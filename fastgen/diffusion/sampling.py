@@ -39,7 +39,7 @@ def _run_loop(model, scheduler, x, timesteps, generator, guidance_scale, step_kw
 
 @torch.no_grad()
 def sample(model, scheduler, shape, num_inference_steps, generator=None, cuda_graph=True, progress=True,
-           guidance_scale=None, device=None, dtype=torch.float32, latents=None, **step_kwargs):
+           guidance_scale=None, device=None, dtype=torch.float32, latents=None, noise="randn", **step_kwargs):
     """Draw samples: x_T ~ N(0, I) * init_noise_sigma, then for each of the scheduler's
     timesteps x = scheduler.step(model(x, t), t, x).
 
@@ -59,8 +59,18 @@ def sample(model, scheduler, shape, num_inference_steps, generator=None, cuda_gr
         progress: show a tqdm bar (one tick per step; with a graph it fills at replay).
         device, dtype: of x (device defaults to the generator's, else CPU).
         latents: start from this x_T instead of drawing one.
+        noise: "randn" (default) draws each stochastic step's noise like diffusers (same numbers
+            for the same generator); "philox" lets the DDPM / DDIM step kernel make it (counter-based
+            Philox seeded from `generator` each step: reproducible for a fixed generator seed, one
+            pass less over memory, no noise tensor). x_T is drawn with randn either way.
         step_kwargs: extra arguments of scheduler.step (e.g. eta=0.5 for DDIM).
     Returns x_0 (the last step's prev_sample)."""
+    if noise not in ("randn", "philox"):
+        raise ValueError(f"noise must be 'randn' or 'philox', got {noise!r}")
+    if noise == "philox":
+        if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+            raise ValueError("noise='philox' needs a DDPM or DDIM scheduler (the flow step takes passed noise only)")
+        step_kwargs = dict(step_kwargs, noise_source="philox")
     first_gen = generator[0] if isinstance(generator, (list, tuple)) else generator
     device = torch.device(device if device is not None else (first_gen.device if first_gen is not None else "cpu"))
     scheduler.set_timesteps(num_inference_steps, device=device)

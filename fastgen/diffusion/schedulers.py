@@ -19,9 +19,30 @@ import numpy as np
 import torch
 
 from .. import ops
-from ..ops import reference
+from ..ops import _philox, reference
 from . import schedules
 from ._config import BaseOutput, ConfigMixin
+
+
+NOISE_SOURCES = ("randn", "philox")
+
+
+def _in_kernel_noise(noise_source, generator, device):
+    """Step arguments for in-kernel noise (`noise_source="philox"`): the step's kernel draws its
+    own normals from a fresh seed taken from `generator` (or the default generator of the
+    sample's device), so no noise tensor is drawn, written and read back. None for "randn"."""
+    if noise_source == "randn":
+        return None
+    if noise_source != "philox":
+        raise ValueError(f"noise_source must be one of {NOISE_SOURCES}, got {noise_source!r}")
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != 1:
+            raise ValueError("noise_source='philox' takes one generator (the kernel seeds every sample "
+                             "from it), not one per sample")
+        generator = generator[0]
+    if generator is not None:
+        return dict(generator=generator)
+    return dict(seed=_philox.seed_from_generator(None, device))
 
 
 def randn(shape, generator=None, device=None, dtype=None):
@@ -226,18 +247,23 @@ class DDPMScheduler(_DiscreteScheduler):
         return torch.where(prev >= 0, self.alphas_cumprod[prev.clamp_min(0)], self.one)
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True, *,
-             model_output_uncond=None, guidance_scale=1.0):
+             model_output_uncond=None, guidance_scale=1.0, noise_source="randn"):
         """x_t -> x_{t-1}: posterior mean from the predicted x0 plus std * noise (t > 0).
         fastgen extension: `model_output_uncond` + `guidance_scale` apply classifier-free
-        guidance inside the fused step (model_output is then the conditional output)."""
+        guidance inside the fused step (model_output is then the conditional output).
+        `noise_source="philox"`: the kernel makes the noise itself (Philox, seeded from
+        `generator`; reproducible for a fixed generator seed, but other numbers than diffusers'
+        randn draws, see docs/diffusion.md); "randn" (default) matches diffusers exactly."""
         alphas_cumprod, alphas_cumprod_prev = self._device_tables(sample.device)
         t = _host_int(timestep)
-        noise = None
+        noise, in_kernel = None, None
         if t is None or t > 0:
-            noise = randn(model_output.shape, generator=generator, device=model_output.device,
-                          dtype=model_output.dtype)
+            in_kernel = _in_kernel_noise(noise_source, generator, sample.device)
+            if in_kernel is None:
+                noise = randn(model_output.shape, generator=generator, device=model_output.device,
+                              dtype=model_output.dtype)
         prev, x0 = ops.ddpm_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev,
-                                 noise=noise, variance_type=self.variance_type,
+                                 noise=noise, **(in_kernel or {}), variance_type=self.variance_type,
                                  model_output_uncond=model_output_uncond, guidance_scale=guidance_scale,
                                  **self._step_kwargs())
         if not return_dict:
@@ -286,21 +312,25 @@ class DDIMScheduler(_DiscreteScheduler):
         return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
 
     def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False, generator=None,
-             variance_noise=None, return_dict=True, *, model_output_uncond=None, guidance_scale=1.0):
+             variance_noise=None, return_dict=True, *, model_output_uncond=None, guidance_scale=1.0,
+             noise_source="randn"):
         """x_t -> x_prev with the DDIM update; eta > 0 adds eta-scaled posterior noise
-        (`variance_noise`, or drawn from `generator`). fastgen extension: classifier-free
-        guidance fused into the step, as in DDPMScheduler.step."""
+        (`variance_noise`, or drawn from `generator`). fastgen extensions: classifier-free
+        guidance fused into the step and `noise_source`, as in DDPMScheduler.step."""
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps before step")
         alphas_cumprod, alphas_cumprod_prev = self._device_tables(sample.device)
-        noise = None
+        noise, in_kernel = None, None
         if eta > 0:
             if variance_noise is not None and generator is not None:
                 raise ValueError("pass either generator or variance_noise, not both")
-            noise = variance_noise if variance_noise is not None else randn(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+            if variance_noise is None:
+                in_kernel = _in_kernel_noise(noise_source, generator, sample.device)
+            if variance_noise is not None or in_kernel is None:
+                noise = variance_noise if variance_noise is not None else randn(
+                    model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
         prev, x0 = ops.ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev, eta=eta,
-                                 noise=noise, use_clipped_model_output=use_clipped_model_output,
+                                 noise=noise, **(in_kernel or {}), use_clipped_model_output=use_clipped_model_output,
                                  model_output_uncond=model_output_uncond, guidance_scale=guidance_scale,
                                  **self._step_kwargs())
         if not return_dict:

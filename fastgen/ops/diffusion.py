@@ -9,7 +9,7 @@ outputs in the sample's dtype, contiguous.
 import torch
 
 from ..kernels import diffusion as _triton_diffusion
-from . import _checks, reference
+from . import _checks, _philox, reference
 from ._registry import FusedOp
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
@@ -158,11 +158,32 @@ def _check_guidance(model_output_uncond, sample, guidance_scale):
         raise ValueError(f"fastgen: guidance_scale must be finite, got {guidance_scale}")
 
 
+def _check_seed(seed, seed_offset, sample, has_noise):
+    """In-kernel noise: a seed (one int64-compatible value on the host or the sample's device,
+    read by the kernel, never synced) instead of a noise tensor, and a non-negative offset."""
+    if seed is None:
+        return False
+    _checks.tensor("seed", seed)
+    if seed.dtype not in _INT_DTYPES:
+        raise TypeError(f"fastgen: seed must be an integer tensor (or a Python int), got {seed.dtype}")
+    if seed.numel() != 1:
+        raise ValueError(f"fastgen: seed must hold one value, got shape {tuple(seed.shape)}")
+    if seed.device != sample.device and seed.device.type != "cpu":
+        raise ValueError(f"fastgen: seed is on {seed.device}; expected the host or {sample.device}")
+    if not 0 <= seed_offset < 2 ** 62:
+        raise ValueError(f"fastgen: seed_offset must be in [0, 2**62), got {seed_offset}")
+    if has_noise:
+        raise ValueError("fastgen: pass either noise or seed (in-kernel noise), not both")
+    return True
+
+
 def _check_common_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                       threshold, model_output_uncond, guidance_scale, prediction_type, clip_sample_range):
+                       threshold, model_output_uncond, guidance_scale, prediction_type, clip_sample_range,
+                       seed=None, seed_offset=0):
     _check_sample(sample, model_output)
     _check_guidance(model_output_uncond, sample, guidance_scale)
     has_noise = _check_optional_like("noise", noise, sample)
+    has_noise = _check_seed(seed, seed_offset, sample, has_noise) or has_noise
     _check_table("alphas_cumprod", alphas_cumprod, sample)
     _check_table("alphas_cumprod_prev", alphas_cumprod_prev, sample)
     if alphas_cumprod_prev.shape != alphas_cumprod.shape:
@@ -182,21 +203,24 @@ def _check_common_step(model_output, sample, noise, timestep, alphas_cumprod, al
 
 def _check_ddim(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
                 threshold, model_output_uncond, guidance_scale=1.0, eta=0.0, prediction_type="epsilon",
-                clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False):
+                clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False, seed=None,
+                seed_offset=0):
     has_noise = _check_common_step(model_output, sample, noise, timestep, alphas_cumprod,
                                    alphas_cumprod_prev, threshold, model_output_uncond, guidance_scale,
-                                   prediction_type, clip_sample_range)
+                                   prediction_type, clip_sample_range, seed, seed_offset)
     if not eta >= 0:
         raise ValueError(f"fastgen: eta must be >= 0, got {eta}")
     if eta > 0 and not has_noise:
-        raise ValueError("fastgen: noise (like sample) is required when eta > 0")
+        raise ValueError("fastgen: noise (like sample) or a seed / generator for in-kernel noise is "
+                         "required when eta > 0")
 
 
 def _check_ddpm(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
                 threshold, model_output_uncond, guidance_scale=1.0, prediction_type="epsilon",
-                variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0):
+                variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0, seed=None, seed_offset=0):
     _check_common_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                       threshold, model_output_uncond, guidance_scale, prediction_type, clip_sample_range)
+                       threshold, model_output_uncond, guidance_scale, prediction_type, clip_sample_range,
+                       seed, seed_offset)
     if variance_type not in reference.VARIANCE_TYPES:
         raise ValueError(f"fastgen: variance_type must be one of {reference.VARIANCE_TYPES}, "
                          f"got {variance_type!r}")
@@ -214,14 +238,15 @@ _ddim = FusedOp(
     "ddim_step",
     f"Tensor model_output, Tensor sample, {_STEP_TABLES}, float eta=0.0, "
     "str prediction_type='epsilon', bool clip_sample=False, float clip_sample_range=1.0, "
-    "bool use_clipped_model_output=False",
+    "bool use_clipped_model_output=False, Tensor? seed=None, int seed_offset=0",
     "(Tensor, Tensor)", reference=reference.ddim_step, fake=_fake_step, check=_check_ddim,
     triton=_triton_diffusion.ddim_step, native=True)
 
 _ddpm = FusedOp(
     "ddpm_step",
     f"Tensor model_output, Tensor sample, {_STEP_TABLES}, str prediction_type='epsilon', "
-    "str variance_type='fixed_small', bool clip_sample=True, float clip_sample_range=1.0",
+    "str variance_type='fixed_small', bool clip_sample=True, float clip_sample_range=1.0, "
+    "Tensor? seed=None, int seed_offset=0",
     "(Tensor, Tensor)", reference=reference.ddpm_step, fake=_fake_step, check=_check_ddpm,
     triton=_triton_diffusion.ddpm_step, native=True)
 
@@ -282,6 +307,31 @@ def _threshold(thresholding, model_output, sample, timestep, alphas_cumprod, pre
     return reference.dynamic_threshold(x0, ratio, max_value)
 
 
+def _step_seed(noise, generator, seed, sample):
+    """The seed tensor for in-kernel noise, or None. A generator gives a fresh seed drawn on its
+    own device (its state advances: consecutive steps get independent noise, and re-seeding
+    the generator repeats them; no host-device sync, a CUDA generator is graph-capturable)."""
+    if generator is None and seed is None:
+        return None
+    if generator is not None and seed is not None:
+        raise ValueError("fastgen: pass either generator or seed, not both")
+    if noise is not None:
+        raise ValueError("fastgen: pass either noise or a generator / seed (in-kernel noise), not both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"fastgen: generator must be a torch.Generator, got {type(generator).__name__}")
+        return _philox.seed_from_generator(generator)
+    if isinstance(seed, torch.Tensor):
+        return seed
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise TypeError(f"fastgen: seed must be an int, an integer tensor or None, got {type(seed).__name__}")
+    value = seed.__index__()
+    if not -(1 << 63) <= value < (1 << 64):
+        raise ValueError(f"fastgen: seed must fit in 64 bits, got {value}")
+    # the int64 bit pattern of the 64-bit seed, as a host tensor (a kernel argument, no copy)
+    return _as_index(value - (1 << 64) if value >= (1 << 63) else value, "seed")
+
+
 def _or_empty(noise, sample):
     _checks.tensor("sample", sample)
     return _empty(sample, sample.dtype) if noise is None else noise
@@ -290,7 +340,8 @@ def _or_empty(noise, sample):
 def ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev, *, eta=0.0,
               noise=None, prediction_type="epsilon", clip_sample=False, clip_sample_range=1.0,
               thresholding=False, dynamic_thresholding_ratio=0.995, sample_max_value=1.0,
-              use_clipped_model_output=False, model_output_uncond=None, guidance_scale=1.0, backend=None):
+              use_clipped_model_output=False, model_output_uncond=None, guidance_scale=1.0, generator=None,
+              seed=None, seed_offset=0, backend=None):
     """One DDIM step x_t -> x_prev in one kernel (Song et al. 2021, eq. 12), diffusers'
     DDIMScheduler.step math.
 
@@ -299,7 +350,8 @@ def ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_pre
         timestep: Python int or 0-d integer tensor (host or the sample's device).
         alphas_cumprod: 1-D float table abar[t]; alphas_cumprod_prev[t]: abar of the timestep
             the sampler steps to from t (DDIMScheduler builds both).
-        eta: 0 = deterministic DDIM, 1 = DDPM-like; > 0 needs `noise` (like sample).
+        eta: 0 = deterministic DDIM, 1 = DDPM-like; > 0 needs `noise` (like sample), or
+            in-kernel noise from `generator` / `seed` (see `ddpm_step`).
         prediction_type: "epsilon", "sample" or "v_prediction".
         clip_sample / clip_sample_range: clamp the predicted x0; `thresholding` (Imagen's dynamic
             thresholding with `dynamic_thresholding_ratio`, `sample_max_value`) replaces it.
@@ -314,21 +366,31 @@ def ddim_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_pre
     threshold = _threshold(thresholding, model_output, sample, timestep, alphas_cumprod,
                            prediction_type, dynamic_thresholding_ratio, sample_max_value, uncond,
                            guidance_scale)
+    seed = _step_seed(noise, generator, seed, sample)
     return _ddim(model_output, sample, _or_empty(noise, sample), timestep, alphas_cumprod,
                  alphas_cumprod_prev, threshold, uncond, float(guidance_scale), float(eta),
                  prediction_type, bool(clip_sample),
-                 float(clip_sample_range), bool(use_clipped_model_output), backend=backend)
+                 float(clip_sample_range), bool(use_clipped_model_output), seed, int(seed_offset),
+                 backend=backend)
 
 
 def ddpm_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev, *, noise=None,
               prediction_type="epsilon", variance_type="fixed_small", clip_sample=True,
               clip_sample_range=1.0, thresholding=False, dynamic_thresholding_ratio=0.995,
-              sample_max_value=1.0, model_output_uncond=None, guidance_scale=1.0, backend=None):
+              sample_max_value=1.0, model_output_uncond=None, guidance_scale=1.0, generator=None, seed=None,
+              seed_offset=0, backend=None):
     """One ancestral DDPM step in one kernel (Ho et al. 2020), diffusers' DDPMScheduler.step math:
     posterior mean from the predicted x0 (clipped or thresholded as in `ddim_step`) plus
     std * noise when timestep > 0 and `noise` is given (decided on the device).
     variance_type: "fixed_small" (posterior variance), "fixed_small_log", "fixed_large" (beta_t),
     "fixed_large_log" (the same std through exp(log(var) / 2)). Guidance as in `ddim_step`.
+
+    In-kernel noise (instead of `noise`): with `generator` (a torch.Generator) a fresh 64-bit
+    seed is drawn from it on its device (one tiny random op, no host-device sync; the
+    generator advances, so a re-seeded generator reproduces the run), or `seed` (int or 0-d
+    integer tensor on the host or the sample's device) is used as is. Element i of the
+    (flattened) sample gets Philox randn(seed, seed_offset + i), the same float32 value on every
+    backend (fastgen/ops/_philox.py; Triton's tl.randn), whatever the kernel's tiling.
     Returns (prev_sample, pred_original_sample), like sample."""
     _checks.tensor("sample", sample)
     _checks.tensor("model_output", model_output)
@@ -337,10 +399,11 @@ def ddpm_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_pre
     threshold = _threshold(thresholding, model_output, sample, timestep, alphas_cumprod,
                            prediction_type, dynamic_thresholding_ratio, sample_max_value, uncond,
                            guidance_scale)
+    seed = _step_seed(noise, generator, seed, sample)
     return _ddpm(model_output, sample, _or_empty(noise, sample), timestep, alphas_cumprod,
                  alphas_cumprod_prev, threshold, uncond, float(guidance_scale), prediction_type,
                  variance_type, bool(clip_sample),
-                 float(clip_sample_range), backend=backend)
+                 float(clip_sample_range), seed, int(seed_offset), backend=backend)
 
 
 # -- flow matching -------------------------------------------------------------------------------

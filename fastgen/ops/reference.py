@@ -464,13 +464,25 @@ def _limit_x0(x0, threshold, clip_sample, clip_sample_range):
     return x0
 
 
+def step_noise(noise, seed, seed_offset, sample):
+    """The noise a stochastic step adds: `noise` as passed, or, with a `seed` (0-d integer
+    tensor or int), in-kernel noise: element i (flat, row-major) of the step gets
+    Philox randn(seed, seed_offset + i) in float32 (fastgen/ops/_philox.py, Triton's tl.randn)."""
+    if seed is None:
+        return noise
+    from . import _philox
+    return _philox.randn_like(sample, seed, seed_offset)
+
+
 def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
               threshold, model_output_uncond, guidance_scale=1.0, eta=0.0, prediction_type="epsilon",
-              clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False):
+              clip_sample=False, clip_sample_range=1.0, use_clipped_model_output=False, seed=None,
+              seed_offset=0):
     """One DDIM update x_t -> x_prev (Song et al. eq. 12). `threshold`: per-sample dynamic
     threshold s (B,), or empty for none (then `clip_sample` clamps x0 to +-clip_sample_range).
     `noise`: like sample, or empty when eta == 0. `model_output_uncond` (or empty): the
-    unconditional output for classifier-free guidance with `guidance_scale`.
+    unconditional output for classifier-free guidance with `guidance_scale`. `seed` (or None):
+    in-kernel noise instead of `noise`, see `step_noise`.
     Returns (prev_sample, pred_original_sample)."""
     t = math_dtype(sample.dtype)
     a, a_prev = _step_alphas(timestep, alphas_cumprod, alphas_cumprod_prev, t)
@@ -491,13 +503,14 @@ def ddim_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cump
     direction = ((1 - a_prev) * ((1 - eta * eta) + eta * eta * one_minus_r)).clamp_min(0).sqrt()
     prev = a_prev.sqrt() * x0 + direction * eps
     if eta > 0:
-        prev = prev + std * noise.to(t)
+        prev = prev + std * step_noise(noise, seed, seed_offset, sample).to(t)
     return prev.to(sample.dtype).contiguous(), x0.to(sample.dtype).contiguous()
 
 
 def ddpm_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
               threshold, model_output_uncond, guidance_scale=1.0, prediction_type="epsilon",
-              variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0):
+              variance_type="fixed_small", clip_sample=True, clip_sample_range=1.0, seed=None,
+              seed_offset=0):
     """One ancestral DDPM update (Ho et al. eq. 6-7): the posterior mean of q(x_prev | x_t, x0)
     plus std * noise when t > 0 and `noise` is not empty. fixed_small: the posterior variance
     (clamped at 1e-20); fixed_large: beta_t; the *_log variants compute the same std through
@@ -523,8 +536,8 @@ def ddpm_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cump
     else:
         raise ValueError(f"fastgen: variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
     prev = mean
-    if noise.numel() and int(timestep) > 0:
-        prev = prev + std * noise.to(t)
+    if (noise.numel() or seed is not None) and int(timestep) > 0:
+        prev = prev + std * step_noise(noise, seed, seed_offset, sample).to(t)
     return prev.to(sample.dtype).contiguous(), x0.to(sample.dtype).contiguous()
 
 

@@ -1,0 +1,269 @@
+"""In-kernel (Philox) noise for ddpm_step / ddim_step on every backend: the same values as the
+reference (fastgen/ops/_philox.py), reproducible from a seed or a torch.Generator, independent of
+the kernel's tiling, normal; argument checks, opcheck and torch.compile with a seed."""
+import math
+
+import pytest
+import torch
+
+import fastgen
+from fastgen.kernels import diffusion as triton_diffusion
+from fastgen.ops import _philox, reference
+from fastgen.testing import assert_close
+
+from conftest import require_backend
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+SHAPES = [(1, 1), (3, 5, 7), (2, 9001)]
+SEEDS = [0, 12345, (1 << 32) + 7, (1 << 64) - 1]
+T = 1000
+# the noise goes through log / cos / sqrt: backends agree to a few float32 ulps of the math
+# library (|diff| <= 2e-6, tests/test_philox.py), times the step's noise scale (<= 1)
+NOISE_ATOL = 3e-6
+
+
+def _setup(device_backend, op, dtype=None):
+    device, backend = device_backend
+    require_backend(op, device, backend)
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("bf16 arithmetic is wrong under the Triton interpreter (DESIGN.md §4): GPU only")
+    return device, backend
+
+
+def _tables(device):
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float32)
+    ac = torch.cumprod(1 - betas, 0)
+    prev = torch.arange(T) - 37
+    acp = torch.where(prev >= 0, ac[prev.clamp_min(0)], torch.ones(()))
+    return ac.to(device), acp.to(device)
+
+
+def _inputs(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m, x = torch.randn((2,) + tuple(shape), generator=g, dtype=torch.float64)
+    return m.to(device, dtype), (1.3 * x).to(device, dtype)
+
+
+def _step(op, m, x, t, ac, acp, **kw):
+    if op == "ddim_step":
+        return fastgen.ops.ddim_step(m, x, t, ac, acp, eta=kw.pop("eta", 0.7), **kw)
+    return fastgen.ops.ddpm_step(m, x, t, ac, acp, variance_type=kw.pop("variance_type", "fixed_large"), **kw)
+
+
+def _reference(op, m, x, t, ac, acp, seed, seed_offset=0, eta=0.7, variance_type="fixed_large"):
+    e = x.new_empty(0)
+    thr = x.new_empty(0, dtype=reference.math_dtype(x.dtype))
+    s = torch.tensor(seed - (1 << 64) if seed >= (1 << 63) else seed)
+    if op == "ddim_step":
+        return reference.ddim_step(m, x, e, torch.tensor(t), ac, acp, thr, e, 1.0, eta, "epsilon", False, 1.0,
+                                   False, s, seed_offset)
+    return reference.ddpm_step(m, x, e, torch.tensor(t), ac, acp, thr, e, 1.0, "epsilon", variance_type, True, 1.0,
+                               s, seed_offset)
+
+
+def _tol(dtype, ac, t):
+    rtol, atol = fastgen.testing.tolerance(dtype)
+    return dict(rtol=rtol, atol=atol * float(ac[t]) ** -0.5 + NOISE_ATOL)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("op", ["ddpm_step", "ddim_step"])
+def test_seeded_step_matches_reference(device_backend, op, shape, dtype):
+    device, backend = _setup(device_backend, op, dtype)
+    ac, acp = _tables(device)
+    m, x = _inputs(shape, dtype, device)
+    for seed, seed_offset, t in zip(SEEDS, (0, 5, 1 << 33, 0), (999, 500, 37, 0)):
+        prev, x0 = _step(op, m, x, t, ac, acp, seed=seed, seed_offset=seed_offset, backend=backend)
+        prev_ref, x0_ref = _reference(op, m, x, t, ac, acp, seed, seed_offset)
+        what = f"{op} seed={seed} offset={seed_offset} t={t}"
+        assert prev.dtype == dtype and prev.shape == shape
+        assert_close(x0, x0_ref, backend=backend, name=f"{what} x0", **_tol(dtype, ac, t))
+        assert_close(prev, prev_ref, backend=backend, name=f"{what} prev", **_tol(dtype, ac, t))
+
+
+def _noise_of(op, m, x, t, ac, acp, backend, **kw):
+    """The noise a seeded step added, recovered as (prev - prev without noise) / scale."""
+    noisy, _ = _step(op, m, x, t, ac, acp, backend=backend, **kw)
+    clean, _ = _step(op, m, x, t, ac, acp, noise=torch.zeros_like(x), backend=backend)
+    scale = float((1 - ac[t] / acp[t]).sqrt()) if op == "ddpm_step" else \
+        0.7 * float(((1 - acp[t]) / (1 - ac[t]) * (1 - ac[t] / acp[t])).sqrt())
+    return (noisy.double() - clean.double()) / scale
+
+
+@pytest.mark.parametrize("op", ["ddpm_step", "ddim_step"])
+def test_in_kernel_noise_is_standard_normal(device_backend, op):
+    """Mean, variance, skewness, kurtosis and a Kolmogorov-Smirnov distance of the noise each
+    backend adds, and no correlation between neighbours or between steps."""
+    device, backend = _setup(device_backend, op)
+    ac, acp = _tables(device)
+    shape = (4, 8192)
+    m = torch.zeros(shape, device=device)
+    x = torch.zeros(shape, device=device)
+    t = 999
+    z = _noise_of(op, m, x, t, ac, acp, backend, seed=2024).flatten().cpu()
+    n = z.numel()
+    assert abs(float(z.mean())) < 4 / n ** 0.5
+    assert abs(float(z.var()) - 1) < 4 * (2 / n) ** 0.5
+    assert abs(float((z ** 3).mean())) < 4 * (15 / n) ** 0.5
+    assert abs(float((z ** 4).mean()) - 3) < 4 * (96 / n) ** 0.5
+    s = z.sort().values
+    cdf = 0.5 * (1 + torch.erf(s / math.sqrt(2)))
+    ks = torch.maximum((torch.arange(1, n + 1) / n - cdf).abs(), (cdf - torch.arange(n) / n).abs()).max()
+    assert float(ks) < 1.63 / n ** 0.5   # the KS test's 1% critical value
+    assert abs(float((z[1:] * z[:-1]).mean())) < 4 / n ** 0.5
+    z2 = _noise_of(op, m, x, t, ac, acp, backend, seed=2025).flatten().cpu()
+    assert abs(float((z * z2).mean())) < 4 / n ** 0.5
+
+
+def test_backends_add_the_same_noise():
+    """CPU C++ and the Triton interpreter generate the reference's values (to the libm's ulps)."""
+    ac, acp = _tables("cpu")
+    m, x = _inputs((3, 2000), torch.float32, "cpu")
+    outs = {}
+    for backend in ("reference", "cpu", "triton"):
+        if fastgen.ops.REGISTRY["ddpm_step"].unavailable(backend, "cpu") is None:
+            outs[backend] = _step("ddpm_step", m, x, 999, ac, acp, seed=77, backend=backend)[0]
+    assert len(outs) >= 2
+    for backend, out in outs.items():
+        assert (out - outs["reference"]).abs().max() <= NOISE_ATOL, backend
+
+
+def test_noise_does_not_depend_on_tiling(device_backend):
+    """Element i gets randn(seed, seed_offset + i): stepping the last rows alone with the offset
+    of their first element gives the same values as stepping the whole batch."""
+    device, backend = _setup(device_backend, "ddpm_step")
+    ac, acp = _tables(device)
+    m, x = _inputs((5, 3001), torch.float32, device)
+    full, _ = _step("ddpm_step", m, x, 700, ac, acp, seed=99, seed_offset=11, backend=backend)
+    part, _ = _step("ddpm_step", m[2:], x[2:], 700, ac, acp, seed=99, seed_offset=11 + 2 * 3001, backend=backend)
+    assert torch.equal(full[2:], part)
+
+
+def test_generator_reproducible(device_backend):
+    device, backend = _setup(device_backend, "ddim_step")
+    ac, acp = _tables(device)
+    m, x = _inputs((2, 3, 17), torch.float32, device)
+
+    def run(seed):
+        g = torch.Generator(device=device).manual_seed(seed)
+        return [_step(op, m, x, 500, ac, acp, generator=g, backend=backend)[0] for op in ("ddpm_step", "ddim_step")
+                for _ in range(2)]
+
+    a, b, c = run(0), run(0), run(1)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)                  # same generator seed: identical
+    for u, v in zip(a, c):
+        assert not torch.allclose(u, v)           # another seed: different noise
+    assert not torch.allclose(a[0], a[1])         # the generator advanced between steps
+
+
+def test_seeded_step_argument_errors():
+    ac, acp = _tables("cpu")
+    m, x = _inputs((2, 5), torch.float32, "cpu")
+    z = torch.randn_like(x)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="either noise or"):
+        fastgen.ops.ddpm_step(m, x, 5, ac, acp, noise=z, seed=3)
+    with pytest.raises(ValueError, match="either noise or"):
+        fastgen.ops.ddim_step(m, x, 5, ac, acp, eta=0.5, noise=z, generator=g)
+    with pytest.raises(ValueError, match="either generator or seed"):
+        fastgen.ops.ddpm_step(m, x, 5, ac, acp, generator=g, seed=3)
+    with pytest.raises(ValueError, match="required when eta > 0"):
+        fastgen.ops.ddim_step(m, x, 5, ac, acp, eta=0.5)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        fastgen.ops.ddpm_step(m, x, 5, ac, acp, seed=1.5)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        fastgen.ops.ddpm_step(m, x, 5, ac, acp, generator=3)
+    with pytest.raises(ValueError, match="seed must fit in 64 bits"):
+        fastgen.ops.ddpm_step(m, x, 5, ac, acp, seed=1 << 64)
+    with pytest.raises(TypeError, match="seed must be an integer tensor"):
+        fastgen.ops.ddpm_step(m, x, 5, ac, acp, seed=torch.tensor(1.0))
+    with pytest.raises(ValueError, match="seed must hold one value"):
+        fastgen.ops.ddpm_step(m, x, 5, ac, acp, seed=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="seed_offset"):
+        fastgen.ops.ddpm_step(m, x, 5, ac, acp, seed=1, seed_offset=-1)
+    # the C++ kernel checks too (it can be called directly)
+    if fastgen.ops.REGISTRY["ddpm_step"].unavailable("cpu", "cpu") is None:
+        e = x.new_empty(0)
+        with pytest.raises(ValueError, match="either noise or seed"):
+            torch.ops.fastgen.ddpm_step_native(m, x, z, torch.tensor(5), ac, acp, e, e, 1.0, "epsilon",
+                                               "fixed_small", True, 1.0, torch.tensor(1), 0)
+        with pytest.raises(ValueError, match="seed_offset"):
+            torch.ops.fastgen.ddpm_step_native(m, x, e, torch.tensor(5), ac, acp, e, e, 1.0, "epsilon",
+                                               "fixed_small", True, 1.0, torch.tensor(1), -3)
+
+
+def test_triton_reads_a_device_seed_through_a_pointer(monkeypatch):
+    """CUDA seeds are read by the kernel through a pointer; force that path on the interpreter."""
+    require_backend("ddpm_step", "cpu", "triton")
+    ac, acp = _tables("cpu")
+    m, x = _inputs((3, 50), torch.float32, "cpu")
+    by_value = _step("ddpm_step", m, x, 600, ac, acp, seed=(1 << 40) + 3, backend="triton")[0]
+    monkeypatch.setattr(triton_diffusion, "_index_arg", lambda index, dummy: (index, 0, True))
+    by_pointer = _step("ddpm_step", m, x, 600, ac, acp, seed=(1 << 40) + 3, backend="triton")[0]
+    assert torch.equal(by_value, by_pointer)
+
+
+@pytest.mark.parametrize("op", ["ddpm_step", "ddim_step"])
+def test_opcheck_with_seed(device_backend, op):
+    device, backend = _setup(device_backend, op)
+    ac, acp = _tables(device)
+    m, x = _inputs((3, 5, 2), torch.float32, device)
+    e = x.new_empty(0)
+    seed = torch.tensor((1 << 35) + 1, device=device)
+    if op == "ddim_step":
+        args = (m, x, e, torch.tensor(637), ac, acp, e, e)
+        kwargs = dict(eta=0.5, seed=seed, seed_offset=3)
+    else:
+        args = (m, x, e, torch.tensor(637), ac, acp, e, e)
+        kwargs = dict(variance_type="fixed_small_log", seed=seed, seed_offset=3)
+    torch.library.opcheck(getattr(torch.ops.fastgen, op).default, args, dict(kwargs, backend=backend))
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
+def test_torch_compile_fullgraph_with_seed(backend):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and backend == "cpu":
+        backend = "cuda"
+    require_backend("ddpm_step", device, backend)
+    torch._dynamo.reset()
+    ac, acp = _tables(device)
+
+    def step(m, x, t, seed):
+        prev, _ = fastgen.ops.ddpm_step(m, x, t, ac, acp, seed=seed)
+        return fastgen.ops.ddim_step(m, prev, t, ac, acp, eta=0.4, seed=seed, seed_offset=x.numel())[0]
+
+    compiled = torch.compile(step, fullgraph=True)
+    m, x = _inputs((2, 3, 7), torch.float32, device)
+    t, seed = torch.tensor(411, device=device), torch.tensor(-5, device=device)
+    with fastgen.use_backend(backend):
+        out = compiled(m, x, t, seed)
+    with fastgen.use_backend("reference"):
+        ref = step(m, x, t, seed)
+    assert_close(out, ref, backend=backend, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_seeded_step_is_cuda_graph_capturable(backend):
+    """A device seed drawn from a CUDA generator inside the captured region: each replay draws a
+    fresh seed (the generator's offset advances) with no host sync."""
+    require_backend("ddpm_step", "cuda", backend)
+    ac, acp = _tables("cuda")
+    m, x = _inputs((2, 4, 64, 64), torch.float32, "cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    fastgen.ops.ddpm_step(m, x, 500, ac, acp, generator=g, backend=backend)   # warm-up
+    graph = torch.cuda.CUDAGraph()
+    if hasattr(graph, "register_generator_state"):
+        graph.register_generator_state(g)
+    else:
+        pytest.skip("this torch cannot capture a user generator")
+    with torch.cuda.graph(graph):
+        prev, _ = fastgen.ops.ddpm_step(m, x, 500, ac, acp, generator=g, backend=backend)
+    graph.replay()
+    first = prev.clone()
+    graph.replay()
+    assert not torch.equal(first, prev)
+    z = _noise_of("ddpm_step", m, x, 500, ac, acp, backend, seed=1)
+    assert abs(float(z.std()) - 1) < 0.02
