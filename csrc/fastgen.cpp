@@ -48,10 +48,13 @@ TORCH_LIBRARY(fastgen, m) {
         "float decay, float eps) -> (Tensor, Tensor)");
   // flash_attention: softmax(q k^T * scale) v over (B, H, L, Dh) with GQA, top-left causal mask
   // and key padding mask (True = padded) -> (out, lse); backward -> (dq, dk, dv).
+  // dropout_p > 0: probability (b, h, i, j) is kept iff philox rand(seed, ((b*H + h)*Lq + i)*Lk + j)
+  // >= dropout_p (common/philox.h), kept ones scaled by 1 / (1 - dropout_p); seed: int64 (1,).
   m.def("flash_attention_native(Tensor q, Tensor k, Tensor v, bool causal, float? scale, "
-        "Tensor? key_padding_mask) -> (Tensor, Tensor)");
+        "Tensor? key_padding_mask, float dropout_p, Tensor? seed) -> (Tensor, Tensor)");
   m.def("flash_attention_backward_native(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, "
-        "Tensor out, Tensor lse, bool causal, float? scale, Tensor? key_padding_mask) -> (Tensor, Tensor, Tensor)");
+        "Tensor out, Tensor lse, bool causal, float? scale, Tensor? key_padding_mask, float dropout_p, "
+        "Tensor? seed) -> (Tensor, Tensor, Tensor)");
   // decode_attention: the Lq newest queries of each sequence against a KV cache holding
   // cache_seqlens[b] valid positions (bottom-right causal) -> out.
   m.def("decode_attention_native(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float? scale) "

@@ -34,6 +34,15 @@ def _scores(q, k, offs_m, offs_n, LK, kpm_ptr, qk_scale, CAUSAL: tl.constexpr, H
 
 
 @jit
+def _dropout(p, rows, offs_n, LK, seed, dropout_p, drop_scale):
+    """Attention dropout of a probability tile: element (row, j) is kept iff
+    rand(seed, row * LK + j) >= dropout_p (row = (b * H + h) * LQ + i, int64), and kept values
+    are scaled by 1 / (1 - dropout_p). Returns (dropped tile, keep mask)."""
+    keep = tl.rand(seed, rows[:, None] * LK + offs_n[None, :]) >= dropout_p
+    return tl.where(keep, p * drop_scale, 0.0), keep
+
+
+@jit
 def _lse2(lse):
     """lse in base 2 for recomputing p = exp2(s - lse2); a query that saw no key gets +inf, so
     its p is 0 without an inf - inf."""
@@ -43,8 +52,8 @@ def _lse2(lse):
 @jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, skpm,
-                     H, GROUP, LQ, LK, D,
-                     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr,
+                     H, GROUP, LQ, LK, D, seed_ptr, dropout_p, drop_scale,
+                     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -66,6 +75,9 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
     hi = LK
     if CAUSAL:
         hi = tl.minimum(LK, (pid_m + 1) * BLOCK_M)  # keys past the block's last query are masked
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    rows = bh.to(tl.int64) * LQ + offs_m
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
@@ -75,7 +87,9 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the softmax sums before dropout
+        if DROPOUT:
+            p, _ = _dropout(p, rows, offs_n, LK, seed, dropout_p, drop_scale)
         v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
@@ -85,7 +99,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
-    o_rows = (bh.to(tl.int64) * LQ + offs_m) * D
+    o_rows = rows * D
     tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
              mask=mmask[:, None] & dmask[None, :])
     tl.store(lse_ptr + bh.to(tl.int64) * LQ + offs_m, lse, mask=mmask)
@@ -94,8 +108,8 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
 @jit
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr, dk_ptr, dv_ptr,
                           qk_scale, sm_scale, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, skpm,
-                          H, HKV, GROUP, LQ, LK, D,
-                          CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr,
+                          H, HKV, GROUP, LQ, LK, D, seed_ptr, dropout_p, drop_scale,
+                          CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
@@ -115,6 +129,8 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
     lo = 0
     if CAUSAL:
         lo = (pid_n * BLOCK_N) // BLOCK_M * BLOCK_M  # earlier queries see none of these keys
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
     for g in range(0, GROUP):  # the query heads sharing this kv head, in order: no atomics
         h = hk * GROUP + g
         bh = b * H + h
@@ -130,12 +146,17 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
             delta = tl.load(delta_ptr + rows, mask=mmask, other=0.0)
             s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
             p = tl.exp2(s - lse2[:, None])
+            p_kept = p
+            if DROPOUT:
+                p_kept, keep = _dropout(p, rows, offs_n, LK, seed, dropout_p, drop_scale)
             if IEEE:
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision="ieee")
+                dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision="ieee")
                 dp = tl.dot(do, tl.trans(v), input_precision="ieee")
             else:
-                dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+                dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do)
                 dp = tl.dot(do, tl.trans(v))
+            if DROPOUT:  # d(dropped p) -> d p
+                dp = tl.where(keep, dp * drop_scale, 0.0)
             ds = p * (dp - delta[:, None])
             if IEEE:
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
@@ -149,8 +170,8 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
 @jit
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr, dq_ptr,
                         qk_scale, sm_scale, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, skpm,
-                        H, GROUP, LQ, LK, D,
-                        CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr,
+                        H, GROUP, LQ, LK, D, seed_ptr, dropout_p, drop_scale,
+                        CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -175,6 +196,8 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
     hi = LK
     if CAUSAL:
         hi = tl.minimum(LK, (pid_m + 1) * BLOCK_M)
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
@@ -186,6 +209,9 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
             dp = tl.dot(do, tl.trans(v), input_precision="ieee")
         else:
             dp = tl.dot(do, tl.trans(v))
+        if DROPOUT:
+            _, keep = _dropout(p, rows, offs_n, LK, seed, dropout_p, drop_scale)
+            dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if IEEE:
             dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
@@ -227,8 +253,16 @@ def _strides(q, k, v, kpm, has_kpm):
             v.stride(0), v.stride(1), v.stride(2), kpm.stride(0) if has_kpm else 0)
 
 
-def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None):
+def _dropout_args(q, dropout_p, seed):
+    """(seed pointer, dropout_p, 1 / (1 - dropout_p), DROPOUT) kernel arguments."""
+    if not dropout_p > 0:
+        return q, 0.0, 1.0, False
+    return seed.reshape(1), float(dropout_p), 1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0, True
+
+
+def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, seed=None):
     q, k, v, sm_scale, kpm, has_kpm = _common(q, k, v, scale, key_padding_mask)
+    seed_ptr, p_drop, drop_scale, dropout = _dropout_args(q, dropout_p, seed)
     b, h, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     out = torch.empty((b, h, lq, d), dtype=q.dtype, device=q.device)
@@ -238,14 +272,15 @@ def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None):
     block_m, block_n, block_d, warps = _blocks(d)
     _attn_fwd_kernel[(triton.cdiv(lq, block_m), b * h)](
         q, k, v, out, lse, kpm, sm_scale * LOG2E, *_strides(q, k, v, kpm, has_kpm),
-        h, h // hkv, lq, lk, d, CAUSAL=causal, HAS_KPM=has_kpm, IEEE=q.dtype == torch.float32,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
+        h, h // hkv, lq, lk, d, seed_ptr, p_drop, drop_scale, CAUSAL=causal, HAS_KPM=has_kpm,
+        IEEE=q.dtype == torch.float32, DROPOUT=dropout, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
     return out, lse
 
 
 def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None,
-                             key_padding_mask=None):
+                             key_padding_mask=None, dropout_p=0.0, seed=None):
     q, k, v, sm_scale, kpm, has_kpm = _common(q, k, v, scale, key_padding_mask)
+    seed_ptr, p_drop, drop_scale, dropout = _dropout_args(q, dropout_p, seed)
     b, h, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     do = grad_out.contiguous()
@@ -259,15 +294,15 @@ def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     block_m, block_n, block_d, warps = _blocks(d)
-    common = dict(CAUSAL=causal, HAS_KPM=has_kpm, IEEE=q.dtype == torch.float32, BLOCK_M=block_m,
+    common = dict(CAUSAL=causal, HAS_KPM=has_kpm, IEEE=q.dtype == torch.float32, DROPOUT=dropout, BLOCK_M=block_m,
                   BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
     strides = _strides(q, k, v, kpm, has_kpm)
     _attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hkv)](
         q, k, v, do, lse, delta, kpm, dk, dv, sm_scale * LOG2E, sm_scale, *strides,
-        h, hkv, h // hkv, lq, lk, d, **common)
+        h, hkv, h // hkv, lq, lk, d, seed_ptr, p_drop, drop_scale, **common)
     _attn_bwd_dq_kernel[(triton.cdiv(lq, block_m), b * h)](
         q, k, v, do, lse, delta, kpm, dq, sm_scale * LOG2E, sm_scale, *strides,
-        h, h // hkv, lq, lk, d, **common)
+        h, h // hkv, lq, lk, d, seed_ptr, p_drop, drop_scale, **common)
     return dq, dk, dv
 
 

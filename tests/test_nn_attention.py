@@ -137,3 +137,27 @@ def test_kv_cache_incremental_decoding_matches_full_causal_attention():
         assert_close(cache.attend(q[:, :, t:t + 1]), full[:, :, t:t + 1], name=f"step {t}")
     assert cache.seqlens.tolist() == [n, n]
     assert cache.reset().seqlens.tolist() == [0, 0]
+
+
+def test_dropout_is_fused_and_reproducible():
+    """Dropout runs in the fused kernel with fastgen's Philox mask: SDPA with dropout_p equals
+    flash_attention with the seed the same default-generator state gives, and MultiheadAttention
+    in training drops (eval does not) reproducibly under torch.manual_seed."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 16, generator=g) for _ in range(3))
+    torch.manual_seed(5)
+    got = fastgen.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True)
+    torch.manual_seed(5)
+    want, _ = fastgen.ops.flash_attention(q, k, v, True, None, None, 0.3)
+    assert torch.equal(got, want)
+    assert not torch.allclose(got, fastgen.ops.flash_attention(q, k, v, True)[0])
+
+    mha = fastgen.nn.MultiheadAttention(32, 4, dropout=0.5, batch_first=True)
+    x = torch.randn(2, 9, 32, generator=g)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        runs.append(mha(x, x, x, need_weights=False)[0])
+    assert torch.equal(runs[0], runs[1])
+    mha.eval()
+    assert not torch.allclose(runs[0], mha(x, x, x, need_weights=False)[0])

@@ -189,6 +189,121 @@ def test_bad_inputs_name_the_argument():
         triton_attention.flash_attention(q.double(), k.double(), k.double())
 
 
+# -- dropout ----------------------------------------------------------------------------------------
+
+def _dropout_compare(device, backend, dtype, shape, causal, padding, p, seed):
+    q, k, v = _inputs(shape, dtype, device)
+    kpm = _padding(shape[0], shape[4], device) if padding else None
+    seed_t = torch.tensor([seed], dtype=torch.int64, device=device)
+    out, lse = fastgen.ops.flash_attention(q, k, v, causal, None, kpm, p, seed=seed_t, backend=backend)
+    out_ref, lse_ref = reference.flash_attention(q, k, v, causal, None, kpm, p, seed_t)
+    assert_close(out, out_ref, dtype=dtype, backend=backend, name="out")
+    live = lse_ref != float("-inf")
+    assert_close(lse[live].to(lse_ref.dtype), lse_ref[live], dtype=dtype, backend=backend, name="lse")
+    g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    grads = torch.autograd.grad(out, (q, k, v), g_out)
+    grads_ref = torch.autograd.grad(out_ref, (q, k, v), g_out)
+    rtol, atol = tolerance(dtype)
+    for name, a, e in zip(("dq", "dk", "dv"), grads, grads_ref):
+        assert_close(a, e, dtype=dtype, backend=backend, name=name, atol=atol * max(1, q.shape[2]) ** 0.5)
+
+
+@pytest.mark.parametrize("padding", [False, True], ids=["nomask", "keypad"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3], SHAPES[7]], ids=str)
+def test_dropout_matches_reference(device_backend, shape, causal, padding):
+    """The same Philox mask on every backend (seed above 2^32 to use both key words)."""
+    device, backend = _setup(device_backend)
+    _dropout_compare(device, backend, torch.float32, shape, causal, padding, 0.3, (7 << 33) + 12345)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_dropout_dtypes(device_backend, dtype):
+    device, backend = _setup(device_backend, dtype)
+    _dropout_compare(device, backend, dtype, SHAPES[2], True, True, 0.5, 99)
+
+
+def test_dropout_gradcheck_fp64(device_backend):
+    device, backend = _setup(device_backend, torch.float64)
+    q, k, v = _inputs((1, 2, 1, 5, 6, 4), torch.float64, device)
+    seed = torch.tensor([5], device=device)
+    f = lambda q, k, v: fastgen.ops.flash_attention(q, k, v, True, None, None, 0.4, seed=seed, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+def test_dropout_statistics(device_backend):
+    """Kept fraction 1 - p, kept probabilities scaled by 1 / (1 - p): with v = 1 every output is
+    sum_j p_ij * mult_ij, whose mean over many rows is 1; p = 1 drops everything."""
+    device, backend = _setup(device_backend)
+    b, h, lq, lk, d = 2, 4, 64, 96, 16
+    g = torch.Generator().manual_seed(0)
+    q = (0.1 * torch.randn(b, h, lq, d, generator=g)).to(device)
+    k = (0.1 * torch.randn(b, h, lk, d, generator=g)).to(device)
+    ones = torch.ones(b, h, lk, d, device=device)
+    for p in (0.1, 0.5):
+        out, _ = fastgen.ops.flash_attention(q, k, ones, dropout_p=p, seed=11, backend=backend)
+        col = out[..., 0].double()
+        assert abs(float(col.mean()) - 1) < 0.03, (p, float(col.mean()))
+        # near-uniform attention over 96 keys: each output ~ Binomial(96, 1-p) / (96 (1-p))
+        expected_std = (p / ((1 - p) * lk)) ** 0.5
+        assert 0.8 * expected_std < float(col.std()) < 1.25 * expected_std, (p, float(col.std()), expected_std)
+    keep = reference.attention_dropout_keep((b, h, lq, lk), 0.3, torch.tensor([11]), "cpu")
+    assert abs(float(keep.float().mean()) - 0.7) < 0.01
+    out, lse = fastgen.ops.flash_attention(q, k, ones, dropout_p=1.0, seed=11, backend=backend)
+    assert bool((out == 0).all()) and bool(torch.isfinite(lse).all())
+
+
+def test_dropout_reproducible_from_the_generator():
+    q, k, v = _inputs((1, 2, 2, 9, 12, 16), torch.float32, "cpu")
+    torch.manual_seed(0)
+    a, _ = fastgen.ops.flash_attention(q, k, v, dropout_p=0.2)
+    b, _ = fastgen.ops.flash_attention(q, k, v, dropout_p=0.2)
+    torch.manual_seed(0)
+    c, _ = fastgen.ops.flash_attention(q, k, v, dropout_p=0.2)
+    assert torch.equal(a, c) and not torch.equal(a, b)
+    gen = torch.Generator().manual_seed(7)
+    d, _ = fastgen.ops.flash_attention(q, k, v, dropout_p=0.2, generator=gen)
+    e, _ = fastgen.ops.flash_attention(q, k, v, dropout_p=0.2, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(d, e)
+    plain, _ = fastgen.ops.flash_attention(q, k, v)
+    no_drop, _ = fastgen.ops.flash_attention(q, k, v, dropout_p=0.0, seed=3)
+    assert torch.equal(plain, no_drop)
+
+
+def test_dropout_opcheck_and_compile(device_backend):
+    device, backend = _setup(device_backend)
+    q, k, v = _inputs((1, 2, 1, 7, 9, 16), torch.float32, device)
+    seed = torch.tensor([42], device=device)
+    torch.library.opcheck(torch.ops.fastgen.flash_attention.default, (q, k, v, True, None, None, 0.25, seed),
+                          {"backend": backend})
+    if backend != "cpu":
+        return
+    torch._dynamo.reset()
+
+    def f(q, k, v, seed):
+        return fastgen.ops.flash_attention(q, k, v, True, None, None, 0.25, seed=seed)[0].square().sum()
+
+    got = torch.compile(f, fullgraph=True)(q, k, v, seed)
+    want = f(q, k, v, seed)
+    assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v)), torch.autograd.grad(want, (q, k, v))):
+        assert_close(a, b)
+
+
+def test_dropout_bad_inputs():
+    q = torch.randn(1, 2, 5, 16)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\]"):
+        fastgen.ops.flash_attention(q, q, q, dropout_p=1.5)
+    with pytest.raises(ValueError, match="seed must be an int64 tensor with one value"):
+        fastgen.ops.flash_attention(q, q, q, dropout_p=0.1, seed=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="either generator or seed"):
+        fastgen.ops.flash_attention(q, q, q, dropout_p=0.1, seed=1, generator=torch.Generator())
+    with pytest.raises(TypeError, match="seed must be an int or an int64 tensor"):
+        fastgen.ops.flash_attention(q, q, q, dropout_p=0.1, seed=1.5)
+    with pytest.raises(ValueError, match="needs a seed"):
+        torch.ops.fastgen.flash_attention(q, q, q, False, None, None, 0.1, None)
+
+
 # -- decode_attention / kv_cache_append ------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)

@@ -2,13 +2,19 @@
 // vectorized, multithreaded) are a good CPU implementation, so this backend calls them and
 // adds what fastgen's op promises on top: grouped-query attention, a key padding mask,
 // queries that see no key (out 0, lse -inf, no gradient) and a gradient through lse.
+// With dropout, whose mask must be fastgen's counter-based one (common/philox.h) so every
+// backend drops the same probabilities, it runs blocked math attention instead: chunks of
+// query rows, so memory is O(B * H * chunk * Lk), never the whole Lq x Lk per head.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "common/checks.h"
+#include "common/philox.h"
 
 namespace fastgen {
 namespace {
@@ -60,15 +66,121 @@ at::Tensor sees_a_key(const at::Tensor& q, int64_t lk, bool causal, const c10::o
   return sees.view({b, 1, lq, 1});
 }
 
+// -- dropout: blocked math attention -------------------------------------------------------------
+
+// Query rows per chunk: about 2^22 scores per chunk over all (batch, head) pairs.
+int64_t dropout_chunk(int64_t bh, int64_t lk) {
+  return std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, bh * lk));
+}
+
+// Multiplier of each probability in query rows [i0, i0 + rows): 1 / (1 - p) where kept, 0 where
+// dropped; element (b, h, i, j) is kept iff philox rand(seed, ((b * H + h) * Lq + i) * Lk + j) >= p.
+at::Tensor dropout_multiplier(int64_t bh, int64_t lq, int64_t i0, int64_t rows, int64_t lk, double dropout_p,
+                              uint64_t seed, const at::TensorOptions& opts) {
+  auto mult = at::empty({bh, rows, lk}, opts.dtype(at::kFloat));
+  float* pm = mult.mutable_data_ptr<float>();
+  const float keep_scale = dropout_p < 1 ? static_cast<float>(1.0 / (1.0 - dropout_p)) : 0.f;
+  const float p = static_cast<float>(dropout_p);
+  at::parallel_for(0, bh * rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t head = r / rows, i = i0 + r % rows;
+      const uint64_t base = static_cast<uint64_t>((head * lq + i) * lk);
+      for (int64_t j = 0; j < lk; ++j)
+        pm[r * lk + j] = philox::rand(seed, base + static_cast<uint64_t>(j)) >= p ? keep_scale : 0.f;
+    }
+  });
+  return mult;
+}
+
+// Scaled, masked scores of query rows [i0, i0 + rows) in the math dtype: (B, H, rows, Lk).
+at::Tensor chunk_scores(const at::Tensor& qm, const at::Tensor& km, int64_t i0, int64_t rows, double scale,
+                        bool causal, const c10::optional<at::Tensor>& kpm) {
+  auto s = at::matmul(qm.narrow(2, i0, rows), km.transpose(-1, -2)).mul_(scale);
+  const int64_t lk = km.size(2);
+  if (causal) {
+    const auto i = at::arange(i0, i0 + rows, s.options().dtype(at::kLong)).view({rows, 1});
+    const auto j = at::arange(lk, s.options().dtype(at::kLong)).view({1, lk});
+    s.masked_fill_(j > i, -std::numeric_limits<double>::infinity());
+  }
+  if (kpm.has_value()) s.masked_fill_(kpm->view({kpm->size(0), 1, 1, lk}), -std::numeric_limits<double>::infinity());
+  return s;
+}
+
+std::tuple<at::Tensor, at::Tensor> flash_attention_dropout_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                               const at::Tensor& v, bool causal, double scale,
+                                                               const c10::optional<at::Tensor>& kpm,
+                                                               double dropout_p, uint64_t seed) {
+  const int64_t group = q.size(1) / k.size(1), b = q.size(0), h = q.size(1), lq = q.size(2), lk = k.size(2);
+  const auto math = opmath_dtype(q.scalar_type());
+  const auto qm = q.to(math), km = expand_heads(k, group).to(math), vm = expand_heads(v, group).to(math);
+  auto out = at::empty({b, h, lq, q.size(3)}, q.options().dtype(math));
+  auto lse = at::empty({b, h, lq}, q.options().dtype(math));
+  const double inf = std::numeric_limits<double>::infinity();
+  for (int64_t i0 = 0, step = dropout_chunk(b * h, lk); i0 < lq; i0 += step) {
+    const int64_t rows = std::min(step, lq - i0);
+    const auto s = chunk_scores(qm, km, i0, rows, scale, causal, kpm);
+    auto m = std::get<0>(s.max(-1, true));
+    m.masked_fill_(m == -inf, 0);  // a row that sees no key: probabilities 0, lse -inf
+    const auto e = (s - m).exp_();
+    const auto denom = e.sum(-1, true);
+    const auto p = e / denom.clamp_min(std::numeric_limits<float>::min());
+    lse.narrow(2, i0, rows).copy_(at::where(denom > 0, m + denom.log(), -inf).squeeze(-1));
+    const auto mult = dropout_multiplier(b * h, lq, i0, rows, lk, dropout_p, seed, q.options()).view(p.sizes());
+    out.narrow(2, i0, rows).copy_(at::matmul(p * mult, vm));
+  }
+  return {out.to(q.scalar_type()).contiguous(), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_dropout_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
+    const c10::optional<at::Tensor>& kpm, double dropout_p, uint64_t seed) {
+  const int64_t group = q.size(1) / k.size(1), b = q.size(0), h = q.size(1), lq = q.size(2), lk = k.size(2);
+  const auto math = opmath_dtype(q.scalar_type());
+  const auto qm = q.to(math), km = expand_heads(k, group).to(math), vm = expand_heads(v, group).to(math);
+  const auto dom = grad_out.to(math);
+  // delta_i = dO_i . O_i - grad_lse_i (the lse gradient adds p * grad_lse to dS)
+  const auto delta = (dom * out.to(math)).sum(-1, true) - grad_lse.to(math).unsqueeze(-1);
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto lse_safe = at::where(lse == -inf, inf, lse.to(math)).unsqueeze(-1);  // p = 0 for dead rows
+  auto dq = at::empty({b, h, lq, q.size(3)}, q.options().dtype(math));
+  auto dk = at::zeros({b, h, lk, q.size(3)}, q.options().dtype(math));
+  auto dv = at::zeros({b, h, lk, q.size(3)}, q.options().dtype(math));
+  for (int64_t i0 = 0, step = dropout_chunk(b * h, lk); i0 < lq; i0 += step) {
+    const int64_t rows = std::min(step, lq - i0);
+    const auto p = (chunk_scores(qm, km, i0, rows, scale, causal, kpm) - lse_safe.narrow(2, i0, rows)).exp_();
+    const auto mult = dropout_multiplier(b * h, lq, i0, rows, lk, dropout_p, seed, q.options()).view(p.sizes());
+    const auto d_o = dom.narrow(2, i0, rows);
+    dv.add_(at::matmul((p * mult).transpose(-1, -2), d_o));
+    const auto dp = at::matmul(d_o, vm.transpose(-1, -2)).mul_(mult);
+    const auto ds = p * (dp - delta.narrow(2, i0, rows));
+    dq.narrow(2, i0, rows).copy_(at::matmul(ds, km).mul_(scale));
+    dk.add_(at::matmul(ds.transpose(-1, -2), qm.narrow(2, i0, rows)).mul_(scale));
+  }
+  return {dq.to(q.scalar_type()).contiguous(), reduce_heads(dk, group).to(k.scalar_type()).contiguous(),
+          reduce_heads(dv, group).to(v.scalar_type()).contiguous()};
+}
+
+uint64_t seed_value(const c10::optional<at::Tensor>& seed) {
+  TORCH_CHECK_VALUE(seed.has_value() && seed->numel() == 1 && seed->scalar_type() == at::kLong,
+                    "fastgen: dropout_p > 0 needs seed, an int64 tensor with one value");
+  return static_cast<uint64_t>(seed->item<int64_t>());
+}
+
 std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                        bool causal, c10::optional<double> scale,
-                                                       const c10::optional<at::Tensor>& key_padding_mask) {
+                                                       const c10::optional<at::Tensor>& key_padding_mask,
+                                                       double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_attention(q, k, v);
   const int64_t group = q.size(1) / k.size(1);
   const auto math = opmath_dtype(q.scalar_type());
   if (q.numel() == 0 || k.size(2) == 0) {
     return {at::zeros(q.sizes(), q.options()),
             at::full({q.size(0), q.size(1), q.size(2)}, -std::numeric_limits<double>::infinity(), q.options().dtype(math))};
+  }
+  if (dropout_p > 0) {
+    const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+    return flash_attention_dropout_cpu(q, k, v, causal, s, key_padding_mask, dropout_p, seed_value(seed));
   }
   auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(
       q, expand_heads(k, group), expand_heads(v, group), 0.0, causal, additive_mask(key_padding_mask, q), scale);
@@ -82,11 +194,16 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
     const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
-    const c10::optional<at::Tensor>& key_padding_mask) {
+    const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_attention(q, k, v);
   const int64_t group = q.size(1) / k.size(1);
   if (q.numel() == 0 || k.size(2) == 0)
     return {at::zeros_like(q), at::zeros_like(k), at::zeros_like(v)};
+  if (dropout_p > 0) {
+    const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+    return flash_attention_dropout_backward_cpu(grad_out, grad_lse, q, k, v, out, lse, causal, s, key_padding_mask,
+                                                dropout_p, seed_value(seed));
+  }
   const auto sees = sees_a_key(q, k.size(2), causal, key_padding_mask);
   const auto ke = expand_heads(k, group), ve = expand_heads(v, group);
   const auto mask = additive_mask(key_padding_mask, q);

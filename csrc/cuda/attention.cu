@@ -18,6 +18,7 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/philox.h"
 #include "attention_mma.cuh"
 
 namespace fastgen {
@@ -29,6 +30,17 @@ constexpr int kWarps = 4;
 struct Geometry {
   int64_t b, h, hkv, lq, lk, d;
   int64_t sqb, sqh, sqm, skb, skh, skn, svb, svh, svn;  // strides (elements)
+};
+
+// Attention dropout: probability (b, h, i, j) is kept iff philox rand(seed, ((b*H + h)*Lq + i)*Lk + j)
+// >= p (common/philox.h, the same mask on every backend); kept ones are scaled by `scale`.
+struct Dropout {
+  const int64_t* seed;  // device, one value; nullptr: no dropout
+  float p, scale;
+  // multiplier of probability (row, j), row = (b * H + h) * Lq + i
+  __device__ __forceinline__ float mult(uint64_t seed_value, int64_t row, int64_t lk, int64_t j) const {
+    return philox::rand(seed_value, static_cast<uint64_t>(row * lk + j)) >= p ? scale : 0.f;
+  }
 };
 
 template <typename A>
@@ -62,7 +74,8 @@ __device__ __forceinline__ A dot(const A (&x)[kMaxPerLane], const A (&y)[kMaxPer
 template <typename T, typename A>
 __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                 const bool* __restrict__ kpm, const int64_t* __restrict__ seqlens,
-                                T* __restrict__ out, A* __restrict__ lse, Geometry g, A scale, bool causal) {
+                                T* __restrict__ out, A* __restrict__ lse, Geometry g, A scale, bool causal,
+                                Dropout drop) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, i)
   if (row >= g.b * g.h * g.lq) return;
   const int64_t i = row % g.lq, bh = row / g.lq, h = bh % g.h, b = bh / g.h, hk = h / (g.h / g.hkv);
@@ -72,6 +85,7 @@ __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k
   const T* vb = v + b * g.svb + hk * g.svh;
   const bool* pad = kpm == nullptr ? nullptr : kpm + b * g.lk;
   A m = -INFINITY, l = 0;
+  const uint64_t seed_value = drop.seed == nullptr ? 0 : static_cast<uint64_t>(*drop.seed);
   int64_t hi = causal ? (i + 1 < g.lk ? i + 1 : g.lk) : g.lk;
   if (seqlens != nullptr) {  // decoding: query i is at position seqlens[b] - lq + i, bottom-right causal
     const int64_t limit = seqlens[b] - (g.lq - 1 - i);
@@ -83,10 +97,11 @@ __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k
     const A s = dot(qr, kr) * scale;
     const A m_new = s > m ? s : m;
     const A alpha = exp(m - m_new), p = exp(s - m_new);
+    const A p_kept = drop.seed == nullptr ? p : p * static_cast<A>(drop.mult(seed_value, row, g.lk, j));
     load_row(vb + j * g.svn, g.d, vr);
 #pragma unroll
-    for (int t = 0; t < kMaxPerLane; ++t) acc[t] = acc[t] * alpha + p * vr[t];
-    l = l * alpha + p;
+    for (int t = 0; t < kMaxPerLane; ++t) acc[t] = acc[t] * alpha + p_kept * vr[t];
+    l = l * alpha + p;  // the softmax sum before dropout
     m = m_new;
   }
   T* orow = out + row * g.d;
@@ -104,7 +119,7 @@ template <typename T, typename A>
 __global__ void attn_bwd_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                      const bool* __restrict__ kpm, const T* __restrict__ dout,
                                      const A* __restrict__ lse, const A* __restrict__ delta, T* __restrict__ dk,
-                                     T* __restrict__ dv, Geometry g, A scale, bool causal) {
+                                     T* __restrict__ dv, Geometry g, A scale, bool causal, Dropout drop) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, hk, j)
   if (row >= g.b * g.hkv * g.lk) return;
   const int64_t j = row % g.lk, bhk = row / g.lk, hk = bhk % g.hkv, b = bhk / g.hkv, group = g.h / g.hkv;
@@ -112,6 +127,7 @@ __global__ void attn_bwd_dkdv_kernel(const T* __restrict__ q, const T* __restric
   load_row(k + b * g.skb + hk * g.skh + j * g.skn, g.d, kr);
   load_row(v + b * g.svb + hk * g.svh + j * g.svn, g.d, vr);
   const bool* pad = kpm == nullptr ? nullptr : kpm + b * g.lk;
+  const uint64_t seed_value = drop.seed == nullptr ? 0 : static_cast<uint64_t>(*drop.seed);
   if (pad == nullptr || !pad[j]) {
     for (int64_t hh = hk * group; hh < (hk + 1) * group; ++hh) {
       const int64_t bh = b * g.h + hh;
@@ -121,10 +137,11 @@ __global__ void attn_bwd_dkdv_kernel(const T* __restrict__ q, const T* __restric
         load_row(q + b * g.sqb + hh * g.sqh + i * g.sqm, g.d, qr);
         load_row(dout + (bh * g.lq + i) * g.d, g.d, dor);
         const A p = exp(dot(qr, kr) * scale - l);
-        const A ds = p * (dot(dor, vr) - delta[bh * g.lq + i]);
+        const A mult = drop.seed == nullptr ? A(1) : static_cast<A>(drop.mult(seed_value, bh * g.lq + i, g.lk, j));
+        const A ds = p * (mult * dot(dor, vr) - delta[bh * g.lq + i]);
 #pragma unroll
         for (int t = 0; t < kMaxPerLane; ++t) {
-          dva[t] += p * dor[t];
+          dva[t] += p * mult * dor[t];
           dka[t] += ds * qr[t];
         }
       }
@@ -144,7 +161,7 @@ template <typename T, typename A>
 __global__ void attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                    const bool* __restrict__ kpm, const T* __restrict__ dout,
                                    const A* __restrict__ lse, const A* __restrict__ delta, T* __restrict__ dq,
-                                   Geometry g, A scale, bool causal) {
+                                   Geometry g, A scale, bool causal, Dropout drop) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, i)
   if (row >= g.b * g.h * g.lq) return;
   const int64_t i = row % g.lq, bh = row / g.lq, h = bh % g.h, b = bh / g.h, hk = h / (g.h / g.hkv);
@@ -154,6 +171,7 @@ __global__ void attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict_
     load_row(q + b * g.sqb + h * g.sqh + i * g.sqm, g.d, qr);
     load_row(dout + row * g.d, g.d, dor);
     const A dl = delta[row];
+    const uint64_t seed_value = drop.seed == nullptr ? 0 : static_cast<uint64_t>(*drop.seed);
     const bool* pad = kpm == nullptr ? nullptr : kpm + b * g.lk;
     const int64_t hi = causal ? (i + 1 < g.lk ? i + 1 : g.lk) : g.lk;
     for (int64_t j = 0; j < hi; ++j) {
@@ -161,7 +179,8 @@ __global__ void attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict_
       load_row(k + b * g.skb + hk * g.skh + j * g.skn, g.d, kr);
       load_row(v + b * g.svb + hk * g.svh + j * g.svn, g.d, vr);
       const A p = exp(dot(qr, kr) * scale - l);
-      const A ds = p * (dot(dor, vr) - dl);
+      const A mult = drop.seed == nullptr ? A(1) : static_cast<A>(drop.mult(seed_value, row, g.lk, j));
+      const A ds = p * (mult * dot(dor, vr) - dl);
 #pragma unroll
       for (int t = 0; t < kMaxPerLane; ++t) dqa[t] += ds * kr[t];
     }
@@ -200,6 +219,15 @@ unsigned warp_blocks(int64_t rows) { return static_cast<unsigned>((rows + kWarps
 #define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+Dropout dropout_args(double dropout_p, const c10::optional<at::Tensor>& seed, const at::Tensor& q) {
+  if (!(dropout_p > 0)) return {nullptr, 0.f, 1.f};
+  TORCH_CHECK_VALUE(seed.has_value() && seed->numel() == 1 && seed->scalar_type() == at::kLong &&
+                        seed->device() == q.device(),
+                    "fastgen: dropout_p > 0 needs seed, an int64 tensor with one value on q's device");
+  return {seed->const_data_ptr<int64_t>(), static_cast<float>(dropout_p),
+          dropout_p < 1 ? static_cast<float>(1.0 / (1.0 - dropout_p)) : 0.f};
+}
+
 // The tensor-core forward: fp16/bf16, head dim 64 or 128, sm_80+. FASTGEN_ATTENTION_MMA=0 turns it
 // off (to compare with the FMA kernel).
 bool mma_applies(const at::Tensor& q, const Geometry& g) {
@@ -214,7 +242,7 @@ bool mma_applies(const at::Tensor& q, const Geometry& g) {
 
 template <typename T, int D>
 void launch_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const bool* pad, at::Tensor& out,
-                at::Tensor& lse, const Geometry& g, double scale, bool causal) {
+                at::Tensor& lse, const Geometry& g, double scale, bool causal, const Dropout& drop) {
   namespace mm = mma_attention;
   const auto aligned = [](const at::Tensor& t) {
     return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 && t.stride(0) % 8 == 0 &&
@@ -222,7 +250,7 @@ void launch_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
   };
   mm::Params prm{q.const_data_ptr(), k.const_data_ptr(), v.const_data_ptr(), pad, out.mutable_data_ptr(),
                  lse.mutable_data_ptr<float>(), g.h, g.hkv, g.lq, g.lk, g.sqb, g.sqh, g.sqm, g.skb, g.skh, g.skn,
-                 g.svb, g.svh, g.svn, static_cast<float>(scale) * mm::kLog2e, causal,
+                 g.svb, g.svh, g.svn, static_cast<float>(scale) * mm::kLog2e, drop.seed, drop.p, drop.scale, causal,
                  aligned(q) && aligned(k) && aligned(v)};
   constexpr size_t bytes = mm::Smem<D>::bytes;
   auto kernel = mm::attn_fwd_mma_kernel<T, D>;
@@ -234,17 +262,18 @@ void launch_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
 
 template <typename T>
 void launch_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const bool* pad, at::Tensor& out,
-                at::Tensor& lse, const Geometry& g, double scale, bool causal) {
+                at::Tensor& lse, const Geometry& g, double scale, bool causal, const Dropout& drop) {
   if (g.d == 64) {
-    launch_mma<T, 64>(q, k, v, pad, out, lse, g, scale, causal);
+    launch_mma<T, 64>(q, k, v, pad, out, lse, g, scale, causal, drop);
   } else {
-    launch_mma<T, 128>(q, k, v, pad, out, lse, g, scale, causal);
+    launch_mma<T, 128>(q, k, v, pad, out, lse, g, scale, causal, drop);
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                         const at::Tensor& v_in, bool causal, c10::optional<double> scale,
-                                                        const c10::optional<at::Tensor>& key_padding_mask) {
+                                                        const c10::optional<at::Tensor>& key_padding_mask,
+                                                        double dropout_p, const c10::optional<at::Tensor>& seed) {
   const c10::cuda::CUDAGuard guard(q_in.device());
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
@@ -256,11 +285,12 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
   at::Tensor pad_holder;
   const bool* pad = padding_ptr(key_padding_mask, pad_holder);
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(g.d));
+  const Dropout drop = dropout_args(dropout_p, seed, q);
   if (mma_applies(q, g)) {
     if (q.scalar_type() == at::kHalf) {
-      launch_mma<__half>(q, k, v, pad, out, lse, g, s, causal);
+      launch_mma<__half>(q, k, v, pad, out, lse, g, s, causal, drop);
     } else {
-      launch_mma<__nv_bfloat16>(q, k, v, pad, out, lse, g, s, causal);
+      launch_mma<__nv_bfloat16>(q, k, v, pad, out, lse, g, s, causal, drop);
     }
     return {out, lse};
   }
@@ -268,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
     using A = at::opmath_type<scalar_t>;
     attn_fwd_kernel<scalar_t, A><<<warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream()>>>(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), pad, nullptr,
-        out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<A>(), g, static_cast<A>(s), causal);
+        out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<A>(), g, static_cast<A>(s), causal, drop);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, lse};
@@ -277,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
-    const c10::optional<at::Tensor>& key_padding_mask) {
+    const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
   const c10::cuda::CUDAGuard guard(q_in.device());
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
@@ -294,17 +324,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
   const bool* pad = padding_ptr(key_padding_mask, pad_holder);
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(g.d));
   auto stream = at::cuda::getCurrentCUDAStream();
+  const Dropout drop = dropout_args(dropout_p, seed, q);
   FASTGEN_DISPATCH_FLOATS(q.scalar_type(), "flash_attention_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     attn_bwd_dkdv_kernel<scalar_t, A><<<warp_blocks(g.b * g.hkv * g.lk), 32 * kWarps, 0, stream>>>(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), pad,
         dout.const_data_ptr<scalar_t>(), lse_m.const_data_ptr<A>(), delta.const_data_ptr<A>(),
-        dk.mutable_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(), g, static_cast<A>(s), causal);
+        dk.mutable_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(), g, static_cast<A>(s), causal, drop);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     attn_bwd_dq_kernel<scalar_t, A><<<warp_blocks(g.b * g.h * g.lq), 32 * kWarps, 0, stream>>>(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), pad,
         dout.const_data_ptr<scalar_t>(), lse_m.const_data_ptr<A>(), delta.const_data_ptr<A>(),
-        dq.mutable_data_ptr<scalar_t>(), g, static_cast<A>(s), causal);
+        dq.mutable_data_ptr<scalar_t>(), g, static_cast<A>(s), causal, drop);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dq, dk, dv};
@@ -329,7 +360,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
     attn_fwd_kernel<scalar_t, A><<<warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream()>>>(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), nullptr,
         seqlens.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<A>(), g,
-        static_cast<A>(s), false);
+        static_cast<A>(s), false, Dropout{nullptr, 0.f, 1.f});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -8,7 +8,8 @@
 // The fp32 output accumulator lives in shared memory: WMMA does not say which accumulator
 // element belongs to which row, and the per-row rescale needs to know. Masks (top-left causal,
 // key padding, the tail of the last key tile) are applied to S before the softmax; rows that
-// see no key at all get output 0 and lse -inf, as the reference defines.
+// see no key at all get output 0 and lse -inf, as the reference defines. Dropout (Philox, the
+// mask of every backend) scales or zeroes P before the P V product; the sums l stay undropped.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,6 +17,8 @@
 #include <mma.h>
 
 #include <cstdint>
+
+#include "common/philox.h"
 
 namespace fastgen {
 namespace mma_attention {
@@ -49,6 +52,8 @@ struct Params {
   int64_t h, hkv, lq, lk;
   int64_t sqb, sqh, sqm, skb, skh, skn, svb, svh, svn;  // strides in elements, unit last stride
   float scale_log2;         // softmax scale * log2(e)
+  const int64_t* seed;      // dropout seed (device, one value), or nullptr: no dropout
+  float drop_p, drop_scale; // keep iff philox rand(seed, ((b*H + h)*Lq + i)*Lk + j) >= drop_p
   bool causal;
   bool vec16;               // every row start is 16-byte aligned: load 8 elements at a time
 };
@@ -117,6 +122,8 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_mma_kernel(Params prm) {
   const int r = lane / 2, half = lane % 2;
   const int64_t i = q0 + warp * 16 + r;  // query row
   float m = -INFINITY, l = 0.f;
+  const uint64_t seed = prm.seed == nullptr ? 0 : static_cast<uint64_t>(*prm.seed);
+  const int64_t drop_row = (bh * prm.lq + i) * prm.lk;  // philox offset of (i, key 0)
 
   const int64_t kv_end = prm.causal ? (q0 + kRows < prm.lk ? q0 + kRows : prm.lk) : prm.lk;
   for (int64_t j0 = 0; j0 < kv_end; j0 += kCols) {
@@ -162,8 +169,13 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_mma_kernel(Params prm) {
 #pragma unroll 8
     for (int c = 0; c < kCols / 2; ++c) {
       const float p = exp2f(srow[c] - base);
-      prow[c] = from_float<T>(p);
-      sum += p;
+      sum += p;  // the softmax sum before dropout
+      float kept = p;
+      if (prm.seed != nullptr) {
+        const int64_t j = j0 + half * (kCols / 2) + c;
+        kept = philox::rand(seed, static_cast<uint64_t>(drop_row + j)) >= prm.drop_p ? p * prm.drop_scale : 0.f;
+      }
+      prow[c] = from_float<T>(kept);
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     l = l * alpha + sum;

@@ -2,15 +2,17 @@
 
 - `scaled_dot_product_attention`: torch.nn.functional.scaled_dot_product_attention's signature
   and results. Fused: no mask, `is_causal`, or a boolean mask that only depends on (batch, key)
-  (a key padding mask, shape (B, 1, 1, Lk)); grouped-query attention with `enable_gqa`. Anything
-  else (other masks, dropout, ranks other than 3/4) runs torch's own SDPA, with a one-time note.
+  (a key padding mask, shape (B, 1, 1, Lk)); grouped-query attention with `enable_gqa`; dropout.
+  Anything else (other masks, ranks other than 3/4) runs torch's own SDPA, with a one-time note.
 - `MultiheadAttention`: a `torch.nn.MultiheadAttention` (same constructor, parameters,
   state-dict keys, forward signature and returns) whose forward runs the projections with
   torch and the attention with flash_attention when `need_weights=False` (as torch's own fast
   path asks), else torch's forward.
 
-One difference from torch: a query that sees no key at all (every key padded) gets output 0
-here; torch's math kernels give NaN for it.
+Differences from torch: a query that sees no key at all (every key padded) gets output 0
+here; torch's math kernels give NaN for it. Dropout draws its mask from fastgen's counter-based
+Philox (a seed taken from the default generator of the inputs' device, so `torch.manual_seed`
+makes it reproducible), not from torch's dropout stream: the same distribution, other draws.
 """
 import warnings
 
@@ -50,8 +52,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                               is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
 
-    if dropout_p > 0:
-        return fallback("dropout is not fused")
     if query.dim() not in (3, 4) or key.dim() != query.dim() or value.dim() != query.dim():
         return fallback("only (B, H, L, E) and (B, L, E) inputs are fused")
     unbatched_heads = query.dim() == 3
@@ -68,7 +68,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         kpm = _padding_from_mask(mask, q.shape[0], k.shape[2])
         if kpm is None:
             return fallback("only masks of shape (B, 1, 1, Lk) (key padding) are fused")
-    out, _ = ops.flash_attention(q, k, v, is_causal, scale, kpm)
+    out, _ = ops.flash_attention(q, k, v, is_causal, scale, kpm, dropout_p)
     return out.squeeze(1) if unbatched_heads else out
 
 
@@ -77,8 +77,9 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     Construct, load state dicts and call it exactly as torch's. With `need_weights=False` and a
     boolean (or absent) key_padding_mask, no attn_mask other than the causal one flagged by
-    `is_causal=True`, no add_bias_kv / add_zero_attn, and no dropout in training, the attention
-    is fused; every other call runs torch's forward unchanged.
+    `is_causal=True`, and no add_bias_kv / add_zero_attn, the attention is fused (attention
+    dropout in training included, with fastgen's Philox mask); every other call runs torch's
+    forward unchanged.
     """
 
     def _why_not_fused(self, query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
@@ -86,8 +87,6 @@ class MultiheadAttention(nn.MultiheadAttention):
             return "need_weights=True returns the attention matrix, which the fused kernel never forms"
         if self.bias_k is not None or self.add_zero_attn:
             return "add_bias_kv / add_zero_attn are not fused"
-        if self.training and self.dropout > 0:
-            return "attention dropout is not fused"
         if query.dim() != 3:
             return "unbatched inputs are not fused"
         if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
@@ -124,7 +123,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
         # (B, L, H, Dh) memory viewed as (B, H, L, Dh): the kernel reads the strides, no copy
         q, k, v = (t.unflatten(-1, (h, dh)).transpose(1, 2) for t in (q, k, v))
-        out, _ = ops.flash_attention(q, k, v, is_causal, None, key_padding_mask)
+        out, _ = ops.flash_attention(q, k, v, is_causal, None, key_padding_mask,
+                                     self.dropout if self.training else 0.0)
         out = self.out_proj(out.transpose(1, 2).reshape(b, lq, e))
         return (out if self.batch_first else out.transpose(0, 1)), None
 

@@ -7,11 +7,11 @@ flash-attention kernels, which are good, behind our mask/GQA/empty-row handling)
 import torch
 
 from ..kernels import attention as _triton_attention
-from . import _checks, reference
+from . import _checks, _philox, reference
 from ._registry import FusedOp
 
 
-def _check(q, k, v, causal=False, scale=None, key_padding_mask=None):
+def _check(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, seed=None):
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.float_tensor(name, t)
         if t.dim() != 4:
@@ -41,15 +41,27 @@ def _check(q, k, v, causal=False, scale=None, key_padding_mask=None):
                              f"{tuple(key_padding_mask.shape)}")
         if key_padding_mask.device != q.device:
             raise ValueError(f"fastgen: key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"fastgen: dropout_p must be in [0, 1], got {dropout_p}")
+    if dropout_p > 0:
+        if seed is None:
+            raise ValueError("fastgen: dropout_p > 0 needs a seed (an int64 tensor with one value)")
+        _checks.tensor("seed", seed)
+        if seed.dtype != torch.int64 or seed.numel() != 1:
+            raise ValueError(f"fastgen: seed must be an int64 tensor with one value, got {seed.dtype} of "
+                             f"shape {tuple(seed.shape)}")
+        if seed.device != q.device:
+            raise ValueError(f"fastgen: seed is on {seed.device} but q is on {q.device}")
 
 
-def _fake(q, k, v, causal=False, scale=None, key_padding_mask=None):
+def _fake(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, seed=None):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             q.new_empty(q.shape[:3], dtype=reference.math_dtype(q.dtype)))
 
 
-def _check_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None, key_padding_mask=None):
-    _check(q, k, v, causal, scale, key_padding_mask)
+def _check_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None, key_padding_mask=None,
+                    dropout_p=0.0, seed=None):
+    _check(q, k, v, causal, scale, key_padding_mask, dropout_p, seed)
     _checks.like("q", q, "grad_out", grad_out)
     _checks.like("q", q, "out", out)
     for name, t in (("grad_lse", grad_lse), ("lse", lse)):
@@ -58,36 +70,39 @@ def _check_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=N
             raise ValueError(f"fastgen: {name} must have shape {tuple(q.shape[:3])}, got {tuple(t.shape)}")
 
 
-def _fake_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None, key_padding_mask=None):
+def _fake_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None, key_padding_mask=None,
+                   dropout_p=0.0, seed=None):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
-_ARGS = "Tensor q, Tensor k, Tensor v, bool causal=False, float? scale=None, Tensor? key_padding_mask=None"
+_ARGS = ("Tensor q, Tensor k, Tensor v, bool causal=False, float? scale=None, Tensor? key_padding_mask=None, "
+         "float dropout_p=0.0, Tensor? seed=None")
 
 _backward_op = FusedOp(
     "flash_attention_backward",
     "Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-    "bool causal=False, float? scale=None, Tensor? key_padding_mask=None", "(Tensor, Tensor, Tensor)",
+    "bool causal=False, float? scale=None, Tensor? key_padding_mask=None, float dropout_p=0.0, Tensor? seed=None",
+    "(Tensor, Tensor, Tensor)",
     reference=reference.flash_attention_backward, fake=_fake_backward, check=_check_backward,
     triton=_triton_attention.flash_attention_backward, native=True)
 
 
 def _setup_context(ctx, inputs, keyword_only_inputs, output):
-    q, k, v, causal, scale, kpm = (tuple(inputs) + (False, None, None))[:6]
-    ctx.save_for_backward(q, k, v, output[0], output[1], kpm)
-    ctx.causal, ctx.scale = causal, scale
+    q, k, v, causal, scale, kpm, dropout_p, seed = (tuple(inputs) + (False, None, None, 0.0, None))[:8]
+    ctx.save_for_backward(q, k, v, output[0], output[1], kpm, seed)
+    ctx.causal, ctx.scale, ctx.dropout_p = causal, scale, dropout_p
     ctx.backend = keyword_only_inputs.get("backend", "auto")
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, kpm = ctx.saved_tensors
+    q, k, v, out, lse, kpm, seed = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     if grad_lse is None:
         grad_lse = torch.zeros_like(lse)
     dq, dk, dv = _backward_op(grad_out, grad_lse, q, k, v, out, lse, ctx.causal, ctx.scale, kpm,
-                              backend=ctx.backend)
-    return dq, dk, dv, None, None, None
+                              ctx.dropout_p, seed, backend=ctx.backend)
+    return dq, dk, dv, None, None, None, None, None
 
 
 _op = FusedOp(
@@ -96,7 +111,8 @@ _op = FusedOp(
     triton=_triton_attention.flash_attention, native=True, autograd=(_backward, _setup_context))
 
 
-def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, *, backend=None):
+def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, *,
+                    generator=None, seed=None, backend=None):
     """Exact attention softmax(q k^T * scale) v without materializing the Lq x Lk scores.
 
     Args:
@@ -107,6 +123,14 @@ def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, *,
         scale: score scale, default 1/sqrt(Dh).
         key_padding_mask: (B, Lk) bool, True marks a padded key (nn.MultiheadAttention's
             convention).
+        dropout_p: drop each attention probability with this chance and scale the kept ones by
+            1 / (1 - dropout_p), as SDPA's dropout. The mask is counter-based (Philox, see
+            `fastgen.ops.reference.attention_dropout_keep`): computed in the kernels, recomputed
+            in the backward, never stored, and the same on every backend for one seed.
+        generator: torch.Generator the dropout seed is drawn from (default: the default
+            generator of q's device, so torch.manual_seed makes dropout reproducible). Drawing
+            the seed is a device op: no host sync.
+        seed: instead of a generator, the seed itself (int, or int64 tensor with one value).
 
     Returns:
         (out (B, H, Lq, Dh) in q's dtype, lse (B, H, Lq) fp32: natural log-sum-exp of the scaled
@@ -114,8 +138,35 @@ def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, *,
         w.r.t. q, k, v (and through lse); the Triton backward runs as separate dK/dV and dQ
         passes without atomics, so it is deterministic.
     """
+    dropout_p = float(dropout_p)
+    seed = _dropout_seed(q, dropout_p, generator, seed)
+    if seed is None:  # the schema's defaults: the same op call as before dropout existed
+        return _op(q, k, v, bool(causal), None if scale is None else float(scale), key_padding_mask,
+                   backend=backend)
     return _op(q, k, v, bool(causal), None if scale is None else float(scale), key_padding_mask,
-               backend=backend)
+               dropout_p, seed, backend=backend)
+
+
+def _dropout_seed(q, dropout_p, generator, seed):
+    """The dropout seed as an int64 tensor with one value on q's device, or None without dropout."""
+    if generator is not None and seed is not None:
+        raise ValueError("fastgen: pass either generator or seed, not both")
+    if not dropout_p > 0:
+        return None
+    if seed is None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"fastgen: generator must be a torch.Generator, got {type(generator).__name__}")
+        seed = _philox.seed_from_generator(generator, device=None if generator is not None else q.device)
+    elif not isinstance(seed, torch.Tensor):
+        if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+            raise TypeError(f"fastgen: seed must be an int or an int64 tensor, got {type(seed).__name__}")
+        value = seed.__index__()
+        if not -(1 << 63) <= value < (1 << 64):
+            raise ValueError(f"fastgen: seed must fit in 64 bits, got {value}")
+        seed = torch.tensor(value - (1 << 64) if value >= (1 << 63) else value, dtype=torch.int64)
+    if not (seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool):
+        seed = seed.to(torch.int64)  # other integer dtypes are read as int64; the check names the rest
+    return (seed.reshape(1) if seed.numel() == 1 else seed).to(q.device)
 
 
 # -- decoding against a KV cache -------------------------------------------------------------------

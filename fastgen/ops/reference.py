@@ -156,12 +156,28 @@ def attention_valid(lq, lk, causal, key_padding_mask, device):
     return valid
 
 
-def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None):
+def attention_dropout_keep(shape, dropout_p, seed, device):
+    """Dropout mask (True = kept) of the attention probabilities, shape (B, H, Lq, Lk): element
+    (b, h, i, j) is kept iff rand(seed, ((b * H + h) * Lq + i) * Lk + j) >= dropout_p, the
+    counter-based uniform of fastgen/ops/_philox.py (Triton's tl.rand), so every backend and
+    every tiling drops the same elements."""
+    from . import _philox
+    offsets = torch.arange(math.prod(shape), dtype=torch.int64, device=device).reshape(shape)
+    return _philox.rand(seed, offsets) >= dropout_p
+
+
+def dropout_scale(dropout_p):
+    """1 / (1 - p) for the kept probabilities (0 when p = 1: everything is dropped)."""
+    return 1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0
+
+
+def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, seed=None):
     """Math attention in fp32 (fp64 for fp64): q [B, H, Lq, Dh], k and v [B, Hkv, Lk, Dh] with
     H a multiple of Hkv (grouped-query attention: query head h reads kv head h // (H / Hkv)).
     scale defaults to 1/sqrt(Dh). Returns (out [B, H, Lq, Dh] in q's dtype, lse [B, H, Lq] the
     natural log-sum-exp of the scaled, masked scores). A query with no visible key gets out 0
-    and lse -inf."""
+    and lse -inf. dropout_p > 0 drops probabilities by `attention_dropout_keep` (seed: an
+    integer tensor with one value) and scales the kept ones by 1 / (1 - dropout_p)."""
     t = math_dtype(q.dtype)
     group = q.shape[1] // k.shape[1]
     qf, kf, vf = q.to(t), k.to(t).repeat_interleave(group, 1), v.to(t).repeat_interleave(group, 1)
@@ -177,15 +193,18 @@ def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None):
     tiny = torch.finfo(t).tiny
     p = e / denom.clamp_min(tiny)
     lse = torch.where(denom > 0, m + torch.log(denom.clamp_min(tiny)), float("-inf")).squeeze(-1)
+    if dropout_p > 0:  # lse is of the probabilities before dropout, as the kernels keep it
+        keep = attention_dropout_keep(s.shape, dropout_p, seed, q.device)
+        p = p * keep * dropout_scale(dropout_p)
     return (p @ vf).to(q.dtype), lse
 
 
 def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None,
-                             key_padding_mask=None):
+                             key_padding_mask=None, dropout_p=0.0, seed=None):
     """Gradients of flash_attention w.r.t. (q, k, v), by torch autograd through the reference."""
     with torch.enable_grad():
         qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
-        o, l = flash_attention(qq, kk, vv, causal, scale, key_padding_mask)
+        o, l = flash_attention(qq, kk, vv, causal, scale, key_padding_mask, dropout_p, seed)
         grads = torch.autograd.grad((o, l), (qq, kk, vv), (grad_out, grad_lse), allow_unused=True)
         return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, (q, k, v)))
 
