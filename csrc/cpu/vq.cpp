@@ -1,7 +1,9 @@
-// CPU kernel for vq_nearest. Small D: distances computed directly with SIMD across codes.
-// Larger D: the codebook is walked in tiles; each tile's z @ e.T comes from BLAS (at::mm into a
-// reused buffer) and a SIMD epilogue adds ||e||^2 and keeps a running (min, argmin) per row.
-// Peak extra memory: one kTileN x kTileK tile (4 MiB in fp32), never N x K.
+// CPU kernel for vq_nearest. Distances are computed directly with SIMD across codes
+// (||e||^2 - 2 z.e in FMAs, a running per-lane (min, index) per row), never as an N x K matrix:
+// fp32 on AVX-512 builds at every D (cache-blocked over the codebook), other dtypes / builds at
+// D <= 32. Otherwise the codebook is walked in tiles; each tile's z @ e.T comes from BLAS
+// (at::mm into a reused buffer) and a SIMD epilogue keeps the running (min, argmin) per row.
+// Peak extra memory: the transposed codebook, or one kTileN x kTileK tile (4 MiB in fp32).
 // Ties go to the lowest index: lanes keep their first minimum (strict <), lanes are merged by
 // (value, index), tiles are visited in order and merged with strict <. NaN never wins a `<`.
 #include <ATen/ATen.h>
@@ -143,42 +145,58 @@ void nearest_direct(const T* z, const T* et, const T* enorm, int64_t n, int64_t 
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// fp32 with AVX-512: the same walk, but a code block only touches a row's (min, index) when one
-// of its lanes improved, which after the first few blocks is rare: one mask compare and a
-// predictable branch per row and block instead of a compare and two blends, so the FMAs
-// (D per row and block) are nearly all the work.
+// fp32 with AVX-512, every D: the direct walk, cache-blocked so that it also beats a BLAS GEMM
+// plus a pass over its N x K output at large D. Threads take chunks of 64 rows; a chunk walks
+// the codebook in tiles of ~128 KiB (kept in L2 while its 8 row blocks pass over it) and keeps
+// each row's per-lane (min, block) in registers within a tile, in a small buffer between
+// tiles. A row block only moves its minima where a lane improved (mask registers: one compare
+// and two masked moves per block and row, against D FMAs).
 template <int DIM>
 void nearest_direct_f32(const float* z, const float* et, const float* enorm, int64_t n, int64_t d_runtime,
                         int64_t kp, float* best, int64_t* best_idx) {
   const int64_t d = DIM > 0 ? DIM : d_runtime;
-  constexpr int64_t W = 16;
+  constexpr int64_t W = 16, kChunk = 64;
+  const int64_t tile = std::max<int64_t>(W, (int64_t(32768) / d) / W * W);  // codes per tile
   const float inf = std::numeric_limits<float>::infinity();
-  at::parallel_for(0, (n + kRows - 1) / kRows, 4, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * kRows;
-      const int rows = static_cast<int>(std::min<int64_t>(kRows, n - r0));
-      float zm2[kRows][kDirectMaxD];
-      for (int r = 0; r < kRows; ++r)  // missing rows repeat the last one; results dropped
-        for (int64_t c = 0; c < d; ++c) zm2[r][c] = -2.f * z[(r0 + std::min(r, rows - 1)) * d + c];
-      __m512 vbest[kRows];
-      __m512i vblock[kRows];  // per lane: start of the block its minimum came from
-      for (int r = 0; r < kRows; ++r) vbest[r] = _mm512_set1_ps(inf), vblock[r] = _mm512_set1_epi32(-1);
-      for (int64_t j = 0; j < kp; j += W) {
-        __m512 acc[kRows];
-        const __m512 en = _mm512_loadu_ps(enorm + j);
-        for (int r = 0; r < kRows; ++r) acc[r] = en;
-        for (int64_t c = 0; c < d; ++c) {
-          const __m512 ev = _mm512_loadu_ps(et + c * kp + j);
-          for (int r = 0; r < kRows; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(zm2[r][c]), ev, acc[r]);
-        }
-        const __m512i jv = _mm512_set1_epi32(static_cast<int>(j));
-        for (int r = 0; r < kRows; ++r) {
-          const __mmask16 better = _mm512_cmp_ps_mask(acc[r], vbest[r], _CMP_LT_OQ);
-          vbest[r] = _mm512_mask_mov_ps(vbest[r], better, acc[r]);
-          vblock[r] = _mm512_mask_mov_epi32(vblock[r], better, jv);
+  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> zm2(kChunk * d);  // -2 z of the chunk's rows
+    std::vector<__m512> vbest(kChunk);
+    std::vector<__m512i> vblock(kChunk);  // per lane: start of the block its minimum came from
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      const int64_t r0 = chunk * kChunk;
+      const int64_t rows = std::min(kChunk, n - r0);
+      for (int64_t r = 0; r < kChunk; ++r) {  // missing rows repeat the last one; results dropped
+        const float* src = z + (r0 + std::min(r, rows - 1)) * d;
+        for (int64_t c = 0; c < d; ++c) zm2[r * d + c] = -2.f * src[c];
+        vbest[r] = _mm512_set1_ps(inf);
+        vblock[r] = _mm512_set1_epi32(-1);
+      }
+      for (int64_t t0 = 0; t0 < kp; t0 += tile) {
+        const int64_t t1 = std::min(kp, t0 + tile);
+        for (int64_t rb = 0; rb < kChunk; rb += kRows) {
+          const float* zr = zm2.data() + rb * d;
+          __m512 vb[kRows];
+          __m512i vj[kRows];
+          for (int r = 0; r < kRows; ++r) vb[r] = vbest[rb + r], vj[r] = vblock[rb + r];
+          for (int64_t j = t0; j < t1; j += W) {
+            __m512 acc[kRows];
+            const __m512 en = _mm512_loadu_ps(enorm + j);
+            for (int r = 0; r < kRows; ++r) acc[r] = en;
+            for (int64_t c = 0; c < d; ++c) {
+              const __m512 ev = _mm512_loadu_ps(et + c * kp + j);
+              for (int r = 0; r < kRows; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(zr[r * d + c]), ev, acc[r]);
+            }
+            const __m512i jv = _mm512_set1_epi32(static_cast<int>(j));
+            for (int r = 0; r < kRows; ++r) {
+              const __mmask16 better = _mm512_cmp_ps_mask(acc[r], vb[r], _CMP_LT_OQ);
+              vb[r] = _mm512_mask_mov_ps(vb[r], better, acc[r]);
+              vj[r] = _mm512_mask_mov_epi32(vj[r], better, jv);
+            }
+          }
+          for (int r = 0; r < kRows; ++r) vbest[rb + r] = vb[r], vblock[rb + r] = vj[r];
         }
       }
-      for (int r = 0; r < rows; ++r) {
+      for (int64_t r = 0; r < rows; ++r) {
         alignas(64) float bv[W];
         alignas(64) int32_t bj[W];
         _mm512_store_ps(bv, vbest[r]);
@@ -225,7 +243,12 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
   check_vq_nearest(z_in, e_in, metric);
   auto [z, e] = vq_math_inputs(z_in, e_in, metric);
   const int64_t n = z.size(0), k = e.size(0);
-  if (z.size(1) <= kDirectMaxD && k < (int64_t(1) << 24)) {  // writes every row's result
+#if defined(CPU_CAPABILITY_AVX512)
+  const bool f32_direct = z.scalar_type() == at::kFloat;  // the blocked direct kernel takes every D
+#else
+  const bool f32_direct = false;
+#endif
+  if ((z.size(1) <= kDirectMaxD || f32_direct) && k < (int64_t(1) << 24)) {  // writes every row's result
     auto idx = at::empty({n}, z.options().dtype(at::kLong));
     auto best = at::empty({n}, z.options());
     if (n == 0) return {idx, best};
