@@ -362,3 +362,15 @@ def test_decode_opcheck(device_backend):
     q, kc = torch.randn(2, 2, 1, 8, device=device), torch.randn(2, 1, 10, 8, device=device)
     torch.library.opcheck(torch.ops.fastgen.decode_attention.default,
                           (q, kc, kc.clone(), torch.tensor([3, 10], device=device)), {"backend": backend})
+
+
+def test_head_dim_strided_views(device_backend):
+    """q, k, v whose head dim is not the contiguous one (sliced from one (B, H, Dh, L) projection,
+    as a conv attention block writes it): torch's CPU flash kernels misread these unless the
+    backend copies them first."""
+    device, backend = _setup(device_backend)
+    qkv = torch.randn(2, 3, 2, 8, 17, device=device).transpose(-1, -2)   # (B, 3, H, L, Dh), Dh stride L
+    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(1))
+    assert q.stride(-1) != 1
+    for causal in (False, True):
+        _compare(device, backend, torch.float32, q, k, v, causal, None)

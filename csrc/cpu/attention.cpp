@@ -30,6 +30,13 @@ void check_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                    "fastgen: q, k, v must share one dtype");
 }
 
+// torch's CPU flash kernels read the head dim as contiguous (its SDPA front end makes it so
+// before calling them); a view with another stride there (e.g. q, k, v sliced out of one
+// (B, Dh, L) projection) silently gives wrong results, so such inputs are copied first.
+at::Tensor head_dim_contiguous(const at::Tensor& t) {
+  return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous();
+}
+
 at::Tensor expand_heads(const at::Tensor& t, int64_t group) {
   return group == 1 ? t : t.repeat_interleave(group, 1);
 }
@@ -167,11 +174,12 @@ uint64_t seed_value(const c10::optional<at::Tensor>& seed) {
   return static_cast<uint64_t>(seed->item<int64_t>());
 }
 
-std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                       bool causal, c10::optional<double> scale,
+std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                       const at::Tensor& v_in, bool causal, c10::optional<double> scale,
                                                        const c10::optional<at::Tensor>& key_padding_mask,
                                                        double dropout_p, const c10::optional<at::Tensor>& seed) {
-  check_attention(q, k, v);
+  check_attention(q_in, k_in, v_in);
+  const auto q = head_dim_contiguous(q_in), k = head_dim_contiguous(k_in), v = head_dim_contiguous(v_in);
   const int64_t group = q.size(1) / k.size(1);
   const auto math = opmath_dtype(q.scalar_type());
   if (q.numel() == 0 || k.size(2) == 0) {
@@ -192,10 +200,11 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q, cons
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
+    const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
     const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
-  check_attention(q, k, v);
+  check_attention(q_in, k_in, v_in);
+  const auto q = head_dim_contiguous(q_in), k = head_dim_contiguous(k_in), v = head_dim_contiguous(v_in);
   const int64_t group = q.size(1) / k.size(1);
   if (q.numel() == 0 || k.size(2) == 0)
     return {at::zeros_like(q), at::zeros_like(k), at::zeros_like(v)};
@@ -212,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
                           .to(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   const auto go = at::where(sees, grad_out, at::zeros({}, grad_out.options())).contiguous();
   auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
-      go, q, ke, ve, out, lse_in, 0.0, causal, mask, scale);
+      go, q, ke, ve, head_dim_contiguous(out), lse_in, 0.0, causal, mask, scale);
   // d lse / d s_ij = p_ij: dQ += scale * g (P K), dK += scale * P^T (g Q), with P K the
   // attention output for values = keys and P^T (g Q) the dV of a backward with dO = g Q.
   const auto g = at::where(sees.squeeze(-1), grad_lse, at::zeros({}, grad_lse.options()));
