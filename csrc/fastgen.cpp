@@ -84,12 +84,12 @@ TORCH_LIBRARY(fastgen, m) {
         "Tensor alphas_cumprod, Tensor alphas_cumprod_prev, Tensor threshold, "
         "Tensor model_output_uncond, float guidance_scale, float eta, "
         "str prediction_type, bool clip_sample, float clip_sample_range, "
-        "bool use_clipped_model_output, Tensor? seed, int seed_offset) -> (Tensor, Tensor)");
+        "bool use_clipped_model_output, Tensor? seed=None, int seed_offset=0) -> (Tensor, Tensor)");
   m.def("ddpm_step_native(Tensor model_output, Tensor sample, Tensor noise, Tensor timestep, "
         "Tensor alphas_cumprod, Tensor alphas_cumprod_prev, Tensor threshold, "
         "Tensor model_output_uncond, float guidance_scale, str prediction_type, "
-        "str variance_type, bool clip_sample, float clip_sample_range, Tensor? seed, "
-        "int seed_offset) -> (Tensor, Tensor)");
+        "str variance_type, bool clip_sample, float clip_sample_range, Tensor? seed=None, "
+        "int seed_offset=0) -> (Tensor, Tensor)");
   m.def("flow_euler_step_native(Tensor model_output, Tensor sample, Tensor noise, Tensor step_index, "
         "Tensor sigmas, Tensor model_output_uncond, float guidance_scale) -> Tensor");
   m.def("flow_heun_step_native(Tensor model_output, Tensor model_output_next, Tensor sample, "

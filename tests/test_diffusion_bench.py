@@ -19,3 +19,27 @@ def test_diffusion_case_providers_agree(monkeypatch, op):
     assert {"eager", "diffusers", "fastgen-scheduler"} <= set(ran), rows
     for r in ran.values():
         assert r["status"] == "ok", r
+
+
+def test_ddpm_philox_case_checks_noise_by_distribution(monkeypatch):
+    """In-kernel noise vs randn + fused step vs diffusers: the same-stream provider must match the
+    reference, the others must add N(0, std^2) noise; a provider adding no noise must fail."""
+    pytest.importorskip("diffusers")
+    from fastgen.bench import cases
+
+    case = bench.CASES["ddpm_step_philox"]
+    monkeypatch.setattr(case, "quick_shapes", [(2, 4, 32, 32)])
+    monkeypatch.setattr(harness, "time_ms", lambda fn, device, **kw: 1.0)
+    rows = harness.run_case(case, device="cpu", dtype=torch.float32, quick=True, modes=harness.MODES,
+                            provider_filter={"fastgen-cpu", "randn+fused-step", "diffusers"})
+    ran = {r["provider"]: r for r in rows if r["status"] != "skipped"}
+    assert {"eager", "randn+fused-step", "diffusers"} <= set(ran), rows
+    for r in ran.values():
+        assert r["status"] == "ok", r
+    inputs = case.make_inputs((2, 4, 32, 32), torch.float32, "cpu", False)
+    expected = case.reference(**inputs)
+    noiseless = torch.ops.fastgen.ddpm_step(inputs["model_output"], inputs["sample"], torch.empty(0),
+                                            torch.tensor(cases._DIFFUSION_T), *cases._diffusion_tables("cpu")[1],
+                                            torch.empty(0), torch.empty(0))
+    with pytest.raises(AssertionError, match="differs from N"):
+        case.check(noiseless, expected, torch.float32, "no noise")

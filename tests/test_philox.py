@@ -129,3 +129,51 @@ def test_matches_triton_gpu():
         assert torch.equal(uni, _philox.rand(seed, offsets))
         # the GPU's float32 log / cos are approximations: a few ulps, absolute error tiny
         assert (nrm - _philox.randn(seed, offsets)).abs().max() <= 1e-5
+
+
+_HEADER_PROGRAM = r"""
+#include <cstdio>
+#include <cstdlib>
+#include "common/philox.h"
+// argv: seed (uint64), then offsets (uint64); prints w0 w1 w2 w3, the uniform bits, the normal bits
+int main(int argc, char** argv) {
+  const unsigned long long seed = std::strtoull(argv[1], nullptr, 10);
+  for (int i = 2; i < argc; ++i) {
+    const unsigned long long off = std::strtoull(argv[i], nullptr, 10);
+    const fastgen::philox::Words w = fastgen::philox::randint4x(seed, off);
+    const float u = fastgen::philox::rand(seed, off), z = fastgen::philox::randn(seed, off);
+    unsigned ub, zb;
+    __builtin_memcpy(&ub, &u, 4);
+    __builtin_memcpy(&zb, &z, 4);
+    std::printf("%u %u %u %u %u %u\n", w.w0, w.w1, w.w2, w.w3, ub, zb);
+  }
+  return 0;
+}
+"""
+
+
+def test_common_header_matches_reference(tmp_path):
+    """csrc/common/philox.h (what the CUDA kernels run), compiled for the host: words and uniforms
+    bit for bit, normals to the libm's last bits (glibc logf / cosf here)."""
+    import pathlib
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    csrc = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+    src, exe = tmp_path / "philox_header.cpp", tmp_path / "philox_header"
+    src.write_text(_HEADER_PROGRAM)
+    subprocess.run([cxx, "-O2", "-std=c++17", f"-I{csrc}", str(src), "-o", str(exe)], check=True)
+    offsets = _offsets()[::8]
+    for seed in SEEDS:
+        out = subprocess.run([str(exe), str(seed)] + [str(int(o)) for o in offsets], check=True,
+                             capture_output=True, text=True).stdout
+        got = torch.tensor([[int(v) for v in line.split()] for line in out.splitlines()])
+        words = torch.stack(_philox.randint4x(seed, offsets), 1)
+        assert torch.equal(got[:, :4], words)
+        uniform_bits = _philox.rand(seed, offsets).view(torch.int32).long() & _philox.MASK32
+        assert torch.equal(got[:, 4], uniform_bits)
+        normals = got[:, 5].to(torch.int32).view(torch.float32)   # int64 -> int32 keeps the low bits
+        assert (normals - _philox.randn(seed, offsets)).abs().max() <= 2e-6

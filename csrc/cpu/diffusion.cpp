@@ -18,7 +18,7 @@
 #include "cpu/vec_lanes.h"
 #include "common/checks.h"
 #include "common/diffusion.h"
-#include "common/philox.h"
+#include "cpu/philox_block.h"
 
 namespace fastgen {
 namespace {
@@ -265,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
   TORCH_CHECK_VALUE(clip_range > 0, "fastgen: clip_sample_range must be > 0");
   TORCH_CHECK_VALUE(eta >= 0, "fastgen: eta must be >= 0");
   const bool has_noise = noise_given && (ddpm || eta > 0);
-  TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise (or a seed) is required when eta > 0");
+  TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0 (or a seed for in-kernel noise)");
   const bool gen_noise = seeded && has_noise;
   const auto m = m_in.contiguous(), x = x_in.contiguous();
   const auto z = has_noise && !gen_noise ? noise_in.contiguous() : x;
@@ -303,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
           // the span's noise first (a span is at most kChunk elements), then the fused pass
           std::vector<opmath_t> buf(len);
           const uint64_t base = static_cast<uint64_t>(seed_offset + off);
-          for (int64_t j = 0; j < len; ++j) buf[j] = static_cast<opmath_t>(philox::randn(seed, base + j));
+          philox::randn_run(seed, base, len, buf.data());
           denoise_span<scalar_t, kL, true, kG, opmath_t>(pm + off, pu + off, px + off, buf.data(), pp + off,
                                                          p0 + off, len, c, bound, g);
         } else {

@@ -235,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
   }
   TORCH_CHECK_VALUE(clip_range > 0, "fastgen: clip_sample_range must be > 0");
   TORCH_CHECK_VALUE(eta >= 0, "fastgen: eta must be >= 0");
-  TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0");
+  TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0 (or a seed for in-kernel noise)");
   const bool has_noise = noise_given && (ddpm || eta > 0);
   const bool gen_noise = seeded && has_noise;
   const c10::cuda::CUDAGuard guard(x_in.device());

@@ -560,3 +560,75 @@ register_case(Case(
     grad_inputs=("z1", "z2"),
     check=_info_nce_check,
 ))
+
+
+# ddpm_step with in-kernel (Philox) noise, next to passed noise drawn by torch.randn each call:
+# what a sampling loop pays per step either way. Providers that draw other numbers than the
+# reference's Philox stream (randn + fused step, diffusers) are checked by distribution.
+_PHILOX_SEED = 0x5EED
+
+
+def _ddpm_philox_inputs(shape, dtype, device, requires_grad):
+    g = torch.Generator(device).manual_seed(0)
+    return {name: torch.randn(shape, generator=g, device=device, dtype=dtype) for name in ("model_output", "sample")}
+
+
+def _ddpm_philox_reference(model_output, sample):
+    _, (ac, acp) = _diffusion_tables(model_output.device)
+    empty = sample.new_empty(0)
+    return reference.ddpm_step(model_output, sample, empty, torch.tensor(_DIFFUSION_T), ac, acp, empty.float(), empty,
+                               1.0, "epsilon", "fixed_small", True, 1.0, torch.tensor(_PHILOX_SEED), 0)
+
+
+def _ddpm_philox_fastgen(backend, model_output, sample):
+    _, (ac, acp) = _diffusion_tables(model_output.device)
+    return fastgen.ops.ddpm_step(model_output, sample, _DIFFUSION_T, ac, acp, seed=_PHILOX_SEED, backend=backend)
+
+
+def _ddpm_randn_peer(device):
+    _, (ac, acp) = _diffusion_tables(device)
+    g = torch.Generator(device).manual_seed(0)
+
+    def step(model_output, sample):
+        noise = torch.randn(sample.shape, generator=g, device=sample.device, dtype=sample.dtype)
+        return fastgen.ops.ddpm_step(model_output, sample, _DIFFUSION_T, ac, acp, noise=noise)
+    return step
+
+
+def _ddpm_diffusers_peer(device):
+    step = _scheduler_peer("diffusers", "DDPMScheduler", {}, seeded=True)(device)
+    return step if isinstance(step, str) else (lambda model_output, sample: step(model_output, sample, None))
+
+
+def _noisy_step_check(actual, expected, dtype, what):
+    """x0 as usual; prev equal up to the noise's libm ulps, or (other noise numbers) with
+    (prev - expected) / (sqrt(2) std) of mean 0 and variance 1: the same distribution."""
+    from fastgen import testing
+
+    testing.assert_close(actual[1], expected[1], dtype=dtype, name=f"{what} pred_original_sample")
+    prev, ref = actual[0].double(), expected[0].double()
+    rtol, atol = testing.tolerance(dtype)
+    if torch.allclose(prev, ref, rtol=rtol, atol=atol + 3e-6):
+        return
+    _, (ac, acp) = _diffusion_tables(ref.device)
+    a, a_prev = float(ac[_DIFFUSION_T]), float(acp[_DIFFUSION_T])
+    std = ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
+    d = (prev - ref) / (std * 2 ** 0.5)
+    n = d.numel()
+    mean, var = float(d.mean()), float(d.var())
+    if not (abs(mean) < 5 / n ** 0.5 + 2e-3 and abs(var - 1) < 5 * (2 / n) ** 0.5 + 2e-2):
+        raise AssertionError(f"{what} prev: the noise differs from N(0, std^2) noise: mean {mean:.4f}, var {var:.4f}")
+
+
+register_case(Case(
+    op="ddpm_step_philox",
+    shapes=[(4, 4, 64, 64), (1, 4, 64, 64), (16, 4, 128, 128)],
+    quick_shapes=[(4, 4, 64, 64)],
+    make_inputs=_ddpm_philox_inputs,
+    reference=_ddpm_philox_reference,
+    fastgen=_ddpm_philox_fastgen,
+    peers={"randn+fused-step": _ddpm_randn_peer, "diffusers": _ddpm_diffusers_peer},
+    check=_noisy_step_check,
+    modes=("fwd",),
+    registry_op="ddpm_step",
+))
