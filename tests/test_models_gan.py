@@ -38,7 +38,7 @@ def test_dcgan_on_shapes_beats_untrained_and_samples_an_image_grid(tmp_path):
     trained = train.train("gan", "shapes", steps=300, out=str(tmp_path / "t"), log_every=100, **common)["eval"]
     assert trained["sliced_wasserstein"] < 0.6 * untrained["sliced_wasserstein"], (trained, untrained)
     png = tmp_path / "grid.png"
-    assert cli.main(["sample", "gan", "--ckpt", str(tmp_path / "t" / "checkpoint.pt"), "--n", "16",
+    assert cli.main(["sample", "gan", "--ckpt", str(tmp_path / "t" / "checkpoint.pt"), "-n", "16",
                      "--out", str(png)]) == 0
     samples = torch.load(str(tmp_path / "grid.pt"))
     assert samples.shape == (16, 3, 16, 16) and 0 <= samples.min() and samples.max() <= 1
