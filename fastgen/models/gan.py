@@ -106,8 +106,9 @@ def minibatch_std(h):
     alike, which no single image shows. The critic appends it twice: to the 4x4 features (as in
     ProGAN) and to the input pixels, where a batch that has collapsed to one colour scheme shows
     it directly (with the 4x4 one alone, the generator still drew every image in the same two
-    colours after 300 steps on `shapes`)."""
-    s = h.std(dim=0, unbiased=False).mean() if h.shape[0] > 1 else h.new_zeros(())
+    colours after 300 steps on `shapes`). The 1e-8 under the square root keeps the gradient
+    finite when every sample agrees on a feature (a saturated pixel): d sqrt(v) / dv at v = 0."""
+    s = (h.var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
     return torch.cat([h, s.expand(h.shape[0], 1, *h.shape[2:])], dim=1)
 
 
