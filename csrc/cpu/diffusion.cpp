@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <type_traits>
 #include <optional>
@@ -263,6 +264,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
     TORCH_CHECK_VALUE(threshold_in.dim() == 1 && threshold_in.size(0) == x_in.size(0),
                       "fastgen: threshold must have shape (", x_in.size(0), ",), got ", threshold_in.sizes());
   TORCH_CHECK_VALUE(clip_range > 0, "fastgen: clip_sample_range must be > 0");
+  TORCH_CHECK_VALUE(std::isfinite(guidance), "fastgen: guidance_scale must be finite, got ", guidance);
   TORCH_CHECK_VALUE(eta >= 0, "fastgen: eta must be >= 0");
   const bool has_noise = noise_given && (ddpm || eta > 0);
   TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0 (or a seed for in-kernel noise)");

@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include <optional>
 #include <string>
 
@@ -234,6 +236,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
                       threshold_in.device(), " but sample is on ", x_in.device());
   }
   TORCH_CHECK_VALUE(clip_range > 0, "fastgen: clip_sample_range must be > 0");
+  TORCH_CHECK_VALUE(std::isfinite(guidance), "fastgen: guidance_scale must be finite, got ", guidance);
   TORCH_CHECK_VALUE(eta >= 0, "fastgen: eta must be >= 0");
   TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0 (or a seed for in-kernel noise)");
   const bool has_noise = noise_given && (ddpm || eta > 0);

@@ -33,10 +33,14 @@ class FusedOp:
     triton:    launcher taking the op's arguments (kernels/<family>.py), or None
     native:    True if csrc/ defines `<name>_native` with CPU/CUDA kernels
     autograd:  (backward, setup_context) for torch.library.register_autograd, or None
+    native_checks: the C++ kernels validate every argument themselves, so on the cpu / cuda
+               backends the Python `check` (several microseconds per call, much of a small op's
+               time) runs only when the kernel rejects its arguments, to raise its own error
+               message. The fake (tracing) and the reference / triton backends always run it.
     """
 
     def __init__(self, name, args, returns, *, reference, fake, check, triton=None, native=False,
-                 autograd=None):
+                 autograd=None, native_checks=False):
         self.name = name
         self.qualname = f"fastgen::{name}"
         self.reference = reference
@@ -51,6 +55,8 @@ class FusedOp:
         self.defaults = [ast.literal_eval(d[-1].split("=", 1)[1]) if "=" in d[-1] else None
                          for d in decls]
         self._kernels = {}
+        self._checked = {}  # (device, backend) -> does _run call `check` first
+        self.native_checks = native_checks
         LIB.define(f"{name}({args}, *, str backend='auto') -> {returns}")
         for device, key in _DEVICE_KEYS.items():
             LIB.impl(name, functools.partial(self._run, device), key)
@@ -79,11 +85,22 @@ class FusedOp:
     def _run(self, device, *tensors, backend="auto"):
         if len(tensors) < len(self.defaults):
             tensors = tensors + tuple(self.defaults[len(tensors):])
-        self.check(*tensors)
-        kernel = self._kernels.get((device, backend))
+        key = (device, backend)
+        kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = self._kernels[(device, backend)] = self._select(device, backend)
-        return kernel(*tensors)
+            kernel = self._kernels[key] = self._select(device, backend)
+            self._checked[key] = not (self.native_checks and kernel is self._native_kernel())
+        if self._checked[key]:
+            self.check(*tensors)
+            return kernel(*tensors)
+        try:
+            return kernel(*tensors)
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            self.check(*tensors)  # the same rejection, in the Python checks' words
+            raise
+
+    def _native_kernel(self):
+        return None if self.native_qualname is None else self._implementation("cpu")
 
     def _select(self, device, backend):
         if backend != "auto":

@@ -240,7 +240,7 @@ _ddim = FusedOp(
     "str prediction_type='epsilon', bool clip_sample=False, float clip_sample_range=1.0, "
     "bool use_clipped_model_output=False, Tensor? seed=None, int seed_offset=0",
     "(Tensor, Tensor)", reference=reference.ddim_step, fake=_fake_step, check=_check_ddim,
-    triton=_triton_diffusion.ddim_step, native=True)
+    triton=_triton_diffusion.ddim_step, native=True, native_checks=True)
 
 _ddpm = FusedOp(
     "ddpm_step",
@@ -248,7 +248,7 @@ _ddpm = FusedOp(
     "str variance_type='fixed_small', bool clip_sample=True, float clip_sample_range=1.0, "
     "Tensor? seed=None, int seed_offset=0",
     "(Tensor, Tensor)", reference=reference.ddpm_step, fake=_fake_step, check=_check_ddpm,
-    triton=_triton_diffusion.ddpm_step, native=True)
+    triton=_triton_diffusion.ddpm_step, native=True, native_checks=True)
 
 
 # A step costs ~10 us of kernel on a 64x64 latent, so the per-call tensors the wrappers make
