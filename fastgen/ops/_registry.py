@@ -74,11 +74,16 @@ class FusedOp:
         REGISTRY[name] = self
 
     def __call__(self, *tensors, backend=None):
-        # The dispatcher would reject a non-tensor with a RuntimeError; say it the usual way.
-        for (name, is_tensor, optional), t in zip(self.arg_names, tensors):
-            if is_tensor and not isinstance(t, torch.Tensor) and not (optional and t is None):
-                raise TypeError(f"fastgen.{self.name}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        return self.op(*tensors, backend=_backend.resolve(backend))
+        try:
+            return self.op(*tensors, backend=_backend.resolve(backend))
+        except RuntimeError:
+            # The dispatcher rejects a non-tensor with a RuntimeError; say it the usual way
+            # (looked for only after a failure: the check costs microseconds per call).
+            for (name, is_tensor, optional), t in zip(self.arg_names, tensors):
+                if is_tensor and not isinstance(t, torch.Tensor) and not (optional and t is None):
+                    raise TypeError(f"fastgen.{self.name}: {name} must be a torch.Tensor, "
+                                    f"got {type(t).__name__}") from None
+            raise
 
     # -- dispatch ---------------------------------------------------------------------------
 
