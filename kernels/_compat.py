@@ -1,9 +1,11 @@
-"""Triton import and interpreter switches shared by every kernel file.
+"""Triton import, interpreter switches and launch helpers shared by every kernel file.
 
 Triton reads TRITON_INTERPRET when it is imported: set it before `import fastgen` (the test
 suite's conftest does) to run the kernels on CPU tensors.
 """
 import os
+
+import torch
 
 try:
     import triton
@@ -37,3 +39,28 @@ def autotune(configs, key, **kwargs):
 
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels compute in: fp64 for fp64 inputs, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# per-sample reductions: grid axis 0 = sample, axis 1 = chunk of that sample's elements
+MAX_GRID_Y = 65535      # CUDA's limit on grid axis 1
+MAX_BLOCK = 1024
+BLOCKS_PER_CHUNK = 8
+
+
+def row_tiling(x: torch.Tensor):
+    """(rows, cols, block, chunk, chunks) for a per-sample pass over x viewed as (rows, cols):
+    each program walks `chunk` elements of one row in blocks of `block`; the chunk grows for
+    huge rows so that `chunks` stays within grid axis 1."""
+    rows = x.shape[0]
+    cols = x.numel() // rows if rows else 0
+    block = min(MAX_BLOCK, next_power_of_2(max(cols, 16)))
+    chunk = block * BLOCKS_PER_CHUNK
+    if cols > chunk * MAX_GRID_Y:
+        chunk = -(-cols // (MAX_GRID_Y * block)) * block
+    chunks = max(1, -(-cols // chunk))
+    return rows, cols, block, chunk, chunks

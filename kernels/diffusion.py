@@ -9,17 +9,13 @@ handful of scalar flops next to a BLOCK of loads. Math in fp32 (fp64 for fp64 sa
 """
 import torch
 
-from ._compat import jit, tl
+from ._compat import jit, math_dtype, tl
 
 _BLOCK = 1024
 
 # codes shared with the launchers below (constexpr switches)
 PRED = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 VAR = {"fixed_small": 0, "fixed_small_log": 1, "fixed_large": 2, "fixed_large_log": 3}
-
-
-def _math_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _split_double(value):

@@ -14,8 +14,7 @@ import math
 
 import torch
 
-from ._compat import jit, next_power_of_2, tl
-from .vae import _math_dtype, _tiling
+from ._compat import jit, math_dtype, next_power_of_2, row_tiling, tl
 
 SCALE_FNS = {"exp": 0, "sigmoid": 1, "tanh_exp": 2, "atan_exp": 3}
 ATAN_CLAMP_GAIN = 0.636  # FrEIA's soft-clamp constant (the spec's value, not 2/pi)
@@ -160,14 +159,14 @@ def _coupling_bwd_kernel(gy_ptr, gl_ptr, x_ptr, t_ptr, r_ptr, dx_ptr, dr_ptr, pa
 def _params(clamp, dtype, device):
     # cached: on a GPU, building it per call would be a host-to-device copy per call
     return torch.tensor([clamp, ATAN_CLAMP_GAIN, math.pi / 2, math.pi / 4],
-                        dtype=_math_dtype(dtype), device=device)
+                        dtype=math_dtype(dtype), device=device)
 
 
 def affine_coupling(x_b, shift, raw_scale, scale_fn="exp", clamp=2.0, inverse=False):
     x_b, shift, raw_scale = x_b.contiguous(), shift.contiguous(), raw_scale.contiguous()
-    rows, cols, block, chunk, chunks = _tiling(x_b)
+    rows, cols, block, chunk, chunks = row_tiling(x_b)
     y = torch.empty_like(x_b, memory_format=torch.contiguous_format)
-    math_t = _math_dtype(x_b.dtype)
+    math_t = math_dtype(x_b.dtype)
     if rows == 0:
         return y, x_b.new_empty((0,), dtype=math_t)
     partial = x_b.new_empty((rows, chunks), dtype=math_t)
@@ -181,12 +180,12 @@ def affine_coupling(x_b, shift, raw_scale, scale_fn="exp", clamp=2.0, inverse=Fa
 def affine_coupling_backward(grad_y, grad_logdet, x_b, shift, raw_scale, scale_fn="exp", clamp=2.0,
                              inverse=False):
     grad_y, x_b, shift, raw_scale = (t.contiguous() for t in (grad_y, x_b, shift, raw_scale))
-    rows, cols, block, chunk, chunks = _tiling(x_b)
+    rows, cols, block, chunk, chunks = row_tiling(x_b)
     dx = torch.empty_like(x_b, memory_format=torch.contiguous_format)
     dr = torch.empty_like(x_b, memory_format=torch.contiguous_format)
     if rows == 0 or cols == 0:
         return dx, dr
-    math_t = _math_dtype(x_b.dtype)
+    math_t = math_dtype(x_b.dtype)
     grad_logdet = grad_logdet.to(math_t).contiguous()
     _coupling_bwd_kernel[(rows, chunks)](
         grad_y, grad_logdet, x_b, shift, raw_scale, dx, dr, _params(clamp, x_b.dtype, x_b.device),
@@ -268,7 +267,7 @@ def _actnorm_nsc(x):
 def actnorm(x, loc, log_scale, inverse=False):
     x, loc, log_scale = x.contiguous(), loc.contiguous(), log_scale.contiguous()
     n, c, s = _actnorm_nsc(x)
-    math_t = _math_dtype(x.dtype)
+    math_t = math_dtype(x.dtype)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     # the same value for every sample: a C-vector sum, no pass over x needed
     total = log_scale.to(math_t).sum() * s
@@ -298,7 +297,7 @@ def actnorm_finish(sum_g, sum_gx, grad_logdet, loc, log_scale, s, inverse):
 def actnorm_backward(grad_y, grad_logdet, x, loc, log_scale, inverse=False):
     grad_y, x, log_scale = grad_y.contiguous(), x.contiguous(), log_scale.contiguous()
     n, c, s = _actnorm_nsc(x)
-    math_t = _math_dtype(x.dtype)
+    math_t = math_dtype(x.dtype)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         sum_g = sum_gx = torch.zeros(c, dtype=math_t, device=x.device)
@@ -376,8 +375,8 @@ def nll_grad_scale(d, n_bins):
 
 def flow_nll(z, logdet, prior="gaussian", n_bins=None):
     z = z.contiguous()
-    rows, cols, block, chunk, chunks = _tiling(z)
-    math_t = _math_dtype(z.dtype)
+    rows, cols, block, chunk, chunks = row_tiling(z)
+    math_t = math_dtype(z.dtype)
     if rows == 0:
         return z.new_empty((0,), dtype=math_t)
     partial = z.new_empty((rows, chunks), dtype=math_t)
@@ -388,13 +387,13 @@ def flow_nll(z, logdet, prior="gaussian", n_bins=None):
 
 def flow_nll_backward(grad_nll, z, prior="gaussian", n_bins=None):
     z = z.contiguous()
-    rows, cols, block, chunk, chunks = _tiling(z)
+    rows, cols, block, chunk, chunks = row_tiling(z)
     dz = torch.empty_like(z, memory_format=torch.contiguous_format)
     if rows == 0 or cols == 0:
         return dz
     # the bits/dim factor folds into the per-sample gradient in the math dtype (a Python float
     # kernel argument would be fp32)
-    g = grad_nll.to(_math_dtype(z.dtype)) * nll_grad_scale(math.prod(z.shape[1:]), n_bins)
+    g = grad_nll.to(math_dtype(z.dtype)) * nll_grad_scale(math.prod(z.shape[1:]), n_bins)
     _nll_bwd_kernel[(rows, chunks)](g.contiguous(), z, dz, cols, chunk, PRIOR=PRIORS[prior],
                                     BLOCK=block)
     return dz

@@ -7,11 +7,7 @@ Math in fp32 (fp64 for fp64 inputs): the partial buffer's dtype is the math dtyp
 """
 import torch
 
-from ._compat import jit, next_power_of_2, tl
-
-_MAX_GRID_Y = 65535
-_MAX_BLOCK = 1024
-_BLOCKS_PER_CHUNK = 8
+from ._compat import jit, math_dtype, row_tiling, tl
 
 
 @jit
@@ -59,28 +55,13 @@ def _reparam_kl_bwd_kernel(gz_ptr, gkl_ptr, mu_ptr, lv_ptr, eps_ptr, dmu_ptr, dl
                  mask=mask)
 
 
-def _tiling(x: torch.Tensor):
-    rows = x.shape[0]
-    cols = x.numel() // rows if rows else 0
-    block = min(_MAX_BLOCK, next_power_of_2(max(cols, 16)))
-    chunk = block * _BLOCKS_PER_CHUNK
-    if cols > chunk * _MAX_GRID_Y:
-        chunk = -(-cols // (_MAX_GRID_Y * block)) * block
-    chunks = max(1, -(-cols // chunk))
-    return rows, cols, block, chunk, chunks
-
-
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def gaussian_reparam_kl(mu, logvar, eps):
     mu, logvar, eps = mu.contiguous(), logvar.contiguous(), eps.contiguous()
-    rows, cols, block, chunk, chunks = _tiling(mu)
+    rows, cols, block, chunk, chunks = row_tiling(mu)
     z = torch.empty_like(mu, memory_format=torch.contiguous_format)
     if rows == 0:
-        return z, mu.new_empty((0,), dtype=_math_dtype(mu.dtype))
-    partial = mu.new_empty((rows, chunks), dtype=_math_dtype(mu.dtype))
+        return z, mu.new_empty((0,), dtype=math_dtype(mu.dtype))
+    partial = mu.new_empty((rows, chunks), dtype=math_dtype(mu.dtype))
     _reparam_kl_fwd_kernel[(rows, chunks)](mu, logvar, eps, z, partial, cols, chunk, BLOCK=block)
     kl = partial.view(rows) if chunks == 1 else partial.sum(1)
     return z, kl
@@ -88,12 +69,12 @@ def gaussian_reparam_kl(mu, logvar, eps):
 
 def gaussian_reparam_kl_backward(grad_z, grad_kl, mu, logvar, eps):
     mu, logvar, eps, grad_z = mu.contiguous(), logvar.contiguous(), eps.contiguous(), grad_z.contiguous()
-    rows, cols, block, chunk, chunks = _tiling(mu)
+    rows, cols, block, chunk, chunks = row_tiling(mu)
     dmu = torch.empty_like(mu, memory_format=torch.contiguous_format)
     dlv = torch.empty_like(mu, memory_format=torch.contiguous_format)
     if rows == 0 or cols == 0:
         return dmu, dlv
-    grad_kl = grad_kl.to(_math_dtype(mu.dtype)).contiguous()
+    grad_kl = grad_kl.to(math_dtype(mu.dtype)).contiguous()
     _reparam_kl_bwd_kernel[(rows, chunks)](grad_z, grad_kl, mu, logvar, eps, dmu, dlv, cols, chunk,
                                            BLOCK=block)
     return dmu, dlv
