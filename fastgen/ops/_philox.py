@@ -140,3 +140,26 @@ def seed_from_generator(generator=None, device=None):
         device = generator.device
     seed = torch.empty((), dtype=torch.int64, device=device)
     return seed.random_(generator=generator)
+
+
+def seed_tensor(generator=None, seed=None, device=None):
+    """The seed of a kernel's random numbers as an int64 tensor, from either `generator` (a fresh
+    draw on its device, see `seed_from_generator`), or `seed` (an int, any 64-bit value, becomes
+    a 0-d host tensor holding its int64 bit pattern; a tensor is returned unchanged), or, with
+    neither, the default generator of `device` (None: there is no seed)."""
+    if generator is not None and seed is not None:
+        raise ValueError("fastgen: pass either generator or seed, not both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"fastgen: generator must be a torch.Generator, got {type(generator).__name__}")
+        return seed_from_generator(generator)
+    if seed is None:
+        return None if device is None else seed_from_generator(None, device)
+    if isinstance(seed, torch.Tensor):
+        return seed
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise TypeError(f"fastgen: seed must be an int or an int64 tensor, got {type(seed).__name__}")
+    value = seed.__index__()
+    if not -(1 << 63) <= value < (1 << 64):
+        raise ValueError(f"fastgen: seed must fit in 64 bits, got {value}")
+    return torch.tensor(value - (1 << 64) if value >= (1 << 63) else value, dtype=torch.int64)

@@ -153,17 +153,7 @@ def _dropout_seed(q, dropout_p, generator, seed):
         raise ValueError("fastgen: pass either generator or seed, not both")
     if not dropout_p > 0:
         return None
-    if seed is None:
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"fastgen: generator must be a torch.Generator, got {type(generator).__name__}")
-        seed = _philox.seed_from_generator(generator, device=None if generator is not None else q.device)
-    elif not isinstance(seed, torch.Tensor):
-        if isinstance(seed, bool) or not hasattr(seed, "__index__"):
-            raise TypeError(f"fastgen: seed must be an int or an int64 tensor, got {type(seed).__name__}")
-        value = seed.__index__()
-        if not -(1 << 63) <= value < (1 << 64):
-            raise ValueError(f"fastgen: seed must fit in 64 bits, got {value}")
-        seed = torch.tensor(value - (1 << 64) if value >= (1 << 63) else value, dtype=torch.int64)
+    seed = _philox.seed_tensor(generator, seed, device=q.device)
     if not (seed.dtype.is_floating_point or seed.dtype.is_complex or seed.dtype == torch.bool):
         seed = seed.to(torch.int64)  # other integer dtypes are read as int64; the check names the rest
     return (seed.reshape(1) if seed.numel() == 1 else seed).to(q.device)

@@ -311,25 +311,9 @@ def _step_seed(noise, generator, seed, sample):
     """The seed tensor for in-kernel noise, or None. A generator gives a fresh seed drawn on its
     own device (its state advances: consecutive steps get independent noise, and re-seeding
     the generator repeats them; no host-device sync, a CUDA generator is graph-capturable)."""
-    if generator is None and seed is None:
-        return None
-    if generator is not None and seed is not None:
-        raise ValueError("fastgen: pass either generator or seed, not both")
-    if noise is not None:
+    if (generator is not None or seed is not None) and noise is not None:
         raise ValueError("fastgen: pass either noise or a generator / seed (in-kernel noise), not both")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"fastgen: generator must be a torch.Generator, got {type(generator).__name__}")
-        return _philox.seed_from_generator(generator)
-    if isinstance(seed, torch.Tensor):
-        return seed
-    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
-        raise TypeError(f"fastgen: seed must be an int, an integer tensor or None, got {type(seed).__name__}")
-    value = seed.__index__()
-    if not -(1 << 63) <= value < (1 << 64):
-        raise ValueError(f"fastgen: seed must fit in 64 bits, got {value}")
-    # the int64 bit pattern of the 64-bit seed, as a host tensor (a kernel argument, no copy)
-    return _as_index(value - (1 << 64) if value >= (1 << 63) else value, "seed")
+    return _philox.seed_tensor(generator, seed)
 
 
 def _or_empty(noise, sample):
