@@ -439,6 +439,41 @@ def test_native_kernels_check_their_arguments():
         torch.ops.fastgen.flow_euler_step_native(x, x, e, torch.tensor(1), torch.ones(2), e, 1.0)
 
 
+def test_eager_calls_skip_the_outer_dispatch_and_keep_its_behaviour():
+    """Once ddim_step on CPU resolved to its C++ kernel, eager calls go to `ddim_step_native`
+    directly (FusedOp._direct): same numbers, same error messages; a dispatch mode (as tracing
+    uses) still sees `fastgen::ddim_step` itself."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    op = fastgen.ops.REGISTRY["ddim_step"]
+    if op.unavailable("cpu", "cpu"):
+        pytest.skip("native extension not built")
+    ac, acp = _tables("cpu")
+    x, m = torch.randn(3, 5, 7), torch.randn(3, 5, 7)
+    first = fastgen.ops.ddim_step(m, x, 17, ac, acp, backend="cpu")
+    assert ("cpu", "cpu") in op._direct
+    again = fastgen.ops.ddim_step(m, x, 17, ac, acp, backend="cpu")
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log() as log:
+        logged = fastgen.ops.ddim_step(m, x, 17, ac, acp, backend="cpu")
+    assert "fastgen.ddim_step.default" in log.ops
+    for a, b in zip(first, logged):
+        assert torch.equal(a, b)
+    with fastgen.use_backend("cpu"):
+        fastgen.ops.ddim_step(m, x, 17, ac, acp)
+        test_bad_inputs_name_the_argument()
+
+
 # -- GPU only ----------------------------------------------------------------------------------------
 
 @pytest.mark.gpu

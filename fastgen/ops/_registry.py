@@ -11,6 +11,7 @@ import functools
 import warnings
 
 import torch
+from torch.utils import _python_dispatch
 
 from .. import _backend, _ext
 from ..kernels import _compat as _triton
@@ -37,6 +38,11 @@ class FusedOp:
                backends the Python `check` (several microseconds per call, much of a small op's
                time) runs only when the kernel rejects its arguments, to raise its own error
                message. The fake (tracing) and the reference / triton backends always run it.
+               Such an op without autograd also skips its own dispatcher entry in eager calls
+               on plain tensors: once a (device, backend) has resolved to the C++ kernel,
+               `__call__` calls `<name>_native` directly (the outer op's boxed Python dispatch
+               costs ~4 us per call). Under torch.compile, tensor subclasses, dispatch or
+               torch-function modes the call goes through `torch.ops.fastgen.<name>` as usual.
     """
 
     def __init__(self, name, args, returns, *, reference, fake, check, triton=None, native=False,
@@ -57,6 +63,8 @@ class FusedOp:
         self._kernels = {}
         self._checked = {}  # (device, backend) -> does _run call `check` first
         self.native_checks = native_checks
+        self._direct = {}  # (device, backend) -> the native kernel `__call__` may call itself
+        self._may_go_direct = native_checks and autograd is None
         LIB.define(f"{name}({args}, *, str backend='auto') -> {returns}")
         for device, key in _DEVICE_KEYS.items():
             LIB.impl(name, functools.partial(self._run, device), key)
@@ -74,16 +82,31 @@ class FusedOp:
         REGISTRY[name] = self
 
     def __call__(self, *tensors, backend=None):
+        backend = _backend.resolve(backend)
+        if self._direct:
+            first = tensors[0]
+            kernel = (type(first) is torch.Tensor and self._direct.get((first.device.type, backend)))
+            if (kernel and not torch.compiler.is_compiling()
+                    and not _python_dispatch._is_in_torch_dispatch_mode
+                    and not torch._C._is_torch_function_mode_enabled()):
+                try:
+                    return kernel(*tensors)
+                except (RuntimeError, ValueError, TypeError, IndexError):
+                    self._reword(tensors)
+                    raise
         try:
-            return self.op(*tensors, backend=_backend.resolve(backend))
+            return self.op(*tensors, backend=backend)
         except RuntimeError:
-            # The dispatcher rejects a non-tensor with a RuntimeError; say it the usual way
-            # (looked for only after a failure: the check costs microseconds per call).
-            for (name, is_tensor, optional), t in zip(self.arg_names, tensors):
-                if is_tensor and not isinstance(t, torch.Tensor) and not (optional and t is None):
-                    raise TypeError(f"fastgen.{self.name}: {name} must be a torch.Tensor, "
-                                    f"got {type(t).__name__}") from None
+            self._reject_non_tensors(tensors)
             raise
+
+    def _reject_non_tensors(self, tensors):
+        """The dispatcher rejects a non-tensor with a RuntimeError; say it the usual way
+        (looked for only after a failure: the check costs microseconds per call)."""
+        for (name, is_tensor, optional), t in zip(self.arg_names, tensors):
+            if is_tensor and not isinstance(t, torch.Tensor) and not (optional and t is None):
+                raise TypeError(f"fastgen.{self.name}: {name} must be a torch.Tensor, "
+                                f"got {type(t).__name__}") from None
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -98,11 +121,21 @@ class FusedOp:
         if self._checked[key]:
             self.check(*tensors)
             return kernel(*tensors)
+        if self._may_go_direct:
+            self._direct[key] = kernel
         try:
             return kernel(*tensors)
         except (RuntimeError, ValueError, TypeError, IndexError):
             self.check(*tensors)  # the same rejection, in the Python checks' words
             raise
+
+    def _reword(self, tensors):
+        """After the C++ kernel rejected a direct call: raise the Python checks' error instead,
+        if they find one (non-tensor arguments first, as the dispatcher would)."""
+        self._reject_non_tensors(tensors)
+        if len(tensors) < len(self.defaults):
+            tensors = tensors + tuple(self.defaults[len(tensors):])
+        self.check(*tensors)
 
     def _native_kernel(self):
         return None if self.native_qualname is None else self._implementation("cpu")
