@@ -9,7 +9,8 @@ from fastgen.testing import assert_close
 from conftest import require_backend
 
 OP = "vq_nearest"
-SHAPES = [(1, 1, 1), (7, 5, 3), (100, 37, 16), (130, 300, 33), (65, 1100, 8), (3, 70, 300)]  # (N, K, D)
+SHAPES = [(1, 1, 1), (7, 5, 3), (100, 37, 16), (130, 300, 33), (65, 1100, 8), (3, 70, 300),
+          (67, 129, 64)]  # (N, K, D)
 
 
 def _setup(device_backend, dtype=torch.float32):
@@ -53,23 +54,29 @@ def test_matches_reference(device_backend, shape, dtype, metric):
     _check_nearest(z, e, metric, idx, dist)
 
 
-def test_ties_go_to_the_lowest_index(device_backend):
+# (K0, D): the CPU kernels take different paths below and above D = 32 (codes packed in panels
+# of 64 there, with specializations for D = 32, 64, 256), so copies land in other panels and
+# next to the padding codes
+@pytest.mark.parametrize("k0, d", [(40, 8), (70, 32), (45, 64), (70, 256), (33, 40)], ids=str)
+def test_ties_go_to_the_lowest_index(device_backend, k0, d):
     device, backend = _setup(device_backend)
     # small integers: every dot product is exact, so duplicated codes tie exactly
-    g = torch.Generator().manual_seed(0)
-    e = torch.randint(-3, 4, (40, 8), generator=g).float().repeat(3, 1).to(device)  # at k, k+40, k+80
-    z = torch.randint(-3, 4, (50, 8), generator=g).float().to(device)
+    g = torch.Generator().manual_seed(d)
+    e = torch.randint(-3, 4, (k0, d), generator=g).float().repeat(3, 1).to(device)  # at k, k+k0, k+2k0
+    z = torch.randint(-3, 4, (50, d), generator=g).float().to(device)
     idx, _ = fastgen.ops.vq_nearest(z, e, backend=backend)
-    assert bool((idx < 40).all())
-    idx, _ = fastgen.ops.vq_nearest(torch.zeros(3, 8, device=device), torch.zeros(300, 8, device=device),
+    assert bool((idx < k0).all())
+    assert idx.tolist() == reference.vq_nearest(z, e)[0].tolist()
+    idx, _ = fastgen.ops.vq_nearest(torch.zeros(3, d, device=device), torch.zeros(300, d, device=device),
                                     backend=backend)
     assert idx.tolist() == [0, 0, 0]
 
 
-def test_non_finite_inputs_stay_in_bounds(device_backend):
+@pytest.mark.parametrize("k, d", [(20, 4), (100, 64)], ids=str)
+def test_non_finite_inputs_stay_in_bounds(device_backend, k, d):
     device, backend = _setup(device_backend)
-    z = torch.randn(6, 4, device=device)
-    e = torch.randn(20, 4, device=device)
+    z = torch.randn(6, d, device=device)
+    e = torch.randn(k, d, device=device)
     z[1, 2] = float("nan")
     z[2, 0] = float("inf")
     e[3] = float("nan")
