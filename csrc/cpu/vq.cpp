@@ -448,40 +448,34 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
     auto best = at::empty({n}, z.options());
     if (n == 0) return {idx, best};
     const auto enorm = (e * e).sum(1).contiguous();
+    // fp32 at wider D: the codebook packed in panels and a GEMM-style register block
 #if defined(CPU_CAPABILITY_AVX512)
-    if (f32_direct && z.size(1) >= kPanelMinD && k >= kPanel) {
-      const auto [panels, en] = pack_panels(e, enorm, kPanel);
-      const auto run = [&](auto kernel) {
-        kernel(z.const_data_ptr<float>(), panels.const_data_ptr<float>(), en.const_data_ptr<float>(), n,
-               z.size(1), en.size(0), best.mutable_data_ptr<float>(), idx.mutable_data_ptr<int64_t>());
-      };
-      switch (z.size(1)) {
-        case 32: run(nearest_panel_f32<32>); break;
-        case 64: run(nearest_panel_f32<64>); break;
-        case 256: run(nearest_panel_f32<256>); break;
-        default: run(nearest_panel_f32<0>);
-      }
-      return {idx, best};
-    }
+    const int64_t panel = kPanel;
+    const bool panels_fit = z.size(1) >= kPanelMinD && k >= kPanel;
 #else
-    if (z.scalar_type() == at::kFloat && z.size(1) > kDirectMaxD) {
-      const auto [panels, en] = pack_panels(e, enorm, kPanelV * Vectorized<float>::size());
+    const int64_t panel = kPanelV * Vectorized<float>::size();
+    const bool panels_fit = z.size(1) > kDirectMaxD;
+#endif
+    if (f32_direct && panels_fit) {
+      const auto [panels, en] = pack_panels(e, enorm, panel);
       const auto run = [&](auto kernel) {
         kernel(z.const_data_ptr<float>(), panels.const_data_ptr<float>(), en.const_data_ptr<float>(), n,
                z.size(1), en.size(0), best.mutable_data_ptr<float>(), idx.mutable_data_ptr<int64_t>());
       };
+#if defined(CPU_CAPABILITY_AVX512)
+#define FASTGEN_PANEL_KERNEL nearest_panel_f32
+#else
+#define FASTGEN_PANEL_KERNEL nearest_panel_vec
+#endif
       switch (z.size(1)) {
-        case 4: run(nearest_panel_vec<4>); break;
-        case 8: run(nearest_panel_vec<8>); break;
-        case 16: run(nearest_panel_vec<16>); break;
-        case 32: run(nearest_panel_vec<32>); break;
-        case 64: run(nearest_panel_vec<64>); break;
-        case 256: run(nearest_panel_vec<256>); break;
-        default: run(nearest_panel_vec<0>);
+        case 32: run(FASTGEN_PANEL_KERNEL<32>); break;
+        case 64: run(FASTGEN_PANEL_KERNEL<64>); break;
+        case 256: run(FASTGEN_PANEL_KERNEL<256>); break;
+        default: run(FASTGEN_PANEL_KERNEL<0>);
       }
+#undef FASTGEN_PANEL_KERNEL
       return {idx, best};
     }
-#endif
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "vq_nearest_cpu_direct", [&] {
       constexpr int64_t W = Vectorized<scalar_t>::size();
       const int64_t kp = (k + W - 1) / W * W;
