@@ -56,8 +56,11 @@ def test_matches_reference(device_backend, shape, dtype, metric):
 
 # (K0, D): the CPU kernels take different paths below and above D = 32 (codes packed in panels
 # of 64 there, with specializations for D = 32, 64, 256), so copies land in other panels and
-# next to the padding codes
-@pytest.mark.parametrize("k0, d", [(40, 8), (70, 32), (45, 64), (70, 256), (33, 40)], ids=str)
+# next to the padding codes; at D <= 32 the AVX2 kernel tracks minima per block of 128 codes
+# within tiles of 128 KiB, so copies also land in later blocks (150, 12) and tiles (1500, 8),
+# (400, 32)
+@pytest.mark.parametrize("k0, d", [(40, 8), (70, 32), (45, 64), (70, 256), (33, 40), (150, 12), (1500, 8),
+                                   (400, 32)], ids=str)
 def test_ties_go_to_the_lowest_index(device_backend, k0, d):
     device, backend = _setup(device_backend)
     # small integers: every dot product is exact, so duplicated codes tie exactly
@@ -72,7 +75,7 @@ def test_ties_go_to_the_lowest_index(device_backend, k0, d):
     assert idx.tolist() == [0, 0, 0]
 
 
-@pytest.mark.parametrize("k, d", [(20, 4), (100, 64)], ids=str)
+@pytest.mark.parametrize("k, d", [(20, 4), (300, 8), (100, 64)], ids=str)
 def test_non_finite_inputs_stay_in_bounds(device_backend, k, d):
     device, backend = _setup(device_backend)
     z = torch.randn(6, d, device=device)

@@ -1,8 +1,9 @@
 // CPU kernel for vq_nearest. Distances are computed directly with SIMD across codes
 // (||e||^2 - 2 z.e in FMAs, a running per-lane (min, index) per row), never as an N x K matrix:
-// fp32 on AVX-512 builds at every D (cache-blocked over the codebook), other dtypes / builds at
-// D <= 32. Otherwise the codebook is walked in tiles; each tile's z @ e.T comes from BLAS
-// (at::mm into a reused buffer) and a SIMD epilogue keeps the running (min, argmin) per row.
+// fp32 at every D (cache-blocked over the codebook; AVX-512 and AVX2 builds have their own
+// register blocks), other dtypes at D <= 32. Otherwise the codebook is walked in tiles; each
+// tile's z @ e.T comes from BLAS (at::mm into a reused buffer) and a SIMD epilogue keeps the
+// running (min, argmin) per row.
 // Peak extra memory: the transposed codebook, or one kTileN x kTileK tile (4 MiB in fp32).
 // Ties go to the lowest index: lanes keep their first minimum (strict <), lanes are merged by
 // (value, index), tiles are visited in order and merged with strict <. NaN never wins a `<`.
@@ -11,7 +12,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
 #include <torch/library.h>
@@ -137,6 +138,127 @@ void nearest_direct(const T* z, const T* et, const T* enorm, int64_t n, int64_t 
         for (int64_t l = 0; l < W; ++l) {
           const int64_t li = static_cast<int64_t>(bi[l]);
           if (li >= 0 && (bv[l] < bestv || (bv[l] == bestv && li < besti))) bestv = bv[l], besti = li;
+        }
+        finish_row(bestv, besti, z + (r0 + r) * d, d, best + r0 + r, best_idx + r0 + r);
+      }
+    }
+  });
+}
+
+// fp32 on AVX2 builds, D <= 32. With 16 vector registers the 8 x 1 block of nearest_direct spills
+// its per-row (min, index) pairs, and their update (compare + two blends per row and vector)
+// costs a third of the FMAs at D = 8. Here the codebook comes in panels of 16 codes
+// ([D][16] contiguous, one stream) and a block of kSmallRows = 4 rows x 2 vectors (8
+// accumulators, enough to hide the FMA latency) only takes a running minimum per row over
+// kSmallBlock codes (one min per vector); per lane, the first block holding the lane's minimum
+// is kept. A row's answer lies in the first block its best lanes name (blocks are index
+// ranges, visited in order, improved on strictly), and a rescan of that block with the same
+// arithmetic stops at the lowest index with exactly the minimum distance.
+constexpr int kSmallRows = 4;
+constexpr int64_t kSmallBlock = 128;
+
+// min(a, b) where b is never NaN: a NaN a leaves b (a NaN distance never wins)
+inline Vectorized<float> min_skip_nan(const Vectorized<float>& a, const Vectorized<float>& b) {
+#if defined(CPU_CAPABILITY_AVX2)
+  return _mm256_min_ps(a, b);  // returns the second operand when either is NaN
+#else
+  return Vectorized<float>::blendv(b, a, a < b);
+#endif
+}
+
+// bit l set where lane l of a equals b
+inline int lanes_equal(const Vectorized<float>& a, float b) {
+#if defined(CPU_CAPABILITY_AVX2)
+  return _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(b), _CMP_EQ_OQ));
+#else
+  float v[Vectorized<float>::size()];
+  a.store(v);
+  int mask = 0;
+  for (int l = 0; l < Vectorized<float>::size(); ++l) mask |= (v[l] == b) << l;
+  return mask;
+#endif
+}
+
+template <int DIM>
+void nearest_small_vec(const float* z, const float* ep, const float* enorm, int64_t n, int64_t d_runtime,
+                       int64_t kp, float* best, int64_t* best_idx) {
+  using Vec = Vectorized<float>;
+  constexpr int64_t W = Vec::size(), P = 2 * W, R = kSmallRows, B = kSmallBlock, kChunk = 8 * R;
+  static_assert(B % P == 0, "blocks hold whole panels");
+  const int64_t d = DIM > 0 ? DIM : d_runtime;
+  const int64_t tile = std::max<int64_t>(B, ((int64_t(128) << 10) / (d * 4)) / B * B);  // codes per tile
+  const float inf = std::numeric_limits<float>::infinity();
+  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> zm2(kChunk * d);  // -2 z of the chunk's rows
+    std::vector<Vec> vbest(kChunk), vblock(kChunk);
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      const int64_t r0 = chunk * kChunk;
+      const int64_t rows = std::min(kChunk, n - r0);
+      for (int64_t r = 0; r < kChunk; ++r) {  // missing rows repeat the last one; results dropped
+        const float* src = z + (r0 + std::min(r, rows - 1)) * d;
+        for (int64_t c = 0; c < d; ++c) zm2[r * d + c] = -2.f * src[c];
+        vbest[r] = Vec(inf), vblock[r] = Vec(-1.f);
+      }
+      for (int64_t t0 = 0; t0 < kp; t0 += tile) {
+        const int64_t t1 = std::min(kp, t0 + tile);
+        for (int64_t rb = 0; rb < kChunk; rb += R) {
+          const float* zr = zm2.data() + rb * d;
+          for (int64_t b0 = t0; b0 < t1; b0 += B) {
+            const int64_t b1 = std::min(t1, b0 + B);
+            Vec m[R];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) m[r] = Vec(inf);
+            for (int64_t j = b0; j < b1; j += P) {
+              const float* pe = ep + j * d;  // panel j / P
+              Vec acc[R][2];
+              const Vec en0 = Vec::loadu(enorm + j), en1 = Vec::loadu(enorm + j + W);
+#pragma GCC unroll 4
+              for (int r = 0; r < R; ++r) acc[r][0] = en0, acc[r][1] = en1;
+              for (int64_t c = 0; c < d; ++c) {
+                const Vec e0 = Vec::loadu(pe + c * P), e1 = Vec::loadu(pe + c * P + W);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) {
+                  const Vec zb(zr[r * d + c]);
+                  acc[r][0] = at::vec::fmadd(zb, e0, acc[r][0]);
+                  acc[r][1] = at::vec::fmadd(zb, e1, acc[r][1]);
+                }
+              }
+#pragma GCC unroll 4
+              for (int r = 0; r < R; ++r) m[r] = min_skip_nan(acc[r][1], min_skip_nan(acc[r][0], m[r]));
+            }
+            const Vec start(static_cast<float>(b0));
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+              const Vec better = m[r] < vbest[rb + r];
+              vbest[rb + r] = Vec::blendv(vbest[rb + r], m[r], better);
+              vblock[rb + r] = Vec::blendv(vblock[rb + r], start, better);
+            }
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        float bv[W], bj[W];
+        vbest[r].store(bv);
+        vblock[r].store(bj);
+        float bestv = inf, block = -1.f;
+        for (int64_t l = 0; l < W; ++l) {
+          if (bj[l] < 0) continue;
+          if (bv[l] < bestv || (bv[l] == bestv && bj[l] < block)) bestv = bv[l], block = bj[l];
+        }
+        int64_t besti = -1;
+        if (block >= 0) {  // the first code of the block at exactly bestv
+          const float* zr = zm2.data() + r * d;
+          const int64_t j0 = static_cast<int64_t>(block), j1 = std::min(kp, j0 + B);
+          for (int64_t j = j0; j < j1; j += W) {
+            const float* pe = ep + (j / P) * P * d + j % P;
+            Vec acc = Vec::loadu(enorm + j);
+            for (int64_t c = 0; c < d; ++c) acc = at::vec::fmadd(Vec(zr[c]), Vec::loadu(pe + c * P), acc);
+            if (const int mask = lanes_equal(acc, bestv)) {
+              besti = j + __builtin_ctz(mask);
+              break;
+            }
+          }
+          TORCH_INTERNAL_ASSERT(besti >= 0, "nearest_small_vec: rescan lost the minimum");
         }
         finish_row(bestv, besti, z + (r0 + r) * d, d, best + r0 + r, best_idx + r0 + r);
       }
@@ -448,13 +570,14 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
     auto best = at::empty({n}, z.options());
     if (n == 0) return {idx, best};
     const auto enorm = (e * e).sum(1).contiguous();
-    // fp32 at wider D: the codebook packed in panels and a GEMM-style register block
+    // fp32: the codebook packed in panels and a GEMM-style register block (AVX-512 at D >= 32;
+    // other builds at every D, with a lighter per-row minimum at D <= 32)
 #if defined(CPU_CAPABILITY_AVX512)
     const int64_t panel = kPanel;
     const bool panels_fit = z.size(1) >= kPanelMinD && k >= kPanel;
 #else
-    const int64_t panel = kPanelV * Vectorized<float>::size();
-    const bool panels_fit = z.size(1) > kDirectMaxD;
+    const int64_t panel = 2 * Vectorized<float>::size();
+    const bool panels_fit = true;
 #endif
     if (f32_direct && panels_fit) {
       const auto [panels, en] = pack_panels(e, enorm, panel);
@@ -463,17 +586,24 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
                z.size(1), en.size(0), best.mutable_data_ptr<float>(), idx.mutable_data_ptr<int64_t>());
       };
 #if defined(CPU_CAPABILITY_AVX512)
-#define FASTGEN_PANEL_KERNEL nearest_panel_f32
-#else
-#define FASTGEN_PANEL_KERNEL nearest_panel_vec
-#endif
       switch (z.size(1)) {
-        case 32: run(FASTGEN_PANEL_KERNEL<32>); break;
-        case 64: run(FASTGEN_PANEL_KERNEL<64>); break;
-        case 256: run(FASTGEN_PANEL_KERNEL<256>); break;
-        default: run(FASTGEN_PANEL_KERNEL<0>);
+        case 32: run(nearest_panel_f32<32>); break;
+        case 64: run(nearest_panel_f32<64>); break;
+        case 256: run(nearest_panel_f32<256>); break;
+        default: run(nearest_panel_f32<0>);
       }
-#undef FASTGEN_PANEL_KERNEL
+#else
+      static_assert(kPanelV == 2, "nearest_small_vec and nearest_panel_vec share the panel width");
+      switch (z.size(1)) {
+        case 4: run(nearest_small_vec<4>); break;
+        case 8: run(nearest_small_vec<8>); break;
+        case 16: run(nearest_small_vec<16>); break;
+        case 32: run(nearest_small_vec<32>); break;
+        case 64: run(nearest_panel_vec<64>); break;
+        case 256: run(nearest_panel_vec<256>); break;
+        default: z.size(1) <= kDirectMaxD ? run(nearest_small_vec<0>) : run(nearest_panel_vec<0>);
+      }
+#endif
       return {idx, best};
     }
     AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "vq_nearest_cpu_direct", [&] {
