@@ -16,7 +16,7 @@ fi
 echo "== installing torch and tools"
 # torch 2.14.1 is the CUDA 13.0 build (it also runs on CPU-only machines).
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==${FASTGEN_TORCH_VERSION:-2.14.1}" \
-  numpy tqdm matplotlib pytest ninja "setuptools>=64" wheel faiss-cpu "diffusers==0.42.1"
+  numpy tqdm matplotlib pytest pytest-xdist ninja "setuptools>=64" wheel faiss-cpu "diffusers==0.42.1"
 
 # The CUDA toolkit's own folder: the one whose lib64 holds libcudart. The nvcc on PATH may be a
 # wrapper script elsewhere, and torch's guess from it fails at link time.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the test suite. Without a GPU, Triton kernels run under the
 # interpreter and the C++/CPU kernels natively; the CUDA kernels are compiled and linked.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k vae -x`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k vae -x`. The tests run in
+# FASTGEN_TEST_WORKERS pytest-xdist processes (default 2: most of the suite is single-threaded
+# Triton-interpreter work; 1 runs them in this process).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$FASTGEN_ROOT"
@@ -9,4 +11,6 @@ export TRITON_INTERPRET="${TRITON_INTERPRET:-$(.venv/bin/python -c 'import torch
 # A backend that should be live but is not fails the run instead of skipping.
 export FASTGEN_TEST_REQUIRE="${FASTGEN_TEST_REQUIRE:-cpu,triton}"
 export FASTGEN_TEST_REQUIRE_CUDA_BUILD="${FASTGEN_TEST_REQUIRE_CUDA_BUILD:-$FASTGEN_FORCE_CUDA}"
+WORKERS="${FASTGEN_TEST_WORKERS:-2}"
+if [ "$WORKERS" -gt 1 ]; then set -- -n "$WORKERS" "$@"; fi
 exec .venv/bin/python -m pytest -q "$@"

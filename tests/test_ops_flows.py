@@ -117,7 +117,8 @@ def test_coupling_gradcheck_fp64(device_backend, scale_fn):
         def f(x, t, r):
             return fastgen.ops.affine_coupling(x, t, r, scale_fn, 1.5, inverse, backend=backend)
 
-        assert torch.autograd.gradcheck(f, inputs)
+        # the interpreter runs a kernel launch per evaluation: fast mode checks random projections
+        assert torch.autograd.gradcheck(f, inputs, fast_mode=backend == "triton" and device == "cpu")
 
 
 @pytest.mark.parametrize("scale_fn", SCALE_FNS)

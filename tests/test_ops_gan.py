@@ -97,9 +97,12 @@ def test_bias_act_gradcheck_fp64(device_backend, act):
     def f(x, b):
         return fastgen.ops.bias_act(x, b, act, 0.2, 1.3, backend=backend)
 
-    assert torch.autograd.gradcheck(f, (x, b))
+    # under the Triton interpreter every evaluation is a slow kernel launch: fast mode checks
+    # random projections of the Jacobian instead of every column
+    fast = backend == "triton" and device == "cpu"
+    assert torch.autograd.gradcheck(f, (x, b), fast_mode=fast)
     # second order: the backward op's own autograd (zero curvature for relu / leaky_relu)
-    assert torch.autograd.gradgradcheck(f, (x, b))
+    assert torch.autograd.gradgradcheck(f, (x, b), fast_mode=fast)
 
 
 @pytest.mark.parametrize("act", ["leaky_relu", "relu"])
@@ -326,7 +329,7 @@ def test_group_norm_silu_gradcheck_fp64(device_backend, affine):
         x, w, b = ts if affine else (ts[0], None, None)
         return fastgen.ops.group_norm_silu(x, w, b, 2, backend=backend)
 
-    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=backend == "triton" and device == "cpu")  # see bias_act's
 
 
 def test_group_norm_silu_statistics(device_backend):
