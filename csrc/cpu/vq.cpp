@@ -145,6 +145,15 @@ void nearest_direct(const T* z, const T* et, const T* enorm, int64_t n, int64_t 
   });
 }
 
+// -2 z of rows [r0, r0 + count) into zm2 ([count][d]); rows past n repeat the last one (their
+// results are dropped), so register blocks never need a partial-row path
+inline void load_chunk_rows(const float* z, int64_t r0, int64_t rows, int64_t count, int64_t d, float* zm2) {
+  for (int64_t r = 0; r < count; ++r) {
+    const float* src = z + (r0 + std::min(r, rows - 1)) * d;
+    for (int64_t c = 0; c < d; ++c) zm2[r * d + c] = -2.f * src[c];
+  }
+}
+
 // fp32 on AVX2 builds, D <= 32. With 16 vector registers the 8 x 1 block of nearest_direct spills
 // its per-row (min, index) pairs, and their update (compare + two blends per row and vector)
 // costs a third of the FMAs at D = 8. Here the codebook comes in panels of 16 codes
@@ -194,9 +203,8 @@ void nearest_small_vec(const float* z, const float* ep, const float* enorm, int6
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t r0 = chunk * kChunk;
       const int64_t rows = std::min(kChunk, n - r0);
-      for (int64_t r = 0; r < kChunk; ++r) {  // missing rows repeat the last one; results dropped
-        const float* src = z + (r0 + std::min(r, rows - 1)) * d;
-        for (int64_t c = 0; c < d; ++c) zm2[r * d + c] = -2.f * src[c];
+      load_chunk_rows(z, r0, rows, kChunk, d, zm2.data());
+      for (int64_t r = 0; r < kChunk; ++r) {
         vbest[r] = Vec(inf), vblock[r] = Vec(-1.f);
       }
       for (int64_t t0 = 0; t0 < kp; t0 += tile) {
@@ -306,9 +314,8 @@ void nearest_panel_vec(const float* z, const float* ep, const float* enorm, int6
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t r0 = chunk * kChunk;
       const int64_t rows = std::min(kChunk, n - r0);
-      for (int64_t r = 0; r < kChunk; ++r) {  // missing rows repeat the last one; results dropped
-        const float* src = z + (r0 + std::min(r, rows - 1)) * d;
-        for (int64_t c = 0; c < d; ++c) zm2[r * d + c] = -2.f * src[c];
+      load_chunk_rows(z, r0, rows, kChunk, d, zm2.data());
+      for (int64_t r = 0; r < kChunk; ++r) {
         for (int64_t v = 0; v < V; ++v) vbest[r * V + v] = Vec(inf), vblock[r * V + v] = Vec(-1.f);
       }
       for (int64_t t0 = 0; t0 < panels; t0 += tile) {
@@ -391,9 +398,8 @@ void nearest_direct_f32(const float* z, const float* et, const float* enorm, int
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t r0 = chunk * kChunk;
       const int64_t rows = std::min(kChunk, n - r0);
-      for (int64_t r = 0; r < kChunk; ++r) {  // missing rows repeat the last one; results dropped
-        const float* src = z + (r0 + std::min(r, rows - 1)) * d;
-        for (int64_t c = 0; c < d; ++c) zm2[r * d + c] = -2.f * src[c];
+      load_chunk_rows(z, r0, rows, kChunk, d, zm2.data());
+      for (int64_t r = 0; r < kChunk; ++r) {
         vbest[r] = _mm512_set1_ps(inf);
         vblock[r] = _mm512_set1_epi32(-1);
       }
@@ -466,9 +472,8 @@ void nearest_panel_f32(const float* z, const float* ep, const float* enorm, int6
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t r0 = chunk * kChunk;
       const int64_t rows = std::min(kChunk, n - r0);
-      for (int64_t r = 0; r < kChunk; ++r) {  // missing rows repeat the last one; results dropped
-        const float* src = z + (r0 + std::min(r, rows - 1)) * d;
-        for (int64_t c = 0; c < d; ++c) zm2[r * d + c] = -2.f * src[c];
+      load_chunk_rows(z, r0, rows, kChunk, d, zm2.data());
+      for (int64_t r = 0; r < kChunk; ++r) {
         for (int64_t v = 0; v < V; ++v) {
           vbest[r * V + v] = _mm512_set1_ps(inf);
           vblock[r * V + v] = _mm512_set1_epi32(-1);
