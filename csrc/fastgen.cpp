@@ -71,6 +71,13 @@ TORCH_LIBRARY(fastgen, m) {
   m.def("actnorm_native(Tensor x, Tensor loc, Tensor log_scale, bool inverse) -> (Tensor, Tensor)");
   m.def("actnorm_backward_native(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor loc, "
         "Tensor log_scale, bool inverse) -> (Tensor, Tensor, Tensor)");
+  // invertible_conv1x1: y[n] = W @ x[n] (inverse: W^-1 @ x[n]) per position of x (N, C, *spatial),
+  // W = perm @ (strictly-lower(lower) + I) @ (strictly-upper(upper) + diag(sign * exp(log_s))),
+  // logdet[b] = +-S * sum(log_s); backward -> (dx, dlower, dupper, dlog_s) (csrc/common/invconv_host.h)
+  m.def("invertible_conv1x1_native(Tensor x, Tensor perm, Tensor lower, Tensor upper, Tensor sign, "
+        "Tensor log_s, bool inverse) -> (Tensor, Tensor)");
+  m.def("invertible_conv1x1_backward_native(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor perm, "
+        "Tensor lower, Tensor upper, Tensor sign, Tensor log_s, bool inverse) -> (Tensor, Tensor, Tensor, Tensor)");
   // flow_nll: per-sample -(log p(z) + logdet), prior 'gaussian' or 'logistic'; bits/dim with n_bins
   m.def("flow_nll_native(Tensor z, Tensor logdet, str prior, int? n_bins) -> Tensor");
   m.def("flow_nll_backward_native(Tensor grad_nll, Tensor z, str prior, int? n_bins) -> Tensor");

@@ -1,4 +1,5 @@
-"""Triton kernels for normalizing flows: affine_coupling (forward and backward).
+"""Triton kernels for normalizing flows: affine_coupling, actnorm, invertible_conv1x1 and
+flow_nll (forward and backward).
 
 The coupling's per-sample logdet uses the reduction layout of kernels/vae.py: grid axis 0 =
 sample, axis 1 = chunk of its elements, one partial per program, partials summed per sample in
@@ -309,6 +310,85 @@ def actnorm_backward(grad_y, grad_logdet, x, loc, log_scale, inverse=False):
                                   INVERSE=bool(inverse), FP64=math_t == torch.float64, **blocks)
         sum_g, sum_gx = parts_g.sum(0), parts_gx.sum(0)
     return (dx,) + actnorm_finish(sum_g, sum_gx, grad_logdet, loc, log_scale, s, inverse)
+
+
+# -- invertible 1x1 convolution --------------------------------------------------------------------
+# y[n] = M @ x[n] over (N, C, S): one program per (sample, block of output channels, block of
+# positions), the input channels in blocks of BK through tl.dot (fp32 math, "ieee" precision so
+# fp32 stays fp32; fp64 math as broadcast FMAs, which tl.dot does not take everywhere). The
+# C x C weight build, its inverse and the chain of d M back to the LU factors are torch ops on
+# C x C matrices; the weight gradient sum_n G[n] X[n]^T is torch.tensordot.
+
+@jit
+def _invconv_kernel(m_ptr, x_ptr, y_ptr, C, S, FP64: tl.constexpr, BO: tl.constexpr, BS: tl.constexpr,
+                    BK: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    o = tl.program_id(1) * BO + tl.arange(0, BO)
+    s = tl.program_id(2).to(tl.int64) * BS + tl.arange(0, BS).to(tl.int64)
+    base = n * C * S
+    if FP64:
+        acc = tl.zeros((BO, BS), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BO, BS), dtype=tl.float32)
+    for k0 in range(0, C, BK):
+        k = k0 + tl.arange(0, BK)
+        m = tl.load(m_ptr + o[:, None] * C + k[None, :], mask=(o[:, None] < C) & (k[None, :] < C), other=0.0)
+        x = _to_math(tl.load(x_ptr + base + k[:, None].to(tl.int64) * S + s[None, :],
+                             mask=(k[:, None] < C) & (s[None, :] < S), other=0.0), FP64)
+        if FP64:
+            acc += tl.sum(m[:, :, None] * x[None, :, :], axis=1)
+        else:
+            acc += tl.dot(m, x, input_precision="ieee")
+    tl.store(y_ptr + base + o[:, None].to(tl.int64) * S + s[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(o[:, None] < C) & (s[None, :] < S))
+
+
+def _invconv_apply(m, x):
+    """M @ x[n] at every position of x (N, C, *spatial), M (C, C) in the math dtype."""
+    x = x.contiguous()
+    n, c, s = _actnorm_nsc(x)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if x.numel():
+        fp64 = m.dtype == torch.float64
+        bo = max(16, min(next_power_of_2(c), 64))
+        bk = max(16, min(next_power_of_2(c), 8 if fp64 else 32))
+        bs = max(16, min(next_power_of_2(s), 64))
+        grid = (n, -(-c // bo), -(-s // bs))
+        _invconv_kernel[grid](m.contiguous(), x, y, c, s, FP64=fp64, BO=bo, BS=bs, BK=bk)
+    return y
+
+
+def _invconv_parts(perm, lower, upper, sign, log_s, math_t, inverse):
+    p, lo, up, sg, ls = (v.to(math_t) for v in (perm, lower, upper, sign, log_s))
+    lo = torch.tril(lo, -1) + torch.eye(lo.shape[0], dtype=math_t, device=lo.device)
+    scale = sg * torch.exp(ls)
+    up = torch.triu(up, 1) + torch.diag(scale)
+    w = p @ lo @ up
+    return p, lo, up, scale, (torch.linalg.inv(w) if inverse else w)
+
+
+def invertible_conv1x1(x, perm, lower, upper, sign, log_s, inverse=False):
+    math_t = math_dtype(x.dtype)
+    *_, m = _invconv_parts(perm, lower, upper, sign, log_s, math_t, inverse)
+    n, _, s = _actnorm_nsc(x)
+    total = log_s.to(math_t).sum() * s
+    return _invconv_apply(m, x), (-total if inverse else total).expand(n).contiguous()
+
+
+def invertible_conv1x1_backward(grad_y, grad_logdet, x, perm, lower, upper, sign, log_s, inverse=False):
+    math_t = math_dtype(x.dtype)
+    p, lo, up, scale, m = _invconv_parts(perm, lower, upper, sign, log_s, math_t, inverse)
+    n, c, s = _actnorm_nsc(x)
+    d_x = _invconv_apply(m.t(), grad_y)
+    d_m = torch.tensordot(grad_y.to(math_t).reshape(n, c, s), x.to(math_t).reshape(n, c, s),
+                          dims=([0, 2], [0, 2]))
+    d_w = -m.t() @ d_m @ m.t() if inverse else d_m
+    a = p.t() @ d_w
+    d_up = lo.t() @ a
+    gl_total = grad_logdet.to(math_t).sum() * s
+    d_ls = torch.diagonal(d_up) * scale + (-gl_total if inverse else gl_total)
+    pt = log_s.dtype
+    return d_x, torch.tril(a @ up.t(), -1).to(pt), torch.triu(d_up, 1).to(pt), d_ls.to(pt)
 
 
 # -- flow NLL -------------------------------------------------------------------------------------

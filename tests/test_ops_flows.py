@@ -531,6 +531,267 @@ def test_actnorm_bad_inputs_name_the_argument():
             torch.ops.fastgen.actnorm_native(torch.zeros(3), c, c, False)
 
 
+# -- invertible 1x1 convolution ------------------------------------------------------------------
+
+INVCONV = "invertible_conv1x1"
+# C = 1, odd C, C past the CPU kernel's 64-channel loops (BLAS path), (N, C) input, and spatial
+# sizes that are not a multiple of the CPU kernel's 256-position blocks or the Triton tiles
+INVCONV_SHAPES = [(3, 5, 4, 3), (2, 1, 3, 3), (5, 7), (2, 33, 17, 17), (2, 70, 3, 5), (1, 12, 1, 300)]
+
+
+def _lu_params(c, dtype, device, seed, requires_grad=False):
+    """(perm, lower, upper, sign, log_s) near the LU factors of a random rotation (as
+    InvConv2dLU starts), perturbed so every entry matters and W stays well conditioned."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(c, c, generator=g, dtype=torch.float64))
+    p, lo, up = torch.linalg.lu(q)
+    d = torch.diagonal(up)
+    noise = lambda *shape: 0.1 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    params = (p, lo + noise(c, c), up + noise(c, c), torch.sign(d), torch.log(d.abs()) + noise(c))
+    out = [v.to(device=device, dtype=dtype) for v in params]
+    for i in (1, 2, 4):
+        out[i].requires_grad_(requires_grad)
+    return out
+
+
+def _invconv_inputs(shape, dtype, device, requires_grad=False, param_dtype=None):
+    x = _randn(shape, dtype, device, 0, requires_grad=requires_grad)
+    pdt = param_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+    return [x] + _lu_params(shape[1], pdt, device, 1, requires_grad)
+
+
+def _invconv_leaves(inputs):
+    return [inputs[i] for i in (0, 2, 3, 5)]
+
+
+def _check_invconv_case(shape, dtype, device, backend, inverse):
+    inputs = _invconv_inputs(shape, dtype, device, requires_grad=True)
+    y, logdet = fastgen.ops.invertible_conv1x1(*inputs, inverse, backend=backend)
+    y_ref, logdet_ref = reference.invertible_conv1x1(*inputs, inverse)
+    assert y.dtype == dtype and y.shape == tuple(shape) and y.is_contiguous()
+    assert logdet.dtype == reference.math_dtype(dtype) and logdet.shape == (shape[0],)
+    c = shape[1]
+    assert_close(y, y_ref, dtype=dtype, backend=backend, name="y", atol=_sum_atol(dtype, c))
+    assert_close(logdet, logdet_ref, backend=backend, name="logdet", atol=1e-4 * math.prod(shape[2:]))
+    gy = _randn(shape, dtype, device, 10)
+    gl = _randn((shape[0],), logdet.dtype, device, 11)
+    leaves = _invconv_leaves(inputs)
+    grads = torch.autograd.grad((y, logdet), leaves, (gy, gl))
+    grads_ref = torch.autograd.grad((y_ref, logdet_ref), leaves, (gy, gl))
+    per_entry = math.prod(shape) // c  # terms in each entry of the weight gradient
+    for name, a, e in zip(("d_x", "d_lower", "d_upper", "d_log_s"), grads, grads_ref):
+        scale = max(1.0, float(e.abs().max()))
+        atol = _sum_atol(dtype, c) if name == "d_x" else _sum_atol(dtype, per_entry * c) * scale
+        assert_close(a, e, dtype=dtype, backend=backend, name=name, atol=atol)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", INVCONV_SHAPES, ids=str)
+def test_invconv_matches_reference(device_backend, shape, dtype, inverse):
+    device, backend = _setup(INVCONV, device_backend, dtype)
+    _check_invconv_case(shape, dtype, device, backend, inverse)
+
+
+def test_reference_invconv_backward_matches_autograd():
+    for shape in ((4, 3, 5, 2), (7, 6)):
+        for inverse in (False, True):
+            inputs = _invconv_inputs(shape, torch.float64, "cpu", requires_grad=True)
+            y, logdet = reference.invertible_conv1x1(*inputs, inverse)
+            gy, gl = torch.randn_like(y), torch.randn_like(logdet)
+            expected = torch.autograd.grad((y, logdet), _invconv_leaves(inputs), (gy, gl))
+            actual = reference.invertible_conv1x1_backward(gy, gl, *(v.detach() for v in inputs), inverse)
+            for a, e in zip(actual, expected):
+                assert_close(a, e, name=f"{shape} inverse={inverse}")
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 3, 2), (4, 3)], ids=str)
+def test_invconv_gradcheck_fp64(device_backend, shape):
+    device, backend = _setup(INVCONV, device_backend)
+    for inverse in (False, True):
+        x, perm, lower, upper, sign, log_s = _invconv_inputs(shape, torch.float64, device, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda x, lo, up, ls: fastgen.ops.invertible_conv1x1(x, perm, lo, up, sign, ls, inverse,
+                                                                 backend=backend),
+            (x, lower, upper, log_s))
+
+
+def test_invconv_inverse_and_jacobian(device_backend):
+    """inverse(forward(x)) = x, the logdets cancel, and logdet = log|det| of the Jacobian."""
+    device, backend = _setup(INVCONV, device_backend)
+    x, *params = _invconv_inputs((2, 3, 2, 1), torch.float64, device)
+    y, ld = fastgen.ops.invertible_conv1x1(x, *params, backend=backend)
+    x2, ld_inv = fastgen.ops.invertible_conv1x1(y, *params, True, backend=backend)
+    assert_close(x2, x, name="inverse(forward(x))")
+    assert_close(ld + ld_inv, torch.zeros_like(ld), name="logdet sum")
+    for inverse in (False, True):
+        jac = torch.autograd.functional.jacobian(
+            lambda v: fastgen.ops.invertible_conv1x1(v.unsqueeze(0), *params, inverse, backend=backend)[0]
+            .reshape(-1), x[0])
+        _, logabsdet = torch.linalg.slogdet(jac.reshape(6, 6))
+        _, ld = fastgen.ops.invertible_conv1x1(x, *params, inverse, backend=backend)
+        assert_close(ld[0], logabsdet, name=f"logdet inverse={inverse}")
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (0, 5), (2, 3, 0, 4)], ids=str)
+def test_invconv_empty(device_backend, shape):
+    device, backend = _setup(INVCONV, device_backend)
+    inputs = _invconv_inputs(shape, torch.float32, device, requires_grad=True)
+    y, logdet = fastgen.ops.invertible_conv1x1(*inputs, backend=backend)
+    _, logdet_ref = reference.invertible_conv1x1(*inputs)
+    assert y.shape == shape and logdet.shape == (shape[0],)
+    assert_close(logdet, logdet_ref, backend=backend, name="logdet")
+    (y.sum() + logdet.sum()).backward()
+    x, _, lower, upper, _, log_s = inputs
+    assert x.grad.shape == shape and lower.grad.shape == upper.grad.shape == (shape[1], shape[1])
+    assert_close(log_s.grad, torch.full_like(log_s, float(shape[0] * math.prod(shape[2:]))),
+                 name="d log_s of an empty batch: only the logdet term")
+
+
+def test_invconv_non_contiguous_and_mixed_dtypes(device_backend):
+    """Strided x; bf16 x with fp32 parameters (as a module under autocast-free mixed precision)."""
+    device, backend = _setup(INVCONV, device_backend)
+    base = _randn((2, 6, 5, 4), torch.float32, device, 0)
+    x = base.permute(0, 3, 2, 1)[:, ::2]  # channels-last-like strides, every other channel
+    assert not x.is_contiguous()
+    params = _lu_params(x.shape[1], torch.float32, device, 3, requires_grad=True)
+    for inverse in (False, True):
+        leaves = [x.detach().requires_grad_()] + [p.detach().requires_grad_(p.requires_grad) for p in params]
+        y, ld = fastgen.ops.invertible_conv1x1(*leaves, inverse, backend=backend)
+        ref = [v.detach().contiguous().requires_grad_(v.requires_grad) for v in leaves]
+        y_ref, ld_ref = reference.invertible_conv1x1(*ref, inverse)
+        assert_close(y, y_ref, backend=backend, name="y", atol=1e-5)
+        assert_close(ld, ld_ref, backend=backend, name="logdet")
+        gy = torch.randn(y.shape, device=device).transpose(2, 3).contiguous().transpose(2, 3)
+        torch.autograd.backward((y, ld), (gy, torch.ones_like(ld)))
+        torch.autograd.backward((y_ref, ld_ref), (gy, torch.ones_like(ld_ref)))
+        for a, e in zip(_invconv_leaves(leaves), _invconv_leaves(ref)):
+            assert_close(a.grad, e.grad, backend=backend, name="grad", atol=1e-4)
+    if not (backend == "triton" and device == "cpu" and _interpreter_bf16_broken()):
+        xb = _randn((3, 4, 5, 2), torch.bfloat16, device, 5)
+        params = _lu_params(4, torch.float32, device, 4)
+        y, ld = fastgen.ops.invertible_conv1x1(xb, *params, backend=backend)
+        y_ref, ld_ref = reference.invertible_conv1x1(xb, *params)
+        assert y.dtype == torch.bfloat16 and ld.dtype == torch.float32
+        assert_close(y, y_ref, dtype=torch.bfloat16, backend=backend, name="bf16 y")
+        assert_close(ld, ld_ref, backend=backend, name="bf16 logdet")
+
+
+def test_invconv_weight_grad_does_not_depend_on_thread_count():
+    if fastgen.ops.REGISTRY[INVCONV].unavailable("cpu", "cpu"):
+        pytest.skip("native extension not built")
+    inputs = _invconv_inputs((37, 12, 9, 30), torch.float32, "cpu")
+    gy, gl = torch.randn(37, 12, 9, 30), torch.randn(37)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results.append(torch.ops.fastgen.invertible_conv1x1_backward_native(gy, gl, *inputs, False))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_invconv_perm_and_sign_take_no_gradient():
+    x, perm, lower, upper, sign, log_s = _invconv_inputs((2, 3, 2, 2), torch.float32, "cpu")
+    perm.requires_grad_()
+    y, ld = fastgen.ops.invertible_conv1x1(x, perm, lower.requires_grad_(), upper, sign, log_s)
+    with pytest.raises(RuntimeError, match="perm and sign are constants"):
+        (y.sum() + ld.sum()).backward()
+
+
+def test_invconv_opcheck(device_backend):
+    device, backend = _setup(INVCONV, device_backend)
+    for shape in ((3, 4, 2, 3), (5, 3)):
+        inputs = _invconv_inputs(shape, torch.float32, device, requires_grad=True)
+        for inverse in (False, True):
+            torch.library.opcheck(torch.ops.fastgen.invertible_conv1x1.default, (*inputs, inverse),
+                                  {"backend": backend})
+            gy, gl = torch.randn_like(inputs[0]), torch.randn(shape[0], device=device)
+            torch.library.opcheck(torch.ops.fastgen.invertible_conv1x1_backward.default,
+                                  (gy, gl, *(v.detach() for v in inputs), inverse), {"backend": backend})
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
+def test_invconv_torch_compile_fullgraph(backend):
+    device, backend = _compile_device_backend(INVCONV, backend)
+    _, perm, _, _, sign, _ = _invconv_inputs((4, 3, 5, 5), torch.float32, device)
+
+    def loss_fn(x, lower, upper, log_s):
+        y, logdet = fastgen.ops.invertible_conv1x1(x, perm, lower, upper, sign, log_s)
+        x2, logdet2 = fastgen.ops.invertible_conv1x1(torch.sin(y), perm, lower, upper, sign, log_s, True)
+        return (x2 * x2).sum() + logdet.mean() + 0.3 * logdet2.mean()
+
+    inputs = _invconv_leaves(_invconv_inputs((4, 3, 5, 5), torch.float32, device, True))
+    _compile_check(INVCONV, loss_fn, inputs, backend)
+
+
+def test_invconv_bad_inputs_name_the_argument():
+    op = fastgen.ops.invertible_conv1x1
+    x, perm, lower, upper, sign, log_s = _invconv_inputs((2, 3, 4, 4), torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"x must have shape \(N, C, \*spatial\)"):
+        op(torch.randn(3), perm, lower, upper, sign, log_s)
+    with pytest.raises(ValueError, match=r"lower must have shape \(3, 3\)"):
+        op(x, perm, lower[:2], upper, sign, log_s)
+    with pytest.raises(ValueError, match=r"log_s must have shape \(3,\)"):
+        op(x, perm, lower, upper, sign, log_s[:2])
+    with pytest.raises(TypeError, match="upper has dtype torch.float64 but log_s has torch.float32"):
+        op(x, perm, lower, upper.double(), sign, log_s)
+    with pytest.raises(TypeError, match="x must be float16, bfloat16, float32 or float64"):
+        op(x.int(), perm, lower, upper, sign, log_s)
+    with pytest.raises(ValueError, match="sign is on meta but x is on cpu"):
+        op(x, perm, lower, upper, torch.empty(3, device="meta"), log_s)
+    with pytest.raises(TypeError, match="inverse must be a bool"):
+        op(x, perm, lower, upper, sign, log_s, "yes")
+    with pytest.raises(ValueError, match=r"grad_logdet must have shape \(2,\)"):
+        torch.ops.fastgen.invertible_conv1x1_backward(x, torch.ones(3), x, perm, lower, upper, sign, log_s)
+    if not fastgen.ops.REGISTRY[INVCONV].unavailable("cpu", "cpu"):
+        with pytest.raises(ValueError, match=r"perm must have shape \(C, C\) with C = 3"):
+            torch.ops.fastgen.invertible_conv1x1_native(x, perm[:, :2], lower, upper, sign, log_s, False)
+        with pytest.raises(ValueError, match=r"grad_logdet must have shape \(2,\)"):
+            torch.ops.fastgen.invertible_conv1x1_backward_native(x, torch.ones(3), x, perm, lower, upper,
+                                                                 sign, log_s, False)
+
+
+def test_eager_calls_with_autograd_skip_the_dispatcher_and_keep_its_behaviour():
+    """Eager calls of an op with autograd run its kernel in an autograd.Function
+    (FusedOp._functions): the same numbers and gradients as through `torch.ops.fastgen.<name>`,
+    which a dispatch mode (as tracing uses) still sees."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    op = fastgen.ops.REGISTRY[INVCONV]
+    if op.unavailable("cpu", "cpu"):
+        pytest.skip("native extension not built")
+    inputs = _invconv_inputs((3, 4, 5, 2), torch.float32, "cpu", requires_grad=True)
+    y, ld = fastgen.ops.invertible_conv1x1(*inputs, backend="cpu")
+    assert ("cpu", "cpu") in op._functions and type(y.grad_fn).__name__.startswith("EagerBackwardFor")
+    leaves = _invconv_leaves(inputs)
+    gy, gl = torch.randn_like(y), torch.randn_like(ld)
+    direct = torch.autograd.grad((y, ld), leaves, (gy, gl))
+    y2, ld2 = torch.ops.fastgen.invertible_conv1x1(*inputs, backend="cpu")
+    assert type(y2.grad_fn).__name__.startswith("GeneratedBackwardFor")
+    dispatched = torch.autograd.grad((y2, ld2), leaves, (gy, gl))
+    assert torch.equal(y, y2) and torch.equal(ld, ld2)
+    for a, b in zip(direct, dispatched):
+        assert torch.equal(a, b)
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log() as log:
+        fastgen.ops.invertible_conv1x1(*inputs, backend="cpu")
+    assert "fastgen.invertible_conv1x1.default" in log.ops
+    with pytest.raises(TypeError, match="lower must be a torch.Tensor"):
+        fastgen.ops.invertible_conv1x1(inputs[0], inputs[1], "lower", *inputs[3:], backend="cpu")
+
+
 # -- flow NLL -----------------------------------------------------------------------------------
 
 NLL = "flow_nll"

@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "common/flow_host.h"
+#include "common/invconv_host.h"
 
 namespace fastgen {
 namespace {
@@ -353,6 +354,8 @@ at::Tensor flow_nll_backward_cuda(const at::Tensor& g_in, const at::Tensor& z_in
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+  m.impl("invertible_conv1x1_native", &invconv_forward);
+  m.impl("invertible_conv1x1_backward_native", &invconv_backward);
   m.impl("affine_coupling_native", &affine_coupling_cuda);
   m.impl("affine_coupling_backward_native", &affine_coupling_backward_cuda);
   m.impl("actnorm_native", &actnorm_cuda);

@@ -268,8 +268,9 @@ class InvConv2dLU(nn.Module):
     """Glow's invertible 1x1 convolution, LU-parametrized: W = P @ L @ (U + diag(sign * exp(log_s)))
     with P a fixed permutation, L unit lower-triangular, U strictly upper-triangular, so
     logdet = S * sum(log_s) (S = H * W) without a determinant. x is (N, C, *spatial) (also (N, C)).
-    The inverse matrix is cached while the weights are unchanged (their version counters) and
-    no graph is needed. fp16/bf16 inputs compute in fp32."""
+    Runs on the fused `fastgen.ops.invertible_conv1x1` (weight build, product and logdet in one
+    op); for an inverse that needs no graph (sampling) the inverse matrix is cached while the
+    weights are unchanged (their version counters). fp16/bf16 inputs compute in fp32."""
 
     def __init__(self, num_channels, generator=None):
         super().__init__()
@@ -307,21 +308,29 @@ class InvConv2dLU(nn.Module):
                 self._inverse_cache = (version, torch.linalg.inv(self.weight().double()).to(self.lower.dtype))
         return self._inverse_cache[1]
 
-    def _multiply(self, x, w, sign):
+    def _check(self, x):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"fastgen: InvConv2dLU({self.num_channels}) expects x of shape "
                              f"(N, {self.num_channels}, ...), got {tuple(x.shape)}")
-        t = reference.math_dtype(x.dtype)
-        y = torch.einsum("oc,nc...->no...", w.to(t), x.to(t))
-        spatial = x[0, 0].numel()
-        logdet = (sign * spatial * self.log_s.to(t).sum()).expand(x.shape[0])
-        return y.to(x.dtype), logdet
+
+    def _fused(self, x, inverse):
+        return ops.invertible_conv1x1(x, self.perm, self.lower, self.upper, self.sign, self.log_s, inverse)
 
     def forward(self, x):
-        return self._multiply(x, self.weight(), 1.0)
+        self._check(x)
+        return self._fused(x, False)
 
     def inverse(self, z):
-        return self._multiply(z, self.inverse_weight(), -1.0)
+        self._check(z)
+        needs_graph = torch.is_grad_enabled() and any(
+            p.requires_grad for p in (self.lower, self.upper, self.log_s))
+        if needs_graph or z.requires_grad and torch.is_grad_enabled():
+            return self._fused(z, True)
+        # sampling: the cached W^-1, no weight build or inversion per call
+        t = reference.math_dtype(z.dtype)
+        y = torch.einsum("oc,nc...->no...", self.inverse_weight().to(t), z.to(t))
+        logdet = (-z[0, 0].numel() * self.log_s.to(t).sum()).expand(z.shape[0])
+        return y.to(z.dtype), logdet
 
 
 class Squeeze(nn.Module):

@@ -63,7 +63,8 @@ _coupling_backward = FusedOp(
     "Tensor grad_y, Tensor grad_logdet, Tensor x_b, Tensor shift, Tensor raw_scale, "
     "str scale_fn='exp', float clamp=2.0, bool inverse=False", "(Tensor, Tensor)",
     reference=reference.affine_coupling_backward, fake=_fake_coupling_backward,
-    check=_check_coupling_backward, triton=_triton_flow.affine_coupling_backward, native=True)
+    check=_check_coupling_backward, triton=_triton_flow.affine_coupling_backward, native=True,
+    native_checks=True)
 
 
 def _setup_coupling(ctx, inputs, keyword_only_inputs, output):
@@ -97,7 +98,8 @@ _coupling = FusedOp(
     "Tensor x_b, Tensor shift, Tensor raw_scale, str scale_fn='exp', float clamp=2.0, "
     "bool inverse=False", "(Tensor, Tensor)",
     reference=reference.affine_coupling, fake=_fake_coupling, check=_check_coupling,
-    triton=_triton_flow.affine_coupling, native=True, autograd=(_coupling_grads, _setup_coupling))
+    triton=_triton_flow.affine_coupling, native=True, native_checks=True,
+    autograd=(_coupling_grads, _setup_coupling))
 
 
 def affine_coupling(x_b, shift, raw_scale, scale_fn="exp", clamp=2.0, inverse=False, *, backend=None):
@@ -166,7 +168,7 @@ _actnorm_backward = FusedOp(
     "Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor loc, Tensor log_scale, bool inverse=False",
     "(Tensor, Tensor, Tensor)",
     reference=reference.actnorm_backward, fake=_fake_actnorm_backward, check=_check_actnorm_backward,
-    triton=_triton_flow.actnorm_backward, native=True)
+    triton=_triton_flow.actnorm_backward, native=True, native_checks=True)
 
 
 def _setup_actnorm(ctx, inputs, keyword_only_inputs, output):
@@ -193,7 +195,8 @@ def _actnorm_grads(ctx, grad_y, grad_logdet):
 _actnorm = FusedOp(
     "actnorm", "Tensor x, Tensor loc, Tensor log_scale, bool inverse=False", "(Tensor, Tensor)",
     reference=reference.actnorm, fake=_fake_actnorm, check=_check_actnorm,
-    triton=_triton_flow.actnorm, native=True, autograd=(_actnorm_grads, _setup_actnorm))
+    triton=_triton_flow.actnorm, native=True, native_checks=True,
+    autograd=(_actnorm_grads, _setup_actnorm))
 
 
 def actnorm(x, loc, log_scale, inverse=False, *, backend=None):
@@ -218,6 +221,114 @@ def actnorm(x, loc, log_scale, inverse=False, *, backend=None):
     if not isinstance(inverse, bool):
         raise TypeError(f"fastgen: inverse must be a bool, got {type(inverse).__name__}")
     return _actnorm(x, loc, log_scale, inverse, backend=backend)
+
+
+# -- invertible 1x1 convolution -----------------------------------------------------------------
+
+def _check_invconv(x, perm, lower, upper, sign, log_s, inverse=False):
+    _checks.float_tensor("x", x)
+    if x.dim() < 2:
+        raise ValueError(f"fastgen: x must have shape (N, C, *spatial) (NCHW or (N, C)), got "
+                         f"{tuple(x.shape)}")
+    c = x.shape[1]
+    _checks.float_tensor("log_s", log_s)
+    for name, p, shape in (("log_s", log_s, (c,)), ("perm", perm, (c, c)), ("lower", lower, (c, c)),
+                           ("upper", upper, (c, c)), ("sign", sign, (c,))):
+        _checks.float_tensor(name, p)
+        if p.shape != shape:
+            raise ValueError(f"fastgen: {name} must have shape {shape} (C = {c}, the channels of x), "
+                             f"got {tuple(p.shape)}")
+        if p.dtype != log_s.dtype:
+            raise TypeError(f"fastgen: {name} has dtype {p.dtype} but log_s has {log_s.dtype}")
+        if p.device != x.device:
+            raise ValueError(f"fastgen: {name} is on {p.device} but x is on {x.device}")
+    if not isinstance(inverse, bool):
+        raise TypeError(f"fastgen: inverse must be a bool, got {type(inverse).__name__}")
+
+
+def _fake_invconv(x, perm, lower, upper, sign, log_s, inverse=False):
+    return _contiguous_like(x), _per_sample_out(x)
+
+
+def _check_invconv_backward(grad_y, grad_logdet, x, perm, lower, upper, sign, log_s, inverse=False):
+    _check_invconv(x, perm, lower, upper, sign, log_s, inverse)
+    _checks.like("x", x, "grad_y", grad_y)
+    _checks.per_sample("x", x, "grad_logdet", grad_logdet)
+
+
+def _fake_invconv_backward(grad_y, grad_logdet, x, perm, lower, upper, sign, log_s, inverse=False):
+    return (_contiguous_like(x), _contiguous_like(lower), _contiguous_like(upper),
+            _contiguous_like(log_s))
+
+
+_invconv_backward = FusedOp(
+    "invertible_conv1x1_backward",
+    "Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor perm, Tensor lower, Tensor upper, "
+    "Tensor sign, Tensor log_s, bool inverse=False", "(Tensor, Tensor, Tensor, Tensor)",
+    reference=reference.invertible_conv1x1_backward, fake=_fake_invconv_backward,
+    check=_check_invconv_backward, triton=_triton_flow.invertible_conv1x1_backward, native=True,
+    native_checks=True)
+
+
+def _setup_invconv(ctx, inputs, keyword_only_inputs, output):
+    ctx.inverse = inputs[6]
+    ctx.save_for_backward(*inputs[:6])
+    ctx.backend = keyword_only_inputs.get("backend", "auto")
+
+
+def _invconv_grads(ctx, grad_y, grad_logdet):
+    x, perm, lower, upper, sign, log_s = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if needs[1] or needs[4]:
+        raise RuntimeError("fastgen.invertible_conv1x1: perm and sign are constants of the LU "
+                           "parametrization and have no gradient; pass them without requires_grad")
+    if not (needs[0] or needs[2] or needs[3] or needs[5]):
+        return (None,) * 7
+    if grad_y is None:
+        grad_y = torch.zeros_like(x)
+    if grad_logdet is None:
+        grad_logdet = x.new_zeros((x.shape[0],), dtype=reference.math_dtype(x.dtype))
+    d_x, d_lower, d_upper, d_ls = _invconv_backward(grad_y, grad_logdet, x, perm, lower, upper, sign,
+                                                    log_s, ctx.inverse, backend=ctx.backend)
+    return (d_x if needs[0] else None, None, d_lower if needs[2] else None,
+            d_upper if needs[3] else None, None, d_ls if needs[5] else None, None)
+
+
+_invconv = FusedOp(
+    "invertible_conv1x1",
+    "Tensor x, Tensor perm, Tensor lower, Tensor upper, Tensor sign, Tensor log_s, bool inverse=False",
+    "(Tensor, Tensor)",
+    reference=reference.invertible_conv1x1, fake=_fake_invconv, check=_check_invconv,
+    triton=_triton_flow.invertible_conv1x1, native=True, native_checks=True,
+    autograd=(_invconv_grads, _setup_invconv))
+
+
+def invertible_conv1x1(x, perm, lower, upper, sign, log_s, inverse=False, *, backend=None):
+    """Glow's invertible 1x1 convolution with the LU-parametrized weight and its log-determinant,
+    weight build and all, as one op:
+
+        W = perm @ (strictly-lower(lower) + I) @ (strictly-upper(upper) + diag(sign * exp(log_s)))
+        forward: y[n] = W @ x[n],      logdet[b] =  S * sum(log_s)
+        inverse: y[n] = W^-1 @ x[n],   logdet[b] = -S * sum(log_s)
+
+    at every spatial position (S = H * W; 1 for (N, C) input), so the determinant never needs
+    `slogdet`. Only the strictly lower part of `lower` and the strictly upper part of `upper`
+    are used. For sampling without gradients, `fastgen.nn.InvConv2dLU` caches W^-1 instead.
+
+    Args:
+        x: (N, C, *spatial) float tensor (fp16, bf16, fp32, fp64), any strides; math in fp32
+            (fp64 for fp64 x).
+        perm: (C, C) permutation matrix; sign: (C,) signs of U's diagonal; both constants.
+        lower, upper: (C, C); log_s: (C,). All five share one float dtype and x's device.
+        backend: see `fastgen.use_backend`.
+
+    Returns:
+        (y, logdet): y like x (contiguous), logdet (N,) fp32 (fp64 for fp64 x). Differentiable
+        w.r.t. x, lower, upper and log_s, through both outputs.
+    """
+    if not isinstance(inverse, bool):
+        raise TypeError(f"fastgen: inverse must be a bool, got {type(inverse).__name__}")
+    return _invconv(x, perm, lower, upper, sign, log_s, inverse, backend=backend)
 
 
 # -- flow NLL -----------------------------------------------------------------------------------
@@ -265,7 +376,7 @@ def _fake_nll_backward(grad_nll, z, prior="gaussian", n_bins=None):
 _nll_backward = FusedOp(
     "flow_nll_backward", "Tensor grad_nll, Tensor z, str prior='gaussian', int? n_bins=None", "Tensor",
     reference=reference.flow_nll_backward, fake=_fake_nll_backward, check=_check_nll_backward,
-    triton=_triton_flow.flow_nll_backward, native=True)
+    triton=_triton_flow.flow_nll_backward, native=True, native_checks=True)
 
 
 def _setup_nll(ctx, inputs, keyword_only_inputs, output):
@@ -291,7 +402,8 @@ def _nll_grads(ctx, grad_nll):
 _nll = FusedOp(
     "flow_nll", "Tensor z, Tensor logdet, str prior='gaussian', int? n_bins=None", "Tensor",
     reference=reference.flow_nll, fake=_fake_nll, check=_check_nll,
-    triton=_triton_flow.flow_nll, native=True, autograd=(_nll_grads, _setup_nll))
+    triton=_triton_flow.flow_nll, native=True, native_checks=True,
+    autograd=(_nll_grads, _setup_nll))
 
 
 def flow_nll(z, logdet, prior="gaussian", n_bins=None, *, backend=None):

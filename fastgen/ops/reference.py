@@ -360,6 +360,60 @@ def actnorm_backward(grad_y, grad_logdet, x, loc, log_scale, inverse=False):
     return d_x.to(x.dtype).contiguous(), d_loc.to(loc.dtype), d_ls.to(log_scale.dtype)
 
 
+def lu_weight(perm, lower, upper, sign, log_s):
+    """Glow's LU-parametrized 1x1-conv weight W = P @ L @ U with L = strictly-lower(lower) + I
+    and U = strictly-upper(upper) + diag(sign * exp(log_s)) (only those parts of lower and upper
+    are used)."""
+    eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
+    lo = torch.tril(lower, -1) + eye
+    up = torch.triu(upper, 1) + torch.diag(sign * torch.exp(log_s))
+    return perm @ lo @ up
+
+
+def invertible_conv1x1(x, perm, lower, upper, sign, log_s, inverse=False):
+    """Glow's invertible 1x1 convolution with the LU-parametrized weight W = lu_weight(...) on
+    x (N, C, *spatial) (also (N, C)):
+        forward: y[n] = W @ x[n],       logdet[b] =  S * sum(log_s)
+        inverse: y[n] = W^-1 @ x[n],    logdet[b] = -S * sum(log_s)
+    per spatial position, S = H * W. Math in fp32 (fp64 for fp64 x); returns (y in x's dtype,
+    logdet[N] in the math dtype)."""
+    t = math_dtype(x.dtype)
+    n, c, s = actnorm_shape(x)
+    w = lu_weight(*(p.to(t) for p in (perm, lower, upper, sign, log_s)))
+    if inverse:
+        w = torch.linalg.inv(w)
+    y = torch.einsum("oc,nc...->no...", w, x.to(t))
+    total = s * log_s.to(t).sum()
+    return y.to(x.dtype).contiguous(), (-total if inverse else total).expand(n).contiguous()
+
+
+def invertible_conv1x1_backward(grad_y, grad_logdet, x, perm, lower, upper, sign, log_s, inverse=False):
+    """Gradients of invertible_conv1x1 w.r.t. (x, lower, upper, log_s); perm and sign are
+    constants. With M the applied matrix (W forward, W^-1 inverse), X, G = x, grad_y as (N, C, S):
+        d x = M^T G,   d M = sum_n G[n] X[n]^T,   d W = d M (forward) or -M^T d M M^T (inverse),
+        A = P^T d W:   d lower = strictly-lower(A U^T),   d upper = strictly-upper(L^T A),
+        d log_s = diag(L^T A) * sign * exp(log_s) +- S * sum_b grad_logdet[b]."""
+    t = math_dtype(x.dtype)
+    n, c, s = actnorm_shape(x)
+    p, lo_raw, up_raw, sg, ls = (v.to(t) for v in (perm, lower, upper, sign, log_s))
+    eye = torch.eye(c, dtype=t, device=x.device)
+    lo = torch.tril(lo_raw, -1) + eye
+    up = torch.triu(up_raw, 1) + torch.diag(sg * torch.exp(ls))
+    w = p @ lo @ up
+    m = torch.linalg.inv(w) if inverse else w
+    xm, g = x.to(t).reshape(n, c, s), grad_y.to(t).reshape(n, c, s)
+    d_x = torch.einsum("oc,nos->ncs", m, g)
+    d_m = torch.einsum("nos,ncs->oc", g, xm)
+    d_w = -m.t() @ d_m @ m.t() if inverse else d_m
+    a = p.t() @ d_w
+    d_lower = torch.tril(a @ up.t(), -1)
+    d_up = lo.t() @ a
+    gl_total = s * grad_logdet.to(t).sum()
+    d_ls = torch.diagonal(d_up) * sg * torch.exp(ls) + (-gl_total if inverse else gl_total)
+    return (d_x.reshape(x.shape).to(x.dtype).contiguous(), d_lower.to(lower.dtype),
+            torch.triu(d_up, 1).to(upper.dtype), d_ls.to(log_s.dtype))
+
+
 FLOW_PRIORS = ("gaussian", "logistic")
 
 

@@ -1,0 +1,110 @@
+#pragma once
+// Glow's invertible 1x1 convolution with the LU-parametrized weight, as one op: the weight
+// build W = P @ (strictly-lower(lower) + I) @ (strictly-upper(upper) + diag(sign * exp(log_s))),
+// the per-sample product y[n] = W @ x[n] (W^-1 for the inverse) over (N, C, S) and the logdet
+// +-S * sum(log_s); the backward chains d W back to lower / upper / log_s. Everything is ATen
+// on the tensors' own device (BLAS / cuBLAS for the products), so the CPU and CUDA entry points
+// share this host code; what the op saves over the eager module is the ~25 small autograd ops of
+// the weight build, the einsum's reshapes and the logdet bookkeeping, forward and backward.
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+#include "common/checks.h"
+
+namespace fastgen {
+
+inline void check_invconv(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lower,
+                          const at::Tensor& upper, const at::Tensor& sign, const at::Tensor& log_s) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *spatial), got ", x.sizes());
+  const int64_t c = x.size(1);
+  auto check_param = [&](const at::Tensor& p, const char* name, bool matrix) {
+    TORCH_CHECK_TYPE(at::isFloatingType(p.scalar_type()), "fastgen: ", name,
+                     " must be a floating-point tensor, got ", p.scalar_type());
+    TORCH_CHECK_VALUE(matrix ? (p.dim() == 2 && p.size(0) == c && p.size(1) == c)
+                             : (p.dim() == 1 && p.size(0) == c),
+                      "fastgen: ", name, " must have shape ", matrix ? "(C, C)" : "(C,)", " with C = ", c,
+                      " (the channels of x), got ", p.sizes());
+    TORCH_CHECK_TYPE(p.scalar_type() == log_s.scalar_type(), "fastgen: ", name, " has dtype ",
+                     p.scalar_type(), " but log_s has ", log_s.scalar_type());
+    TORCH_CHECK_VALUE(p.device() == x.device(), "fastgen: ", name, " is on ", p.device(),
+                      " but x is on ", x.device());
+  };
+  check_param(log_s, "log_s", false);
+  check_param(perm, "perm", true);
+  check_param(lower, "lower", true);
+  check_param(upper, "upper", true);
+  check_param(sign, "sign", false);
+}
+
+struct InvconvParts {
+  at::Tensor perm, lo, up, scale, m;  // math dtype; m is the applied matrix (W or W^-1)
+};
+
+inline InvconvParts invconv_parts(const at::Tensor& perm, const at::Tensor& lower, const at::Tensor& upper,
+                                  const at::Tensor& sign, const at::Tensor& log_s, at::ScalarType t,
+                                  bool inverse) {
+  InvconvParts r;
+  r.perm = perm.to(t);
+  r.lo = at::tril(lower.to(t), -1);
+  r.lo.diagonal().fill_(1);
+  r.scale = sign.to(t) * log_s.to(t).exp();
+  r.up = at::triu(upper.to(t), 1);
+  r.up.diagonal().copy_(r.scale);
+  const auto w = at::mm(r.perm, at::mm(r.lo, r.up));
+  r.m = inverse ? at::linalg_inv(w) : w;
+  return r;
+}
+
+inline at::Tensor invconv_rows(const at::Tensor& x, at::ScalarType t) {
+  int64_t s = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) s *= x.size(d);
+  return x.to(t).reshape({x.size(0), x.size(1), s});
+}
+
+inline std::tuple<at::Tensor, at::Tensor> invconv_forward(const at::Tensor& x, const at::Tensor& perm,
+                                                          const at::Tensor& lower, const at::Tensor& upper,
+                                                          const at::Tensor& sign, const at::Tensor& log_s,
+                                                          bool inverse) {
+  check_invconv(x, perm, lower, upper, sign, log_s);
+  const auto t = opmath_dtype(x.scalar_type());
+  const auto parts = invconv_parts(perm, lower, upper, sign, log_s, t, inverse);
+  const auto xm = invconv_rows(x, t);
+  const auto y = at::matmul(parts.m, xm).view(x.sizes()).to(x.scalar_type()).contiguous();
+  const double s = static_cast<double>(xm.size(2));
+  const auto total = log_s.to(t).sum() * (inverse ? -s : s);
+  return {y, total.expand({x.size(0)}).contiguous()};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backward(
+    const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& perm,
+    const at::Tensor& lower, const at::Tensor& upper, const at::Tensor& sign, const at::Tensor& log_s,
+    bool inverse) {
+  check_invconv(x, perm, lower, upper, sign, log_s);
+  check_same_float_tensor(x, "x", grad_y, "grad_y");
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_logdet.scalar_type()), "fastgen: grad_logdet must be a "
+                   "floating-point tensor, got ", grad_logdet.scalar_type());
+  TORCH_CHECK_VALUE(grad_logdet.dim() == 1 && grad_logdet.size(0) == x.size(0), "fastgen: grad_logdet "
+                    "must have shape (", x.size(0), ",), got ", grad_logdet.sizes());
+  TORCH_CHECK_VALUE(grad_logdet.device() == x.device(), "fastgen: grad_logdet is on ", grad_logdet.device(),
+                    " but x is on ", x.device());
+  const auto t = opmath_dtype(x.scalar_type());
+  const auto parts = invconv_parts(perm, lower, upper, sign, log_s, t, inverse);
+  const auto xm = invconv_rows(x, t), g = invconv_rows(grad_y, t);
+  const auto d_x = at::matmul(parts.m.t(), g).view(x.sizes()).to(x.scalar_type()).contiguous();
+  const auto d_m = at::tensordot(g, xm, {0, 2}, {0, 2});  // sum_n G[n] X[n]^T
+  const auto mt = parts.m.t();
+  const auto d_w = inverse ? -at::mm(at::mm(mt, d_m), mt) : d_m;
+  const auto a = at::mm(parts.perm.t(), d_w);
+  const auto d_lower = at::tril(at::mm(a, parts.up.t()), -1);
+  const auto d_up = at::mm(parts.lo.t(), a);
+  const double s = static_cast<double>(xm.size(2));
+  const auto gl_total = grad_logdet.to(t).sum() * (inverse ? -s : s);
+  const auto d_ls = d_up.diagonal() * parts.scale + gl_total;
+  const auto pt = log_s.scalar_type();
+  return {d_x, d_lower.to(pt), at::triu(d_up, 1).to(pt), d_ls.to(pt)};
+}
+
+}  // namespace fastgen
