@@ -29,6 +29,9 @@ FASTGEN_HD float vmin(float a, float b) { return a < b ? a : b; }
 FASTGEN_HD double vmin(double a, double b) { return a < b ? a : b; }
 FASTGEN_HD float vmax(float a, float b) { return a > b ? a : b; }
 FASTGEN_HD double vmax(double a, double b) { return a > b ? a : b; }
+// u >= 0 ? a : b (NaN u: b)
+FASTGEN_HD float vselect_nonneg(float u, float a, float b) { return u >= 0.0f ? a : b; }
+FASTGEN_HD double vselect_nonneg(double u, double a, double b) { return u >= 0.0 ? a : b; }
 
 enum CouplingScaleFn : int { kExp = 0, kSigmoid = 1, kTanhExp = 2, kAtanExp = 3 };
 constexpr double kAtanClampGain = 0.636;  // FrEIA's soft-clamp constant: part of the spec
@@ -50,10 +53,21 @@ FASTGEN_HD void coupling_scale(const T& r, const CouplingParams<T>& p, T* log_s,
     *log_s = r;
     if constexpr (GRAD) *d = p.one;
   } else if constexpr (FN == kSigmoid) {
+    // with e = exp(-|u|) in (0, 1]: s = sigmoid(u) = (u >= 0 ? 1 : e) / (1 + e),
+    // 1 - s = sigmoid(-u) = (u >= 0 ? e : 1) / (1 + e), log s = min(u, 0) - log1p(e): one exp
+    // and one log per element, and f straight from s (no exp of log s), all overflow-free
     const T u = r + p.two;
-    const T l = flog1p(fexp(p.zero - vabs(u)));
-    *log_s = vmin(u, p.zero) - l;
-    if constexpr (GRAD) *d = fexp(p.zero - vmax(u, p.zero) - l);  // sigmoid(-u), overflow-free
+    const T e = fexp(p.zero - vabs(u));
+    const T den = p.one + e;
+    const T num = vselect_nonneg(u, p.one, e);
+    *log_s = vmin(u, p.zero) - flog1p(e);
+    if constexpr (GRAD) *d = vselect_nonneg(u, e, p.one) / den;
+    if constexpr (INVERSE) {
+      *f = den / num;
+    } else {
+      *f = num / den;
+    }
+    return;
   } else if constexpr (FN == kTanhExp) {
     const T th = ftanh(r / p.clamp);
     *log_s = p.clamp * th;

@@ -34,6 +34,11 @@ inline at::vec::Vectorized<T> ftanh(const at::vec::Vectorized<T>& x) { return x.
 template <typename T>
 inline at::vec::Vectorized<T> fatan(const at::vec::Vectorized<T>& x) { return x.atan(); }
 template <typename T>
+inline at::vec::Vectorized<T> vselect_nonneg(const at::vec::Vectorized<T>& u, const at::vec::Vectorized<T>& a,
+                                             const at::vec::Vectorized<T>& b) {
+  return at::vec::Vectorized<T>::blendv(b, a, u >= at::vec::Vectorized<T>(T(0)));
+}
+template <typename T>
 inline at::vec::Vectorized<T> vabs(const at::vec::Vectorized<T>& x) { return x.abs(); }
 template <typename T>
 inline at::vec::Vectorized<T> vmin(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b) {

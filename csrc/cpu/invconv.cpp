@@ -83,31 +83,47 @@ void apply_rows(const std::vector<T>& m, const scalar_t* x, scalar_t* y, int64_t
   const int64_t blocks = (s + kPosBlock - 1) / kPosBlock;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, c * c * std::min(s, kPosBlock)));
   at::parallel_for(0, n * blocks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> xs(c * kPosBlock), acc(kPosBlock);
+    std::vector<T> xs(c * kPosBlock), acc(4 * kPosBlock);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t i = task / blocks, j0 = (task % blocks) * kPosBlock;
       const int64_t len = std::min(kPosBlock, s - j0);
       const scalar_t* xi = x + i * c * s + j0;
       for (int64_t k = 0; k < c; ++k)
         for (int64_t j = 0; j < len; ++j) xs[k * len + j] = static_cast<T>(xi[k * s + j]);
-      for (int64_t o = 0; o < c; ++o) {
-        const T* mo = m.data() + o * c;
+      // 4 output channels at a time share each load of x and give 4 independent FMA chains
+      int64_t o = 0;
+      for (; o + 4 <= c; o += 4) {
+        const T* m0 = m.data() + o * c;
         int64_t j = 0;
-        for (; j + 4 * V::size() <= len; j += 4 * V::size()) {  // 4 independent FMA chains
+        for (; j + V::size() <= len; j += V::size()) {
           V s0(T(0)), s1(T(0)), s2(T(0)), s3(T(0));
           for (int64_t k = 0; k < c; ++k) {
-            const V mk(mo[k]);
-            const T* xk = xs.data() + k * len + j;
-            s0 = at::vec::fmadd(mk, V::loadu(xk), s0);
-            s1 = at::vec::fmadd(mk, V::loadu(xk + V::size()), s1);
-            s2 = at::vec::fmadd(mk, V::loadu(xk + 2 * V::size()), s2);
-            s3 = at::vec::fmadd(mk, V::loadu(xk + 3 * V::size()), s3);
+            const V xv = V::loadu(xs.data() + k * len + j);
+            s0 = at::vec::fmadd(V(m0[k]), xv, s0);
+            s1 = at::vec::fmadd(V(m0[c + k]), xv, s1);
+            s2 = at::vec::fmadd(V(m0[2 * c + k]), xv, s2);
+            s3 = at::vec::fmadd(V(m0[3 * c + k]), xv, s3);
           }
           s0.store(acc.data() + j);
-          s1.store(acc.data() + j + V::size());
-          s2.store(acc.data() + j + 2 * V::size());
-          s3.store(acc.data() + j + 3 * V::size());
+          s1.store(acc.data() + kPosBlock + j);
+          s2.store(acc.data() + 2 * kPosBlock + j);
+          s3.store(acc.data() + 3 * kPosBlock + j);
         }
+        for (; j < len; ++j) {
+          for (int64_t q = 0; q < 4; ++q) {
+            T sum = 0;
+            for (int64_t k = 0; k < c; ++k) sum += m0[q * c + k] * xs[k * len + j];
+            acc[q * kPosBlock + j] = sum;
+          }
+        }
+        for (int64_t q = 0; q < 4; ++q) {
+          scalar_t* yo = y + (i * c + o + q) * s + j0;
+          for (j = 0; j < len; ++j) yo[j] = static_cast<scalar_t>(acc[q * kPosBlock + j]);
+        }
+      }
+      for (; o < c; ++o) {
+        const T* mo = m.data() + o * c;
+        int64_t j = 0;
         for (; j + V::size() <= len; j += V::size()) {
           V sum(T(0));
           for (int64_t k = 0; k < c; ++k) sum = at::vec::fmadd(V(mo[k]), V::loadu(xs.data() + k * len + j), sum);
@@ -131,7 +147,10 @@ template <typename scalar_t, typename T>
 std::vector<T> weight_grad(const scalar_t* g, const scalar_t* x, int64_t n, int64_t c, int64_t s) {
   using V = at::vec::Vectorized<T>;
   const int64_t blocks = (s + kPosBlock - 1) / kPosBlock, units = n * blocks;
-  const int64_t chunks = std::min(units, kGradChunks);
+  // enough chunks to share the work, few enough that their reductions stay cheap; a function
+  // of the shape only, so the sum's order never depends on the thread count
+  const int64_t work = n * s * c * c;
+  const int64_t chunks = std::max<int64_t>(1, std::min({units, kGradChunks, work / (1 << 16)}));
   std::vector<T> partial(chunks * c * c, T(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> gs(c * kPosBlock), xs(c * kPosBlock);
