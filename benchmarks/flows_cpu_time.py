@@ -2,17 +2,57 @@
 process CPU time (time.process_time) as well as wall time: on a shared machine the wall clock
 also counts the time other processes hold the cores, the CPU time only this process's work.
 
-    python benchmarks/flows_cpu_time.py [--threads 1] [--repeats 7]
+The Glow step runs four ways, interleaved round by round so drifts in machine speed hit all
+alike (the table gives medians and the speedup column is against "eager"):
+  eager        the same model with the flow ops replaced by their plain-PyTorch reference
+               formulas (fastgen/ops/reference.py), differentiated by autograd: what the model
+               costs without fastgen;
+  reference    the fastgen ops on their "reference" backend (`fastgen.use_backend("reference")`):
+               the same formulas behind the op machinery (custom op, registered backward);
+  fastgen-cpu  the fused C++ kernels;
+  floor        the flow ops replaced by one cheap element-wise op each (wrong math, same
+               graph shape): what the rest of the step (conditioner convs, Adam, data,
+               squeeze/split glue) costs, i.e. the time no flow-op fusion can remove.
+
+    python benchmarks/flows_cpu_time.py [--threads 1] [--repeats 7] [--size 16]
 """
 import argparse
+import contextlib
 import statistics
 import time
+from unittest import mock
 
 import torch
 
 import fastgen
 from fastgen.models import DataSpec, get_model
 from fastgen.ops import reference
+
+FLOW_OPS = ("actnorm", "affine_coupling", "flow_nll", "invertible_conv1x1")
+
+
+@contextlib.contextmanager
+def _replace_flow_ops(table):
+    """fastgen.ops.<name> -> table[name] for the flow ops (the modules look them up per call)."""
+    with contextlib.ExitStack() as stack:
+        for name in FLOW_OPS:
+            stack.enter_context(mock.patch.object(fastgen.ops, name, table[name]))
+        yield
+
+
+def _per_channel(v, x):
+    return v.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+# one element-wise op per flow op, outputs shaped as the real ones; a zero logdet that still
+# depends on the parameters, so autograd visits them as it would
+_FLOOR = {
+    "actnorm": lambda x, loc, ls, inverse=False: (x + _per_channel(loc + ls, x), (loc + ls).sum().expand(x.shape[0])),
+    "affine_coupling": lambda x, t, r, *a, **k: (x + t + r, x.new_zeros(x.shape[0])),
+    "flow_nll": lambda z, ld, *a, **k: z.flatten(1).sum(1) + ld,
+    "invertible_conv1x1": lambda x, perm, lo, up, sign, ls, inverse=False: (
+        x + _per_channel(ls + lo[0] + up[0], x), ls.sum().expand(x.shape[0])),
+}
 
 
 def measure(fn, repeats):
@@ -39,6 +79,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--size", type=int, default=16, help="Glow step image size (16: 2 levels, 32: 3)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -57,15 +98,27 @@ def main():
                      ("fastgen-cpu", lambda a, b, c: fastgen.ops.actnorm(a, b, c, backend="cpu"))):
         rows.append(("actnorm fwd+bwd 64x64x32x32", name, *measure(fwd_bwd(fn, (x, loc, ls), g), args.repeats)))
 
+    from fastgen.nn import InvConv2dLU
+    for shape in ((32, 12, 8, 8), (64, 48, 16, 16)):
+        layer = InvConv2dLU(shape[1])
+        inv = (layer.perm, layer.lower, layer.upper, layer.sign, layer.log_s)
+        x = torch.randn(shape, requires_grad=True)
+        g = (torch.randn(shape), torch.randn(shape[0]))
+        for name, fn in (("eager", reference.invertible_conv1x1),
+                         ("fastgen-cpu", lambda a, *p: fastgen.ops.invertible_conv1x1(a, *p, backend="cpu"))):
+            rows.append((f"invertible_conv1x1 fwd+bwd {'x'.join(map(str, shape))}", name,
+                         *measure(fwd_bwd(fn, (x, *inv), g), args.repeats)))
+
     z, ld = torch.randn(64, 3, 64, 64, requires_grad=True), torch.randn(64, requires_grad=True)
     g = (torch.randn(64),)
     for name, fn in (("eager", lambda a, b: reference.flow_nll(a, b, "gaussian", 256)),
                      ("fastgen-cpu", lambda a, b: fastgen.ops.flow_nll(a, b, "gaussian", 256, backend="cpu"))):
         rows.append(("flow_nll fwd+bwd 64x3x64x64 bpd", name, *measure(fwd_bwd(fn, (z, ld), g), args.repeats)))
 
-    # a whole Glow training step on 16x16 shapes: the same model on the reference ops vs fastgen's
-    model = get_model("glow")(DataSpec("shapes", "image", (3, 16, 16), 4), hidden=64, steps=4)
-    batch = torch.rand(32, 3, 16, 16)
+    # a whole Glow training step on shapes images: the same model four ways (see the docstring)
+    size = args.size
+    model = get_model("glow")(DataSpec("shapes", "image", (3, size, size), 4), hidden=64, steps=4)
+    batch = torch.rand(32, 3, size, size)
     model(batch)  # ActNorm init outside the timing
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -75,9 +128,29 @@ def main():
         loss.backward()
         opt.step()
 
-    for name, backend in (("eager", "reference"), ("fastgen-cpu", "cpu")):
-        with fastgen.use_backend(backend):
-            rows.append(("glow training step 32x3x16x16 (2 levels x 4 steps)", name, *measure(step, args.repeats)))
+    variants = {
+        "eager": lambda: _replace_flow_ops({n: getattr(reference, n) for n in FLOW_OPS}),
+        "reference": lambda: fastgen.use_backend("reference"),
+        "fastgen-cpu": lambda: fastgen.use_backend("cpu"),
+        "floor": lambda: _replace_flow_ops(_FLOOR),
+    }
+    times = {name: ([], []) for name in variants}
+    for name, ctx in variants.items():  # warm-up
+        with ctx():
+            step()
+            step()
+    for _ in range(args.repeats):
+        for name, ctx in variants.items():
+            with ctx():
+                c0, w0 = time.process_time(), time.perf_counter()
+                for _ in range(3):
+                    step()
+                times[name][0].append((time.process_time() - c0) / 3)
+                times[name][1].append((time.perf_counter() - w0) / 3)
+    levels = 2 if size <= 16 else 3
+    case = f"glow training step 32x3x{size}x{size} ({levels} levels x 4 steps)"
+    for name, (cpu, wall) in times.items():
+        rows.append((case, name, statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3))
 
     print(f"threads={args.threads} torch={torch.__version__} simd={fastgen._ext.CPU_SIMD}")
     print(f"{'case':<52} {'provider':<12} {'cpu ms':>9} {'wall ms':>9} {'cpu speedup':>12}")

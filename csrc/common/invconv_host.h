@@ -94,7 +94,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backwa
   const auto parts = invconv_parts(perm, lower, upper, sign, log_s, t, inverse);
   const auto xm = invconv_rows(x, t), g = invconv_rows(grad_y, t);
   const auto d_x = at::matmul(parts.m.t(), g).view(x.sizes()).to(x.scalar_type()).contiguous();
-  const auto d_m = at::tensordot(g, xm, {0, 2}, {0, 2});  // sum_n G[n] X[n]^T
+  // sum_n G[n] X[n]^T: one batched GEMM on the tensors as they lie, then a sum over n, unless
+  // the (N, C, C) products would outgrow x (C > S; then tensordot's transposed copies)
+  const auto d_m = xm.size(1) <= xm.size(2) ? at::bmm(g, xm.transpose(1, 2)).sum(0)
+                                             : at::tensordot(g, xm, {0, 2}, {0, 2});
   const auto mt = parts.m.t();
   const auto d_w = inverse ? -at::mm(at::mm(mt, d_m), mt) : d_m;
   const auto a = at::mm(parts.perm.t(), d_w);

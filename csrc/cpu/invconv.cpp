@@ -141,6 +141,26 @@ void apply_rows(const std::vector<T>& m, const scalar_t* x, scalar_t* y, int64_t
   });
 }
 
+// vacc[(o + p) * c + k + q] += sum over the first `body` positions of g row o + p times x row k + q,
+// for an NO x NK block of (output, input) channels held in registers (NO + NK loads per NO * NK FMAs).
+template <int NO, int NK, typename T>
+inline void wgrad_block(const T* gs, const T* xs, int64_t len, int64_t body, int64_t o, int64_t k, int64_t c,
+                        at::vec::Vectorized<T>* vacc) {
+  using V = at::vec::Vectorized<T>;
+  V a[NO][NK];
+  for (int p = 0; p < NO; ++p)
+    for (int q = 0; q < NK; ++q) a[p][q] = vacc[(o + p) * c + k + q];
+  for (int64_t j = 0; j < body; j += V::size()) {
+    V gv[NO], xv[NK];
+    for (int p = 0; p < NO; ++p) gv[p] = V::loadu(gs + (o + p) * len + j);
+    for (int q = 0; q < NK; ++q) xv[q] = V::loadu(xs + (k + q) * len + j);
+    for (int p = 0; p < NO; ++p)
+      for (int q = 0; q < NK; ++q) a[p][q] = at::vec::fmadd(gv[p], xv[q], a[p][q]);
+  }
+  for (int p = 0; p < NO; ++p)
+    for (int q = 0; q < NK; ++q) vacc[(o + p) * c + k + q] = a[p][q];
+}
+
 // sum_n G[n] X[n]^T (C x C) in fixed chunks of (sample, position block), added in order. Each
 // chunk keeps one vector accumulator per (o, k) across its units and reduces it once at the end.
 template <typename scalar_t, typename T>
@@ -168,33 +188,24 @@ std::vector<T> weight_grad(const scalar_t* g, const scalar_t* x, int64_t n, int6
           }
         }
         const int64_t body = len - len % V::size();
-        for (int64_t o = 0; o < c; ++o) {
-          const T* go = gs.data() + o * len;
+        int64_t o = 0;
+        for (; o + 4 <= c; o += 4) {
           int64_t k = 0;
-          for (; k + 4 <= c; k += 4) {  // 4 independent FMA chains
-            const T* xk = xs.data() + k * len;
-            V* va = vacc.data() + o * c + k;
-            V a0 = va[0], a1 = va[1], a2 = va[2], a3 = va[3];
-            for (int64_t j = 0; j < body; j += V::size()) {
-              const V gv = V::loadu(go + j);
-              a0 = at::vec::fmadd(gv, V::loadu(xk + j), a0);
-              a1 = at::vec::fmadd(gv, V::loadu(xk + len + j), a1);
-              a2 = at::vec::fmadd(gv, V::loadu(xk + 2 * len + j), a2);
-              a3 = at::vec::fmadd(gv, V::loadu(xk + 3 * len + j), a3);
+          for (; k + 4 <= c; k += 4) wgrad_block<4, 4>(gs.data(), xs.data(), len, body, o, k, c, vacc.data());
+          for (; k < c; ++k) wgrad_block<4, 1>(gs.data(), xs.data(), len, body, o, k, c, vacc.data());
+        }
+        for (; o < c; ++o) {
+          int64_t k = 0;
+          for (; k + 4 <= c; k += 4) wgrad_block<1, 4>(gs.data(), xs.data(), len, body, o, k, c, vacc.data());
+          for (; k < c; ++k) wgrad_block<1, 1>(gs.data(), xs.data(), len, body, o, k, c, vacc.data());
+        }
+        if (body < len) {
+          for (o = 0; o < c; ++o) {
+            for (int64_t k = 0; k < c; ++k) {
+              T tail = 0;
+              for (int64_t j = body; j < len; ++j) tail += gs[o * len + j] * xs[k * len + j];
+              out[o * c + k] += tail;
             }
-            va[0] = a0, va[1] = a1, va[2] = a2, va[3] = a3;
-          }
-          for (; k < c; ++k) {
-            const T* xk = xs.data() + k * len;
-            V acc = vacc[o * c + k];
-            for (int64_t j = 0; j < body; j += V::size()) acc = at::vec::fmadd(V::loadu(go + j), V::loadu(xk + j), acc);
-            vacc[o * c + k] = acc;
-          }
-          for (k = 0; k < c; ++k) {
-            const T* xk = xs.data() + k * len;
-            T tail = 0;
-            for (int64_t j = body; j < len; ++j) tail += go[j] * xk[j];
-            out[o * c + k] += tail;
           }
         }
       }

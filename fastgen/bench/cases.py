@@ -262,6 +262,53 @@ register_case(Case(
 ))
 
 
+def _invconv_inputs(shape, dtype, device, requires_grad):
+    """x and the LU factors of a random rotation, as InvConv2dLU starts (parameters in fp32)."""
+    g = torch.Generator().manual_seed(0)
+    c = shape[1]
+    q, _ = torch.linalg.qr(torch.randn(c, c, generator=g, dtype=torch.float64))
+    perm, lower, upper = torch.linalg.lu(q)
+    d = torch.diagonal(upper)
+    params = {"perm": perm, "lower": lower, "upper": upper, "sign": torch.sign(d), "log_s": torch.log(d.abs())}
+    out = {"x": torch.randn(shape, generator=g).to(device=device, dtype=dtype).requires_grad_(requires_grad)}
+    for name, v in params.items():
+        v = v.to(device=device, dtype=torch.float32)
+        out[name] = v.requires_grad_(requires_grad and name in ("lower", "upper", "log_s"))
+    return out
+
+
+def _invconv_check(actual, expected, dtype, what):
+    """Outputs (y, logdet[, d_x, d_lower, d_upper, d_log_s]): y and d_x sum C terms, logdet is
+    H * W times a sum of C terms, the parameter gradients sum N * H * W * C terms: the
+    tolerances grow with those counts like any sum's."""
+    from fastgen import testing
+
+    rtol, atol = testing.tolerance(dtype)
+    c = actual[0].shape[1]
+    per_sample = actual[0].numel() // max(1, actual[0].shape[0] * c)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        if i == 1:
+            grow = per_sample * c ** 0.5
+        else:
+            grow = (c * actual[0].shape[0] * per_sample) ** 0.5 if i >= 3 else c ** 0.5
+        scale = max(1.0, float(e.abs().max())) if i >= 3 else 1.0
+        testing.assert_close(a, e, dtype=dtype, name=f"{what}[{i}]", rtol=rtol * grow, atol=atol * grow * scale)
+
+
+register_case(Case(
+    op="invertible_conv1x1",
+    # the Glow step of benchmarks/flows_cpu_time.py (12 and 24 channels), a wider Glow level, and
+    # one past the CPU kernel's 64-channel loops (BLAS path)
+    shapes=[(32, 12, 8, 8), (32, 24, 4, 4), (64, 48, 16, 16), (64, 96, 8, 8)],
+    quick_shapes=[(32, 12, 8, 8), (64, 48, 16, 16)],
+    make_inputs=_invconv_inputs,
+    reference=reference.invertible_conv1x1,
+    fastgen=lambda backend, **kw: fastgen.ops.invertible_conv1x1(**kw, backend=backend),
+    grad_inputs=("x", "lower", "upper", "log_s"),
+    check=_invconv_check,
+))
+
+
 def _nll_inputs(shape, dtype, device, requires_grad):
     g = torch.Generator(device).manual_seed(0)
     z = torch.randn(shape, generator=g, device=device, dtype=dtype)
