@@ -15,6 +15,8 @@ alike (the table gives medians and the speedup column is against "eager"):
                squeeze/split glue) costs, i.e. the time no flow-op fusion can remove.
 
     python benchmarks/flows_cpu_time.py [--threads 1] [--repeats 7] [--size 16]
+    python benchmarks/flows_cpu_time.py --device cuda   # the Glow step only, wall clock (synchronized),
+                                                        # fastgen on its triton and cuda backends
 """
 import argparse
 import contextlib
@@ -80,10 +82,26 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--size", type=int, default=16, help="Glow step image size (16: 2 levels, 32: 3)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
+    if args.device == "cpu":
+        op_rows(args, rows)
+    glow_rows(args, rows)
+
+    print(f"device={args.device} threads={args.threads} torch={torch.__version__} simd={fastgen._ext.CPU_SIMD}")
+    print(f"{'case':<52} {'provider':<14} {'cpu ms':>9} {'wall ms':>9} {'speedup':>9}")
+    base = {}
+    for case, name, cpu, wall in rows:
+        # CPU: process-time speedup; CUDA: the host's CPU time says little, wall time is the one
+        key = cpu if args.device == "cpu" else wall
+        base.setdefault(case, key)
+        print(f"{case:<52} {name:<14} {cpu:9.2f} {wall:9.2f} {base[case] / key:8.2f}x")
+
+
+def op_rows(args, rows):
 
     x, t, r = (torch.randn(64, 32, 32, 32, requires_grad=True) for _ in range(3))
     g = (torch.randn(64, 32, 32, 32), torch.randn(64))
@@ -115,12 +133,16 @@ def main():
                      ("fastgen-cpu", lambda a, b: fastgen.ops.flow_nll(a, b, "gaussian", 256, backend="cpu"))):
         rows.append(("flow_nll fwd+bwd 64x3x64x64 bpd", name, *measure(fwd_bwd(fn, (z, ld), g), args.repeats)))
 
-    # a whole Glow training step on shapes images: the same model four ways (see the docstring)
-    size = args.size
-    model = get_model("glow")(DataSpec("shapes", "image", (3, size, size), 4), hidden=64, steps=4)
-    batch = torch.rand(32, 3, size, size)
+
+
+def glow_rows(args, rows):
+    """A whole Glow training step on shapes images: the same model four ways (see the docstring)."""
+    size, device = args.size, torch.device(args.device)
+    model = get_model("glow")(DataSpec("shapes", "image", (3, size, size), 4), hidden=64, steps=4).to(device)
+    batch = torch.rand(32, 3, size, size, device=device)
     model(batch)  # ActNorm init outside the timing
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
         loss, _ = model(batch)
@@ -131,9 +153,10 @@ def main():
     variants = {
         "eager": lambda: _replace_flow_ops({n: getattr(reference, n) for n in FLOW_OPS}),
         "reference": lambda: fastgen.use_backend("reference"),
-        "fastgen-cpu": lambda: fastgen.use_backend("cpu"),
-        "floor": lambda: _replace_flow_ops(_FLOOR),
     }
+    for backend in (("cpu",) if device.type == "cpu" else ("triton", "cuda")):
+        variants[f"fastgen-{backend}"] = lambda b=backend: fastgen.use_backend(b)
+    variants["floor"] = lambda: _replace_flow_ops(_FLOOR)
     times = {name: ([], []) for name in variants}
     for name, ctx in variants.items():  # warm-up
         with ctx():
@@ -142,22 +165,17 @@ def main():
     for _ in range(args.repeats):
         for name, ctx in variants.items():
             with ctx():
+                sync()
                 c0, w0 = time.process_time(), time.perf_counter()
                 for _ in range(3):
                     step()
+                sync()
                 times[name][0].append((time.process_time() - c0) / 3)
                 times[name][1].append((time.perf_counter() - w0) / 3)
     levels = 2 if size <= 16 else 3
     case = f"glow training step 32x3x{size}x{size} ({levels} levels x 4 steps)"
     for name, (cpu, wall) in times.items():
         rows.append((case, name, statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3))
-
-    print(f"threads={args.threads} torch={torch.__version__} simd={fastgen._ext.CPU_SIMD}")
-    print(f"{'case':<52} {'provider':<12} {'cpu ms':>9} {'wall ms':>9} {'cpu speedup':>12}")
-    base = {}
-    for case, name, cpu, wall in rows:
-        base.setdefault(case, cpu)
-        print(f"{case:<52} {name:<12} {cpu:9.2f} {wall:9.2f} {base[case] / cpu:11.2f}x")
 
 
 if __name__ == "__main__":

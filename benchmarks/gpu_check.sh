@@ -29,6 +29,8 @@ step bench_vq_nearest_bf16 "$PY" benchmarks/bench_vq_nearest.py --device cuda --
 step bench_vq "$PY" -m fastgen bench --op vq_quantize,vq_ema_update --device cuda --out "$OUT/bench_vq"
 step bench_attention_fp16 "$PY" -m fastgen bench --op flash_attention,decode_attention --device cuda --dtype fp16 --out "$OUT/bench_attn_fp16"
 step bench_attention_bf16 "$PY" -m fastgen bench --op flash_attention --device cuda --dtype bf16 --mode fwd+bwd --out "$OUT/bench_attn_bf16"
+step glow_step "$PY" benchmarks/flows_cpu_time.py --device cuda --repeats 9
+step glow_step_32 "$PY" benchmarks/flows_cpu_time.py --device cuda --repeats 9 --size 32
 step bench_gpt_sampling "$PY" benchmarks/bench_gpt_sampling.py --device cuda --out "$OUT/gpt_sampling.csv"
 cat "$OUT"/bench_*.log | grep -v "^\s*$" | tail -n 60
 exit $status
