@@ -350,9 +350,10 @@ def _invconv_apply(m, x):
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel():
         fp64 = m.dtype == torch.float64
-        bo = max(16, min(next_power_of_2(c), 64))
-        bk = max(16, min(next_power_of_2(c), 8 if fp64 else 32))
-        bs = max(16, min(next_power_of_2(s), 64))
+        # fp64 forms its BO x BK x BS products in registers: smaller tiles
+        bo = max(16, min(next_power_of_2(c), 32 if fp64 else 64))
+        bk = 16 if fp64 else max(16, min(next_power_of_2(c), 32))
+        bs = max(16, min(next_power_of_2(s), 32 if fp64 else 64))
         grid = (n, -(-c // bo), -(-s // bs))
         _invconv_kernel[grid](m.contiguous(), x, y, c, s, FP64=fp64, BO=bo, BS=bs, BK=bk)
     return y
