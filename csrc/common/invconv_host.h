@@ -39,6 +39,16 @@ inline void check_invconv(const at::Tensor& x, const at::Tensor& perm, const at:
   check_param(sign, "sign", false);
 }
 
+inline void check_invconv_grads(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x) {
+  check_same_float_tensor(x, "x", grad_y, "grad_y");
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_logdet.scalar_type()), "fastgen: grad_logdet must be a "
+                   "floating-point tensor, got ", grad_logdet.scalar_type());
+  TORCH_CHECK_VALUE(grad_logdet.dim() == 1 && grad_logdet.size(0) == x.size(0), "fastgen: grad_logdet "
+                    "must have shape (", x.size(0), ",), got ", grad_logdet.sizes());
+  TORCH_CHECK_VALUE(grad_logdet.device() == x.device(), "fastgen: grad_logdet is on ", grad_logdet.device(),
+                    " but x is on ", x.device());
+}
+
 struct InvconvParts {
   at::Tensor perm, lo, up, scale, m;  // math dtype; m is the applied matrix (W or W^-1)
 };
@@ -83,13 +93,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backwa
     const at::Tensor& lower, const at::Tensor& upper, const at::Tensor& sign, const at::Tensor& log_s,
     bool inverse) {
   check_invconv(x, perm, lower, upper, sign, log_s);
-  check_same_float_tensor(x, "x", grad_y, "grad_y");
-  TORCH_CHECK_TYPE(at::isFloatingType(grad_logdet.scalar_type()), "fastgen: grad_logdet must be a "
-                   "floating-point tensor, got ", grad_logdet.scalar_type());
-  TORCH_CHECK_VALUE(grad_logdet.dim() == 1 && grad_logdet.size(0) == x.size(0), "fastgen: grad_logdet "
-                    "must have shape (", x.size(0), ",), got ", grad_logdet.sizes());
-  TORCH_CHECK_VALUE(grad_logdet.device() == x.device(), "fastgen: grad_logdet is on ", grad_logdet.device(),
-                    " but x is on ", x.device());
+  check_invconv_grads(grad_y, grad_logdet, x);
   const auto t = opmath_dtype(x.scalar_type());
   const auto parts = invconv_parts(perm, lower, upper, sign, log_s, t, inverse);
   const auto xm = invconv_rows(x, t), g = invconv_rows(grad_y, t);

@@ -1,8 +1,9 @@
 // CPU entry points of invertible_conv1x1 (math and the device-generic path:
 // csrc/common/invconv_host.h). Glow's layers have 12 to 48 channels, where BLAS and a dozen ATen
 // ops per call cost more than the arithmetic: up to kSmallC channels the C x C weight build and
-// the gradient chain are plain loops, and the per-sample products are loops over blocks of
-// positions that the compiler vectorizes. Wider layers take the host path (BLAS GEMMs).
+// the gradient chain are plain loops, and the per-sample products run in at::vec register blocks
+// (4 channels x one vector of positions) over tiles of kPosBlock positions. Wider layers take
+// the host path (BLAS GEMMs).
 // The weight gradient sums fixed chunks of (sample, position block) in order: the result does
 // not depend on the thread count.
 #include <ATen/ATen.h>
@@ -33,6 +34,24 @@ std::vector<T> host_vector(const at::Tensor& t) {
   return std::vector<T>(p, p + v.numel());
 }
 
+// a @ b and a^T for row-major c x c matrices.
+template <typename T>
+std::vector<T> small_matmul(const std::vector<T>& a, const std::vector<T>& b, int64_t c) {
+  std::vector<T> out(c * c, T(0));
+  for (int64_t i = 0; i < c; ++i)
+    for (int64_t k = 0; k < c; ++k)
+      for (int64_t j = 0; j < c; ++j) out[i * c + j] += a[i * c + k] * b[k * c + j];
+  return out;
+}
+
+template <typename T>
+std::vector<T> small_transpose(const std::vector<T>& a, int64_t c) {
+  std::vector<T> out(c * c);
+  for (int64_t i = 0; i < c; ++i)
+    for (int64_t j = 0; j < c; ++j) out[j * c + i] = a[i * c + j];
+  return out;
+}
+
 // Row-major C x C matrices in the math type T.
 template <typename T>
 struct SmallLU {
@@ -59,13 +78,7 @@ SmallLU<T> small_parts(const at::Tensor& perm, const at::Tensor& lower, const at
       r.up[i * c + j] = j > i ? upper_v[i * c + j] : (i == j ? r.scale[i] : T(0));
     }
   }
-  std::vector<T> lu(c * c, T(0)), w(c * c, T(0));
-  for (int64_t i = 0; i < c; ++i)
-    for (int64_t k = 0; k < c; ++k)
-      for (int64_t j = 0; j < c; ++j) lu[i * c + j] += r.lo[i * c + k] * r.up[k * c + j];
-  for (int64_t i = 0; i < c; ++i)
-    for (int64_t k = 0; k < c; ++k)
-      for (int64_t j = 0; j < c; ++j) w[i * c + j] += r.perm[i * c + k] * lu[k * c + j];
+  auto w = small_matmul(r.perm, small_matmul(r.lo, r.up, c), c);
   if (inverse) {
     const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
     const auto inv = at::linalg_inv(at::from_blob(w.data(), {c, c}, opts)).contiguous();
@@ -265,13 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backward_cpu(
     bool inverse) {
   check_invconv(x_in, perm, lower, upper, sign, log_s);
   if (!small_layer(x_in)) return invconv_backward(gy_in, gl, x_in, perm, lower, upper, sign, log_s, inverse);
-  check_same_float_tensor(x_in, "x", gy_in, "grad_y");
-  TORCH_CHECK_TYPE(at::isFloatingType(gl.scalar_type()), "fastgen: grad_logdet must be a floating-point "
-                   "tensor, got ", gl.scalar_type());
-  TORCH_CHECK_VALUE(gl.dim() == 1 && gl.size(0) == x_in.size(0), "fastgen: grad_logdet must have shape (",
-                    x_in.size(0), ",), got ", gl.sizes());
-  TORCH_CHECK_VALUE(gl.device() == x_in.device(), "fastgen: grad_logdet is on ", gl.device(),
-                    " but x is on ", x_in.device());
+  check_invconv_grads(gy_in, gl, x_in);
   const auto x = x_in.contiguous(), gy = gy_in.contiguous();
   const int64_t n = x.size(0), c = x.size(1), s = c ? x.numel() / std::max<int64_t>(1, n * c) : 0;
   auto d_x = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -287,36 +294,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgen_invconv_backward", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto parts = small_parts<T>(perm, lower, upper, sign, log_s, inverse);
-    const auto& m = parts.m;
-    std::vector<T> mt(c * c);
-    for (int64_t i = 0; i < c; ++i)
-      for (int64_t j = 0; j < c; ++j) mt[j * c + i] = m[i * c + j];
+    const auto mt = small_transpose(parts.m, c);
     std::vector<T> d_m(c * c, T(0));
     if (x.numel()) {
       apply_rows<scalar_t, T>(mt, gy.const_data_ptr<scalar_t>(), d_x.mutable_data_ptr<scalar_t>(), n, c, s);
       d_m = weight_grad<scalar_t, T>(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), n, c, s);
     }
-    auto matmul = [c](const std::vector<T>& a, const std::vector<T>& b) {
-      std::vector<T> out(c * c, T(0));
-      for (int64_t i = 0; i < c; ++i)
-        for (int64_t k = 0; k < c; ++k)
-          for (int64_t j = 0; j < c; ++j) out[i * c + j] += a[i * c + k] * b[k * c + j];
-      return out;
-    };
-    auto transpose = [c](const std::vector<T>& a) {
-      std::vector<T> out(c * c);
-      for (int64_t i = 0; i < c; ++i)
-        for (int64_t j = 0; j < c; ++j) out[j * c + i] = a[i * c + j];
-      return out;
-    };
-    std::vector<T> d_w = d_m;
+    std::vector<T> d_w = d_m;  // d W = d M, or -M^T d M M^T for the inverse
     if (inverse) {
-      d_w = matmul(matmul(mt, d_m), mt);
+      d_w = small_matmul(small_matmul(mt, d_m, c), mt, c);
       for (auto& v : d_w) v = -v;
     }
-    const auto a = matmul(transpose(parts.perm), d_w);
-    auto dl = matmul(a, transpose(parts.up));
-    auto du = matmul(transpose(parts.lo), a);
+    const auto a = small_matmul(small_transpose(parts.perm, c), d_w, c);  // P^T d W
+    auto dl = small_matmul(a, small_transpose(parts.up, c), c);          // d L = A U^T
+    auto du = small_matmul(small_transpose(parts.lo, c), a, c);          // d U = L^T A
     std::vector<T> dls(c);
     for (int64_t i = 0; i < c; ++i) {
       dls[i] = du[i * c + i] * parts.scale[i] + static_cast<T>(gl_total);
