@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -49,3 +50,15 @@ def require_backend(op_name, device, backend):
 @pytest.fixture(params=DEVICE_BACKENDS)
 def device_backend(request):
     return request.param
+
+
+class DispatchLog(TorchDispatchMode):
+    """A dispatch mode (as tracing uses) that records the name of every op it sees in `ops`."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))

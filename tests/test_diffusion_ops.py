@@ -9,7 +9,7 @@ from fastgen.kernels import diffusion as triton_diffusion
 from fastgen.ops import reference
 from fastgen.testing import assert_close
 
-from conftest import require_backend
+from conftest import DispatchLog, require_backend
 
 OPS = ("add_noise", "get_velocity", "ddim_step", "ddpm_step", "flow_euler_step", "flow_heun_step")
 # odd sizes, a 1-D batch, >2-D samples, and enough elements for several Triton programs / CPU chunks
@@ -443,7 +443,6 @@ def test_eager_calls_skip_the_outer_dispatch_and_keep_its_behaviour():
     """Once ddim_step on CPU resolved to its C++ kernel, eager calls go to `ddim_step_native`
     directly (FusedOp._direct): same numbers, same error messages; a dispatch mode (as tracing
     uses) still sees `fastgen::ddim_step` itself."""
-    from torch.utils._python_dispatch import TorchDispatchMode
     op = fastgen.ops.REGISTRY["ddim_step"]
     if op.unavailable("cpu", "cpu"):
         pytest.skip("native extension not built")
@@ -455,16 +454,7 @@ def test_eager_calls_skip_the_outer_dispatch_and_keep_its_behaviour():
     for a, b in zip(first, again):
         assert torch.equal(a, b)
 
-    class Log(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Log() as log:
+    with DispatchLog() as log:
         logged = fastgen.ops.ddim_step(m, x, 17, ac, acp, backend="cpu")
     assert "fastgen.ddim_step.default" in log.ops
     for a, b in zip(first, logged):

@@ -9,7 +9,7 @@ import fastgen
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
-from conftest import require_backend
+from conftest import DispatchLog, require_backend
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SCALE_FNS = ["exp", "sigmoid", "tanh_exp", "atan_exp"]
@@ -759,7 +759,6 @@ def test_eager_calls_with_autograd_skip_the_dispatcher_and_keep_its_behaviour():
     """Eager calls of an op with autograd run its kernel in an autograd.Function
     (FusedOp._functions): the same numbers and gradients as through `torch.ops.fastgen.<name>`,
     which a dispatch mode (as tracing uses) still sees."""
-    from torch.utils._python_dispatch import TorchDispatchMode
     op = fastgen.ops.REGISTRY[INVCONV]
     if op.unavailable("cpu", "cpu"):
         pytest.skip("native extension not built")
@@ -776,16 +775,7 @@ def test_eager_calls_with_autograd_skip_the_dispatcher_and_keep_its_behaviour():
     for a, b in zip(direct, dispatched):
         assert torch.equal(a, b)
 
-    class Log(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    with Log() as log:
+    with DispatchLog() as log:
         fastgen.ops.invertible_conv1x1(*inputs, backend="cpu")
     assert "fastgen.invertible_conv1x1.default" in log.ops
     with pytest.raises(TypeError, match="lower must be a torch.Tensor"):

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "common/checks.h"
+#include "common/flow_host.h"
 
 namespace fastgen {
 
@@ -69,9 +70,8 @@ inline InvconvParts invconv_parts(const at::Tensor& perm, const at::Tensor& lowe
 }
 
 inline at::Tensor invconv_rows(const at::Tensor& x, at::ScalarType t) {
-  int64_t s = 1;
-  for (int64_t d = 2; d < x.dim(); ++d) s *= x.size(d);
-  return x.to(t).reshape({x.size(0), x.size(1), s});
+  const ActnormShape sh(x);
+  return x.to(t).reshape({sh.n, sh.c, sh.s});
 }
 
 inline std::tuple<at::Tensor, at::Tensor> invconv_forward(const at::Tensor& x, const at::Tensor& perm,

@@ -252,7 +252,8 @@ std::tuple<at::Tensor, at::Tensor> invconv_cpu(const at::Tensor& x_in, const at:
   check_invconv(x_in, perm, lower, upper, sign, log_s);
   if (!small_layer(x_in)) return invconv_forward(x_in, perm, lower, upper, sign, log_s, inverse);
   const auto x = x_in.contiguous();
-  const int64_t n = x.size(0), c = x.size(1), s = c ? x.numel() / std::max<int64_t>(1, n * c) : 0;
+  const ActnormShape sh(x);
+  const int64_t n = sh.n, c = sh.c, s = sh.s;
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto t = opmath_dtype(x.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgen_invconv", [&] {
@@ -280,7 +281,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backward_cpu(
   if (!small_layer(x_in)) return invconv_backward(gy_in, gl, x_in, perm, lower, upper, sign, log_s, inverse);
   check_invconv_grads(gy_in, gl, x_in);
   const auto x = x_in.contiguous(), gy = gy_in.contiguous();
-  const int64_t n = x.size(0), c = x.size(1), s = c ? x.numel() / std::max<int64_t>(1, n * c) : 0;
+  const ActnormShape sh(x);
+  const int64_t n = sh.n, c = sh.c, s = sh.s;
   auto d_x = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto pt = log_s.scalar_type();
   at::Tensor d_lower, d_upper, d_ls;
