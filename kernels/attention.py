@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ._compat import jit, next_power_of_2, tl, triton
+from ._compat import INTERPRET, fp32_dot_ieee, jit, next_power_of_2, smem_limit, tl, triton
 
 LOG2E = 1.4426950408889634
 
@@ -50,13 +50,21 @@ def _lse2(lse):
 
 
 @jit
+def _split_pid(L, BLOCK: tl.constexpr):
+    """(block along the sequence, batch * head) of this program. The grid is flat, blocks of one
+    head adjacent: axis 0 takes 2**31 - 1 programs, axis 1 only 65535 (B * H can exceed it)."""
+    pid = tl.program_id(0)
+    nblocks = tl.cdiv(L, BLOCK)
+    return pid % nblocks, pid // nblocks
+
+
+@jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, skpm,
                      H, GROUP, LQ, LK, D, seed_ptr, dropout_p, drop_scale,
                      CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _split_pid(LQ, BLOCK_M)
     b = bh // H
     h = bh % H
     hk = h // GROUP
@@ -68,7 +76,8 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
     k_base = k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     kpm_base = kpm_ptr + b.to(tl.int64) * skpm
-    q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(q_base + offs_m.to(tl.int64)[:, None] * sqm + offs_d[None, :],
+                mask=mmask[:, None] & dmask[None, :], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -81,7 +90,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
-        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_base + offs_n.to(tl.int64)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
         s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
@@ -90,7 +99,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
         l_i = l_i * alpha + tl.sum(p, 1)  # the softmax sums before dropout
         if DROPOUT:
             p, _ = _dropout(p, rows, offs_n, LK, seed, dropout_p, drop_scale)
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -111,17 +120,17 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
                           H, HKV, GROUP, LQ, LK, D, seed_ptr, dropout_p, drop_scale,
                           CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_n = tl.program_id(0)
-    bhk = tl.program_id(1)
+    pid_n, bhk = _split_pid(LK, BLOCK_N)
     b = bhk // HKV
     hk = bhk % HKV
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n64 = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
-    k = tl.load(k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n[:, None] * skn + offs_d[None, :],
+    k = tl.load(k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n64[:, None] * skn + offs_d[None, :],
                 mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_n[:, None] * svn + offs_d[None, :],
+    v = tl.load(v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_n64[:, None] * svn + offs_d[None, :],
                 mask=kv_mask, other=0.0)
     kpm_base = kpm_ptr + b.to(tl.int64) * skpm
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -139,7 +148,7 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
             offs_m = start_m + tl.arange(0, BLOCK_M)
             mmask = offs_m < LQ
             qd_mask = mmask[:, None] & dmask[None, :]
-            q = tl.load(q_base + offs_m[:, None] * sqm + offs_d[None, :], mask=qd_mask, other=0.0)
+            q = tl.load(q_base + offs_m.to(tl.int64)[:, None] * sqm + offs_d[None, :], mask=qd_mask, other=0.0)
             rows = bh.to(tl.int64) * LQ + offs_m
             do = tl.load(do_ptr + rows[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
             lse2 = _lse2(tl.load(lse_ptr + rows, mask=mmask, other=float("-inf")))
@@ -162,7 +171,7 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
             else:
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    out_rows = (bhk.to(tl.int64) * LK + offs_n) * D
+    out_rows = (bhk.to(tl.int64) * LK + offs_n64) * D
     tl.store(dk_ptr + out_rows[:, None] + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptr + out_rows[:, None] + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
@@ -173,8 +182,7 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
                         H, GROUP, LQ, LK, D, seed_ptr, dropout_p, drop_scale,
                         CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _split_pid(LQ, BLOCK_M)
     b = bh // H
     h = bh % H
     hk = h // GROUP
@@ -183,8 +191,8 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
     dmask = offs_d < D
     mmask = offs_m < LQ
     qd_mask = mmask[:, None] & dmask[None, :]
-    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                mask=qd_mask, other=0.0)
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m.to(tl.int64)[:, None] * sqm
+                + offs_d[None, :], mask=qd_mask, other=0.0)
     rows = bh.to(tl.int64) * LQ + offs_m
     do = tl.load(do_ptr + rows[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
     lse2 = _lse2(tl.load(lse_ptr + rows, mask=mmask, other=float("-inf")))
@@ -201,8 +209,8 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
-        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_base + offs_n.to(tl.int64)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
         s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
         p = tl.exp2(s - lse2[:, None])
         if IEEE:
@@ -220,15 +228,47 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
     tl.store(dq_ptr + rows[:, None] * D + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=qd_mask)
 
 
-def _blocks(d):
-    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps): smaller key blocks for the widest heads so a
-    tile of K and V fits in shared memory."""
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, operand class and head-dim bucket, for
+# GPUs with >= 160 KB of shared memory per block (sm_80, sm_90, sm_100) and for the ~100 KB ones
+# (sm_86, sm_89, sm_120). "mma": fp16 / bf16, and fp32 with TF32 allowed; "ieee": exact fp32,
+# whose dots run on FMAs with operands in registers, so its tiles are small. Every entry is
+# compiled for sm_80 and sm_90 by fastgen.compile_check (no spills for 16-bit operands, shared
+# memory within the limit); the table in benchmarks/results/compile/ has the numbers.
+_TILES = {
+    # kind, class: {head-dim bucket: tiles}
+    ("fwd", "mma"): {64: (64, 64, 4, 3), 128: (64, 32, 4, 3), 256: (64, 32, 8, 2)},
+    ("fwd", "ieee"): {64: (32, 32, 8, 2), 128: (32, 32, 8, 2), 256: (16, 32, 8, 2)},
+    ("dkdv", "mma"): {64: (32, 64, 4, 3), 128: (32, 64, 8, 2), 256: (16, 32, 8, 2)},
+    ("dkdv", "ieee"): {64: (32, 32, 8, 2), 128: (16, 32, 8, 2), 256: (16, 16, 8, 2)},
+    ("dq", "mma"): {64: (64, 64, 4, 3), 128: (64, 32, 4, 3), 256: (32, 32, 8, 2)},
+    ("dq", "ieee"): {64: (32, 32, 8, 2), 128: (32, 32, 8, 2), 256: (16, 32, 8, 2)},
+    ("decode", "mma"): {64: (64, 64, 4, 2), 128: (32, 64, 4, 2), 256: (16, 32, 4, 2)},
+    ("decode", "ieee"): {64: (32, 32, 8, 2), 128: (16, 32, 8, 2), 256: (16, 16, 8, 2)},
+}
+_SMALL_SMEM = 160 * 1024
+# Under the interpreter every program is a slow host step and registers do not exist: big tiles
+# (tests/test_ops_attention.py also runs the GPU table under the interpreter, once per bucket).
+_INTERPRETER_TILES = {64: (64, 64), 128: (64, 32), 256: (32, 32)}
+GPU_TILES_UNDER_INTERPRETER = False
+
+
+def _tiles(kind, d, dtype, device):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages, IEEE) for one kernel on `device`."""
     block_d = max(16, next_power_of_2(d))
-    if block_d <= 64:
-        return 64, 64, block_d, 4
-    if block_d <= 128:
-        return 64, 32, block_d, 4
-    return 32, 32, block_d, 8
+    ieee = dtype == torch.float32 and fp32_dot_ieee()
+    if INTERPRET and not GPU_TILES_UNDER_INTERPRETER and device.type == "cpu":
+        bm, bn = _INTERPRETER_TILES[max(64, block_d)]
+        if kind == "decode":
+            bm = 128
+        return bm, bn, block_d, 4, 1, ieee
+    bm, bn, warps, stages = _TILES[kind, "ieee" if ieee else "mma"][max(64, block_d)]
+    if dtype == torch.float32 and not ieee:  # TF32 operands are twice the bytes of fp16 ones
+        stages = min(stages, 2)
+    if smem_limit(device) < _SMALL_SMEM:
+        stages = 1 if block_d >= 128 else min(stages, 2)
+        if block_d >= 256:
+            bn = min(bn, 16)
+    return bm, bn, block_d, warps, stages, ieee
 
 
 def _row_strided(t):
@@ -269,11 +309,12 @@ def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, dr
     lse = torch.empty((b, h, lq), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
-    block_m, block_n, block_d, warps = _blocks(d)
-    _attn_fwd_kernel[(triton.cdiv(lq, block_m), b * h)](
+    block_m, block_n, block_d, warps, stages, ieee = _tiles("fwd", d, q.dtype, q.device)
+    _attn_fwd_kernel[(triton.cdiv(lq, block_m) * b * h,)](
         q, k, v, out, lse, kpm, sm_scale * LOG2E, *_strides(q, k, v, kpm, has_kpm),
         h, h // hkv, lq, lk, d, seed_ptr, p_drop, drop_scale, CAUSAL=causal, HAS_KPM=has_kpm,
-        IEEE=q.dtype == torch.float32, DROPOUT=dropout, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
+        IEEE=ieee, DROPOUT=dropout, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=warps, num_stages=stages)
     return out, lse
 
 
@@ -293,16 +334,18 @@ def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False
     dv = torch.empty((b, hkv, lk, d), dtype=v.dtype, device=v.device)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    block_m, block_n, block_d, warps = _blocks(d)
-    common = dict(CAUSAL=causal, HAS_KPM=has_kpm, IEEE=q.dtype == torch.float32, DROPOUT=dropout, BLOCK_M=block_m,
-                  BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
+    flags = dict(CAUSAL=causal, HAS_KPM=has_kpm, DROPOUT=dropout)
     strides = _strides(q, k, v, kpm, has_kpm)
-    _attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hkv)](
+    block_m, block_n, block_d, warps, stages, ieee = _tiles("dkdv", d, q.dtype, q.device)
+    _attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n) * b * hkv,)](
         q, k, v, do, lse, delta, kpm, dk, dv, sm_scale * LOG2E, sm_scale, *strides,
-        h, hkv, h // hkv, lq, lk, d, seed_ptr, p_drop, drop_scale, **common)
-    _attn_bwd_dq_kernel[(triton.cdiv(lq, block_m), b * h)](
+        h, hkv, h // hkv, lq, lk, d, seed_ptr, p_drop, drop_scale, IEEE=ieee, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps, num_stages=stages, **flags)
+    block_m, block_n, block_d, warps, stages, ieee = _tiles("dq", d, q.dtype, q.device)
+    _attn_bwd_dq_kernel[(triton.cdiv(lq, block_m) * b * h,)](
         q, k, v, do, lse, delta, kpm, dq, sm_scale * LOG2E, sm_scale, *strides,
-        h, h // hkv, lq, lk, d, seed_ptr, p_drop, drop_scale, **common)
+        h, h // hkv, lq, lk, d, seed_ptr, p_drop, drop_scale, IEEE=ieee, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps, num_stages=stages, **flags)
     return dq, dk, dv
 
 
@@ -311,35 +354,36 @@ def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False
 @jit
 def _decode_partial_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, m_ptr, l_ptr, acc_ptr, qk_scale,
                            sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
-                           H, GROUP, LQ, D, SPLIT_LEN, NSPLIT,
+                           H, GROUP, LQ, LK, D, SPLIT_LEN, NSPLIT,
                            IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_D: tl.constexpr):
-    """Unnormalized partial attention of one (batch, head)'s queries over one key split:
-    running max (base 2), sum and accumulator, merged by the combine step."""
+    """Unnormalized partial attention of one (batch, head)'s block of queries over one key
+    split: running max (base 2), sum and accumulator, merged by the combine step. Keys past the
+    cache (cache_seqlens[b] > LK) do not exist, as on every backend."""
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // H
     h = bh % H
     hk = h // GROUP
     seqlen = tl.load(seqlens_ptr + b)
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mmask = offs_m < LQ
     dmask = offs_d < D
-    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                mask=mmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m.to(tl.int64)[:, None] * sqm
+                + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
     limit = seqlen - (LQ - 1 - offs_m)  # query i (bottom-right aligned) sees keys j < limit_i
     k_base = k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     lo = split * SPLIT_LEN
-    hi = tl.minimum(lo + SPLIT_LEN, seqlen)
+    hi = tl.minimum(tl.minimum(lo + SPLIT_LEN, seqlen), LK)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < hi)[:, None] & dmask[None, :]
-        k = tl.load(k_base + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_base + offs_n.to(tl.int64)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
         else:
@@ -350,7 +394,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, m_ptr, l_ptr, acc_p
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -373,7 +417,8 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None):
     if out.numel() == 0:
         return out
     sm_scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    block_n = 64 if d <= 128 else 32
+    block_m, block_n, block_d, warps, stages, ieee = _tiles("decode", d, q.dtype, q.device)
+    block_m = min(block_m, max(16, next_power_of_2(lq)))
     # enough splits to fill the device when B * H is small, each at least a few key blocks long
     nsplit = max(1, min(64, triton.cdiv(lmax, 4 * block_n)))
     split_len = triton.cdiv(triton.cdiv(lmax, nsplit), block_n) * block_n
@@ -381,12 +426,12 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None):
     m = torch.empty((b * h, nsplit, lq), dtype=torch.float32, device=q.device)
     l = torch.empty_like(m)
     acc = torch.empty((b * h, nsplit, lq, d), dtype=torch.float32, device=q.device)
-    _decode_partial_kernel[(b * h, nsplit)](
+    _decode_partial_kernel[(b * h, nsplit, triton.cdiv(lq, block_m))](
         q, k, v, cache_seqlens.to(torch.int64), m, l, acc, sm_scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), h, h // hkv, lq, d, split_len, nsplit,
-        IEEE=q.dtype == torch.float32, BLOCK_M=max(16, next_power_of_2(lq)), BLOCK_N=block_n,
-        BLOCK_D=max(16, next_power_of_2(d)), num_warps=4)
+        v.stride(0), v.stride(1), v.stride(2), h, h // hkv, lq, lmax, d, split_len, nsplit,
+        IEEE=ieee, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps,
+        num_stages=stages)
     # combine the splits: weights 2^(m_s - max m), a split that saw nothing weighs 0
     m_max = m.amax(1, keepdim=True)
     w = torch.exp2(m - m_max.masked_fill(m_max == float("-inf"), 0))

@@ -9,20 +9,13 @@ handful of scalar flops next to a BLOCK of loads. Math in fp32 (fp64 for fp64 sa
 """
 import torch
 
-from ._compat import jit, math_dtype, tl
+from ._compat import jit, math_dtype, split_double, tl
 
 _BLOCK = 1024
 
 # codes shared with the launchers below (constexpr switches)
 PRED = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 VAR = {"fixed_small": 0, "fixed_small_log": 1, "fixed_large": 2, "fixed_large_log": 3}
-
-
-def _split_double(value):
-    """Triton passes Python floats as fp32: send a double as hi + lo fp32 parts so fp64 kernels
-    see it exactly (hi + lo reassembled in fp64; fp32 kernels get hi + lo rounded, i.e. hi)."""
-    hi = float(torch.tensor(value, dtype=torch.float32))
-    return hi, float(torch.tensor(value - hi, dtype=torch.float32))
 
 
 def _index_arg(index, dummy):
@@ -208,12 +201,13 @@ def _denoise_step(ddpm, model_output, sample, noise, timestep, alphas_cumprod, a
     _denoise_step_kernel[(triton_cdiv(n, _BLOCK),)](
         m, uncond.contiguous() if guided else m, x, noise, t_ptr, t_value, alphas_cumprod.contiguous(),
         alphas_cumprod_prev.contiguous(), threshold.contiguous() if thresholding else x, prev, x0, n,
-        n // x.shape[0], *_split_double(eta), *_split_double(clip_sample_range),
-        *_split_double(guidance_scale), seed_ptr, seed_value, int(seed_offset), SEED_FROM_PTR=seed_from_ptr,
+        n // x.shape[0], *split_double(eta), *split_double(clip_sample_range),
+        *split_double(guidance_scale), seed_ptr, seed_value, int(seed_offset), SEED_FROM_PTR=seed_from_ptr,
         GEN_NOISE=gen_noise, GUIDED=guided, T_FROM_PTR=from_ptr, DDPM=ddpm,
         PRED_TYPE=PRED[prediction_type],
         VAR_TYPE=VAR[variance_type], CLIP=bool(clip_sample), THRESHOLD=thresholding,
-        HAS_NOISE=has_noise, USE_CLIPPED=bool(use_clipped_model_output), BLOCK=_BLOCK)
+        HAS_NOISE=has_noise, USE_CLIPPED=bool(use_clipped_model_output), BLOCK=_BLOCK,
+        num_warps=8 if gen_noise else 4)  # Philox state for 8 elements per thread spills
     return prev, x0
 
 
@@ -277,7 +271,7 @@ def _flow(v, v2, x, noise, step_index, sigmas, heun, guidance_scale=1.0):
     i_ptr, i_value, from_ptr = _index_arg(step_index.reshape(()), x)
     _flow_step_kernel[(triton_cdiv(n, _BLOCK),)](
         v, v2.contiguous() if heun or guided else v, x, noise.contiguous() if stochastic else x, i_ptr,
-        i_value, sigmas.contiguous(), out, n, *_split_double(guidance_scale), I_FROM_PTR=from_ptr,
+        i_value, sigmas.contiguous(), out, n, *split_double(guidance_scale), I_FROM_PTR=from_ptr,
         HEUN=heun, STOCHASTIC=stochastic, GUIDED=guided, BLOCK=_BLOCK)
     return out
 

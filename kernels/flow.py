@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._compat import jit, math_dtype, next_power_of_2, row_tiling, tl
+from ._compat import INTERPRET, fp32_dot_ieee, jit, math_dtype, next_power_of_2, row_tiling, tl
 
 SCALE_FNS = {"exp": 0, "sigmoid": 1, "tanh_exp": 2, "atan_exp": 3}
 ATAN_CLAMP_GAIN = 0.636  # FrEIA's soft-clamp constant (the spec's value, not 2/pi)
@@ -320,11 +320,14 @@ def actnorm_backward(grad_y, grad_logdet, x, loc, log_scale, inverse=False):
 # C x C matrices; the weight gradient sum_n G[n] X[n]^T is torch.tensordot.
 
 @jit
-def _invconv_kernel(m_ptr, x_ptr, y_ptr, C, S, FP64: tl.constexpr, BO: tl.constexpr, BS: tl.constexpr,
-                    BK: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
+def _invconv_kernel(m_ptr, x_ptr, y_ptr, C, S, FP64: tl.constexpr, IEEE: tl.constexpr, BO: tl.constexpr,
+                    BS: tl.constexpr, BK: tl.constexpr):
+    # axis 0 = (sample, block of positions), flat: a 2048 x 2048 image has 65536 position
+    # blocks, one more than CUDA allows on axes 1 and 2
+    s_blocks = tl.cdiv(S, BS)
+    n = (tl.program_id(0) // s_blocks).to(tl.int64)
     o = tl.program_id(1) * BO + tl.arange(0, BO)
-    s = tl.program_id(2).to(tl.int64) * BS + tl.arange(0, BS).to(tl.int64)
+    s = (tl.program_id(0) % s_blocks).to(tl.int64) * BS + tl.arange(0, BS).to(tl.int64)
     base = n * C * S
     if FP64:
         acc = tl.zeros((BO, BS), dtype=tl.float64)
@@ -337,8 +340,10 @@ def _invconv_kernel(m_ptr, x_ptr, y_ptr, C, S, FP64: tl.constexpr, BO: tl.conste
                              mask=(k[:, None] < C) & (s[None, :] < S), other=0.0), FP64)
         if FP64:
             acc += tl.sum(m[:, :, None] * x[None, :, :], axis=1)
-        else:
+        elif IEEE:
             acc += tl.dot(m, x, input_precision="ieee")
+        else:
+            acc += tl.dot(m, x)
     tl.store(y_ptr + base + o[:, None].to(tl.int64) * S + s[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(o[:, None] < C) & (s[None, :] < S))
 
@@ -350,12 +355,18 @@ def _invconv_apply(m, x):
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel():
         fp64 = m.dtype == torch.float64
-        # fp64 forms its BO x BK x BS products in registers: smaller tiles
-        bo = max(16, min(next_power_of_2(c), 32 if fp64 else 64))
-        bk = 16 if fp64 else max(16, min(next_power_of_2(c), 32))
-        bs = max(16, min(next_power_of_2(s), 32 if fp64 else 64))
-        grid = (n, -(-c // bo), -(-s // bs))
-        _invconv_kernel[grid](m.contiguous(), x, y, c, s, FP64=fp64, BO=bo, BS=bs, BK=bk)
+        ieee = fp32_dot_ieee()
+        # fp64 forms its BO x BK x BS products in registers, and exact fp32 dots run on FMAs
+        # with operands in registers: smaller tiles on a GPU (fastgen.compile_check: no spills)
+        if INTERPRET:
+            tiles = (32, 16, 32) if fp64 else (64, 32, 64)
+        elif fp64:
+            tiles = (16, 16, 32)
+        else:
+            tiles = (32, 32, 32) if ieee else (64, 32, 64)
+        bo, bk, bs = (max(16, min(next_power_of_2(v), t)) for v, t in zip((c, c, s), tiles))
+        grid = (n * -(-s // bs), -(-c // bo))
+        _invconv_kernel[grid](m.contiguous(), x, y, c, s, FP64=fp64, IEEE=ieee, BO=bo, BS=bs, BK=bk)
     return y
 
 

@@ -7,11 +7,12 @@ deterministic). Math in fp32 (fp64 for fp64 inputs).
 """
 import torch
 
-from ._compat import INTERPRET, jit, next_power_of_2, tl
+from ._compat import INTERPRET, double_arg, fp32_dot_ieee, jit, next_power_of_2, split_double, tl, to_int64
 
 ACT_CODES = {"leaky_relu": 0, "relu": 1, "silu": 2, "gelu": 3}
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+# GELU's constants are literals in the @jit code below: Triton's compiler rejects reads of
+# (non-constexpr) module globals, which the interpreter accepts. 0.7071067811865476 = sqrt(1/2),
+# 0.3989422804014327 = 1 / sqrt(2 pi).
 
 
 @jit
@@ -23,7 +24,7 @@ def _act(y, alpha, ACT: tl.constexpr):
     elif ACT == 2:
         out = y / (1.0 + tl.exp(-y))
     else:
-        out = 0.5 * y * (1.0 + tl.math.erf(y * _SQRT1_2))
+        out = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
     return out
 
 
@@ -37,18 +38,18 @@ def _act_slope(y, alpha, ACT: tl.constexpr):
         sig = 1.0 / (1.0 + tl.exp(-y))
         s = sig * (1.0 + y * (1.0 - sig))
     else:
-        s = 0.5 * (1.0 + tl.math.erf(y * _SQRT1_2)) + y * tl.exp(-0.5 * y * y) * _INV_SQRT_2PI
+        s = 0.5 * (1.0 + tl.math.erf(y * 0.7071067811865476)) + y * tl.exp(-0.5 * y * y) * 0.3989422804014327
     return s
 
 
 @jit
-def _bias_act_fwd_kernel(x_ptr, b_ptr, out_ptr, numel, C, inner, params_ptr,
-                         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def _bias_act_fwd_kernel(x_ptr, b_ptr, out_ptr, numel, C, inner, alpha_hi, alpha_lo, gain_hi, gain_lo,
+                         ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    math_t = params_ptr.dtype.element_ty
-    alpha = tl.load(params_ptr)
-    gain = tl.load(params_ptr + 1)
+    math_t = tl.float64 if FP64 else tl.float32
+    alpha = double_arg(alpha_hi, alpha_lo, math_t)
+    gain = double_arg(gain_hi, gain_lo, math_t)
     y = tl.load(x_ptr + offs, mask=mask, other=0.0).to(math_t)
     if HAS_BIAS:
         c = (offs // inner) % C
@@ -59,15 +60,15 @@ def _bias_act_fwd_kernel(x_ptr, b_ptr, out_ptr, numel, C, inner, params_ptr,
 
 @jit
 def _bias_act_bwd_kernel(g_ptr, x_ptr, b_ptr, dx_ptr, partial_ptr, C, inner, rows, rows_per,
-                         params_ptr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
+                         alpha_hi, alpha_lo, gain_hi, gain_lo, ACT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
     # axis 0 = channel tile (may be many), axis 1 = row block (at most 2048: CUDA caps axis 1)
     pid_o = tl.program_id(1)
     cs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cs < C
-    math_t = params_ptr.dtype.element_ty
-    alpha = tl.load(params_ptr)
-    gain = tl.load(params_ptr + 1)
+    math_t = tl.float64 if FP64 else tl.float32
+    alpha = double_arg(alpha_hi, alpha_lo, math_t)
+    gain = double_arg(gain_hi, gain_lo, math_t)
     if HAS_BIAS:
         b = tl.load(b_ptr + cs, mask=cmask, other=0.0).to(math_t)
     else:
@@ -113,8 +114,9 @@ def bias_act(x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
     block = 4096 if INTERPRET else 1024
     grid = (_cdiv(x.numel(), block),)
     b = bias.contiguous() if bias is not None else x  # never read without HAS_BIAS
-    _bias_act_fwd_kernel[grid](x, b, out, x.numel(), c, inner, _params(x, alpha, gain),
-                               ACT=ACT_CODES[act], HAS_BIAS=bias is not None, BLOCK=block)
+    _bias_act_fwd_kernel[grid](x, b, out, x.numel(), c, inner, *_params(alpha, gain),
+                               ACT=ACT_CODES[act], HAS_BIAS=bias is not None,
+                               FP64=x.dtype == torch.float64, BLOCK=block)
     return out
 
 
@@ -122,10 +124,10 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-def _params(x, alpha, gain):
-    # A tensor, not scalar arguments: Triton passes Python floats as fp32, and fp64 inputs
-    # need alpha and gain in fp64.
-    return torch.tensor([alpha, gain], dtype=_math_dtype(x.dtype), device=x.device)
+def _params(alpha, gain):
+    # hi + lo fp32 pairs: fp64 inputs need alpha and gain in fp64, and a parameter tensor would
+    # be a host-to-device copy per call (and not capturable in a CUDA graph)
+    return split_double(alpha) + split_double(gain)
 
 
 def bias_act_backward(grad, x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
@@ -146,8 +148,9 @@ def bias_act_backward(grad, x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=
     partial = x.new_empty((grid_o, c), dtype=_math_dtype(x.dtype)) if bias is not None else x
     b = bias.contiguous() if bias is not None else x
     _bias_act_bwd_kernel[(grid_c, grid_o)](grad, x, b, dx, partial, c, inner, outer, rows_per,
-                                           _params(x, alpha, gain), ACT=ACT_CODES[act],
-                                           HAS_BIAS=bias is not None, BLOCK_C=block_c,
+                                           *_params(alpha, gain), ACT=ACT_CODES[act],
+                                           HAS_BIAS=bias is not None, FP64=x.dtype == torch.float64,
+                                           BLOCK_C=block_c,
                                            BLOCK_I=block_i)
     if bias is not None:
         db = partial.sum(0).to(bias.dtype)
@@ -166,7 +169,7 @@ def _gn_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, G, CG, HW, ep
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     g = pid % G
-    m = CG * HW
+    m = to_int64(CG) * HW  # a group may hold 2**31 elements or more
     base = pid.to(tl.int64) * m
     math_t = mean_ptr.dtype.element_ty
     acc = tl.zeros([BLOCK], dtype=math_t)
@@ -202,7 +205,7 @@ def _gn_bwd_kernel(g_ptr, x_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dx_ptr, sa_pt
                    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     pid = tl.program_id(0)
     g = pid % G
-    m = CG * HW
+    m = to_int64(CG) * HW
     base = pid.to(tl.int64) * m
     math_t = mean_ptr.dtype.element_ty
     mean = tl.load(mean_ptr + pid)
@@ -381,8 +384,9 @@ def _info_nce_bwd_kernel(u_ptr, v_ptr, lse_ptr, du_ptr, M, D, BLOCK_M: tl.conste
 
 
 _NORM_EPS = 1e-12
-# IEEE: fp32 tiles use exact fp32 products (no TF32: logits are divided by the temperature, so
-# TF32's 1e-3 relative error would show in the loss); fp64 tiles pass no precision option.
+# IEEE: fp32 tiles use exact fp32 products unless torch allows TF32 for fp32 matmuls (then the
+# logits, divided by the temperature, carry TF32's ~1e-3 relative error, as torch's own
+# u @ v.T would); fp64 tiles pass no precision option.
 
 
 def _info_nce_prepare(z1, z2, temperature):
@@ -393,9 +397,19 @@ def _info_nce_prepare(z1, z2, temperature):
     return z, norm, u, (u * (1.0 / temperature)).contiguous()
 
 
-def _info_nce_blocks(m, d):
-    # (BLOCK_M, BLOCK_N, BLOCK_D); tl.dot needs every dim >= 16
-    return 64, 64, min(128, max(16, next_power_of_2(d)))
+def _info_nce_blocks(d, dtype):
+    """(BLOCK_M, BLOCK_N, BLOCK_D, OUT_D, num_warps, IEEE); tl.dot needs every dim >= 16. Exact
+    fp32 and fp64 dots run on FMAs with their operands in registers: small tiles (fastgen.
+    compile_check: no spills, and fp64's 64x64x128 tiles were over every GPU's shared memory)."""
+    fit = max(16, next_power_of_2(d))
+    ieee = dtype == torch.float32 and fp32_dot_ieee()
+    if INTERPRET:
+        return 64, 64, min(128, fit), min(128, fit), 4, ieee
+    if dtype == torch.float64:
+        return 32, 32, min(16, fit), min(32, fit), 4, ieee
+    if ieee:
+        return 32, 32, min(32, fit), min(64, fit), 4, ieee
+    return 64, 64, min(64, fit), min(128, fit), 4, ieee
 
 
 def info_nce_loss(z1, z2, temperature):
@@ -403,9 +417,9 @@ def info_nce_loss(z1, z2, temperature):
     m, d = u.shape
     n = z1.shape[0]
     lse = torch.empty(m, dtype=u.dtype, device=u.device)
-    bm, bn, bd = _info_nce_blocks(m, d)
+    bm, bn, bd, _, warps, ieee = _info_nce_blocks(d, u.dtype)
     _info_nce_fwd_kernel[(_cdiv(m, bm),)](u, v, lse, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                                                IEEE=u.dtype == torch.float32)
+                                          IEEE=ieee, num_warps=warps)
     pos = (u[:n] * v[n:]).sum()
     return (lse.sum() - 2 * pos) / m, lse
 
@@ -416,11 +430,10 @@ def info_nce_loss_backward(grad_loss, z1, z2, lse, temperature):
     n = z1.shape[0]
     lse = lse.to(u.dtype).contiguous()
     du = torch.empty_like(u)
-    bm, bn, bd = _info_nce_blocks(m, d)
-    out_d = min(128, max(16, next_power_of_2(d)))
+    bm, bn, bd, out_d, warps, ieee = _info_nce_blocks(d, u.dtype)
     _info_nce_bwd_kernel[(_cdiv(m, bm), _cdiv(d, out_d))](
-        u, v, lse, du, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, OUT_D=out_d,
-        IEEE=u.dtype == torch.float32)
+        u, v, lse, du, m, d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, OUT_D=out_d, IEEE=ieee,
+        num_warps=warps)
     du[:n] -= 2 * u[n:]
     du[n:] -= 2 * u[:n]
     du *= grad_loss.to(u.dtype).reshape(()) / (m * temperature)

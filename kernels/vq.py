@@ -7,19 +7,26 @@ to the lowest index overall (as torch.argmin and faiss). NaN distances count as 
 """
 import torch
 
-from ._compat import autotune, jit, next_power_of_2, tl, triton
+from ._compat import autotune, fp32_dot_ieee, jit, next_power_of_2, tl, triton
 
-_CONFIGS = [] if triton is None else [
-    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bn, bk, w, s in ((64, 64, 4, 2), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (32, 64, 4, 2))
-]
+def _configs(tiles):
+    return [] if triton is None else [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+                                      for bn, bk, w, s in tiles]
 
 
-@autotune(_CONFIGS, key=["K", "D_PAD"])
+# Autotune configs (BLOCK_N, BLOCK_K, num_warps, num_stages). Tensor-core dots (fp16, bf16, TF32)
+# take big tiles; exact fp32 dots run on FMAs with operands in registers, where the big tiles
+# spill kilobytes per thread (fastgen.compile_check), so they get their own, smaller set.
+_MMA_CONFIGS = _configs(((64, 64, 4, 2), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (32, 64, 4, 2)))
+_IEEE_CONFIGS = _configs(((32, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2)))
+
+
 @jit
 def _vq_nearest_kernel(z_ptr, e_ptr, enorm_ptr, znorm_ptr, idx_ptr, dist_ptr, N, K, D,
-                       stride_z, stride_e, D_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+                       stride_z, stride_e, D_PAD, BLOCK_D: tl.constexpr,
                        IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # D_PAD is a run-time bound on purpose: as a constexpr, the loop over D is unrolled and the
+    # z tiles, the same for every codebook tile, are hoisted out of the K loop into registers
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
@@ -86,10 +93,15 @@ def vq_nearest(z, codebook, metric="l2"):
     block_d = max(16, min(64, next_power_of_2(d)))
     d_pad = -(-d // block_d) * block_d
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _vq_nearest_kernel[grid](z, codebook, enorm, znorm, idx, dist, n, k, d, z.stride(0),
-                             codebook.stride(0), D_PAD=d_pad, BLOCK_D=block_d,
-                             IEEE=z.dtype == torch.float32)
+    ieee = z.dtype == torch.float32 and fp32_dot_ieee()
+    kernel = _vq_nearest_ieee if ieee else _vq_nearest_mma
+    kernel[grid](z, codebook, enorm, znorm, idx, dist, n, k, d, z.stride(0), codebook.stride(0),
+                 d_pad, BLOCK_D=block_d, IEEE=ieee)
     return idx, dist
+
+
+_vq_nearest_mma = autotune(_MMA_CONFIGS, key=["K", "D_PAD"])(_vq_nearest_kernel)
+_vq_nearest_ieee = autotune(_IEEE_CONFIGS, key=["K", "D_PAD"])(_vq_nearest_kernel)
 
 
 # -- vq_quantize: gather + straight-through value + per-row squared error; backward dz ---------

@@ -34,6 +34,9 @@ class FusedOp:
     triton:    launcher taking the op's arguments (kernels/<family>.py), or None
     native:    True if csrc/ defines `<name>_native` with CPU/CUDA kernels
     autograd:  (backward, setup_context) for torch.library.register_autograd, or None
+    triton_dtypes: the floating dtypes the Triton kernel takes (None: all). On CUDA tensors,
+               `auto` skips Triton for a call with a floating tensor of another dtype (fp64
+               attention or VQ goes to the CUDA C++ kernel, which takes it).
     native_checks: the C++ kernels validate every argument themselves, so on the cpu / cuda
                backends the Python `check` (several microseconds per call, much of a small op's
                time) runs only when the kernel rejects its arguments, to raise its own error
@@ -54,8 +57,9 @@ class FusedOp:
     """
 
     def __init__(self, name, args, returns, *, reference, fake, check, triton=None, native=False,
-                 autograd=None, native_checks=False):
+                 autograd=None, native_checks=False, triton_dtypes=None):
         self.name = name
+        self.triton_dtypes = frozenset(triton_dtypes) if triton_dtypes is not None else None
         self.qualname = f"fastgen::{name}"
         self.reference = reference
         self.triton = triton
@@ -100,7 +104,7 @@ class FusedOp:
                     and not _python_dispatch._is_in_torch_dispatch_mode
                     and not torch._C._is_torch_function_mode_enabled()
                     and torch._C._functorch.peek_interpreter_stack() is None):
-                key = (first.device.type, backend)
+                key = self._key(first.device.type, backend, tensors)
                 if self._autograd is not None:
                     apply = self._functions.get(key) or self._eager_function(key)
                     if len(tensors) < len(self.defaults):
@@ -127,7 +131,7 @@ class FusedOp:
         """autograd.Function.apply running `_run` (kernel choice, checks) with this op's
         registered backward and setup_context, for eager calls on `key` = (device, backend)."""
         backward, setup_context = self._autograd
-        device, backend = key
+        device, backend = key[:2]
         run, keyword_only = functools.partial(self._run, device, backend=backend), {"backend": backend}
 
         def forward(ctx, *inputs):
@@ -153,10 +157,10 @@ class FusedOp:
     def _run(self, device, *tensors, backend="auto"):
         if len(tensors) < len(self.defaults):
             tensors = tensors + tuple(self.defaults[len(tensors):])
-        key = (device, backend)
+        key = self._key(device, backend, tensors)
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = self._kernels[key] = self._select(device, backend)
+            kernel = self._kernels[key] = self._select(*key)
             self._checked[key] = not (self.native_checks and kernel is self._native_kernel())
         if self._checked[key]:
             self.check(*tensors)
@@ -180,7 +184,15 @@ class FusedOp:
     def _native_kernel(self):
         return None if self.native_qualname is None else self._implementation("cpu")
 
-    def _select(self, device, backend):
+    def _key(self, device, backend, tensors):
+        """(device, backend), plus a marker when `auto` must skip Triton for these dtypes."""
+        if self.triton_dtypes is not None and device == "cuda" and backend == "auto":
+            for t in tensors:
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype not in self.triton_dtypes:
+                    return (device, backend, "dtype")
+        return (device, backend)
+
+    def _select(self, device, backend, skip_triton=None):
         if backend != "auto":
             why = self.unavailable(backend, device)
             if why is not None:
@@ -189,6 +201,8 @@ class FusedOp:
             return self._implementation(backend)
         order = ("triton", "cuda") if device == "cuda" else ("cpu",)
         reasons = []
+        if skip_triton:  # the Triton kernel does not take this dtype; not a fallback to warn about
+            order = ("cuda",)
         for candidate in order:
             why = self.unavailable(candidate, device)
             if why is None:
@@ -205,7 +219,7 @@ class FusedOp:
         if backend == "reference":
             return self.reference
         if backend == "triton":
-            return self.triton
+            return _triton.on_device(self.triton)
         namespace, name = self.native_qualname.split("::")
         return getattr(getattr(torch.ops, namespace), name).default
 

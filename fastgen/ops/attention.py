@@ -7,6 +7,7 @@ flash-attention kernels, which are good, behind our mask/GQA/empty-row handling)
 import torch
 
 from ..kernels import attention as _triton_attention
+from ..kernels._compat import FP32_ACCUMULATED as _TRITON_DTYPES
 from . import _checks, _philox, reference
 from ._registry import FusedOp
 
@@ -84,7 +85,7 @@ _backward_op = FusedOp(
     "bool causal=False, float? scale=None, Tensor? key_padding_mask=None, float dropout_p=0.0, Tensor? seed=None",
     "(Tensor, Tensor, Tensor)",
     reference=reference.flash_attention_backward, fake=_fake_backward, check=_check_backward,
-    triton=_triton_attention.flash_attention_backward, native=True)
+    triton=_triton_attention.flash_attention_backward, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
 def _setup_context(ctx, inputs, keyword_only_inputs, output):
@@ -108,7 +109,7 @@ def _backward(ctx, grad_out, grad_lse):
 _op = FusedOp(
     "flash_attention", _ARGS, "(Tensor, Tensor)",
     reference=reference.flash_attention, fake=_fake, check=_check,
-    triton=_triton_attention.flash_attention, native=True, autograd=(_backward, _setup_context))
+    triton=_triton_attention.flash_attention, triton_dtypes=_TRITON_DTYPES, native=True, autograd=(_backward, _setup_context))
 
 
 def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, *,
@@ -178,7 +179,7 @@ def _fake_decode(q, k_cache, v_cache, cache_seqlens, scale=None):
 _decode = FusedOp(
     "decode_attention", "Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float? scale=None",
     "Tensor", reference=reference.decode_attention, fake=_fake_decode, check=_check_decode,
-    triton=_triton_attention.decode_attention, native=True)
+    triton=_triton_attention.decode_attention, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
 def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None, *, backend=None):

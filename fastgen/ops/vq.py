@@ -3,6 +3,7 @@ quantize step (nearest code + straight-through + taming's commitment/codebook lo
 import torch
 
 from ..kernels import vq as _triton_vq
+from ..kernels._compat import FP32_ACCUMULATED as _TRITON_DTYPES
 from . import _checks, reference
 from ._registry import FusedOp
 
@@ -34,7 +35,7 @@ def _fake_nearest(z, codebook, metric="l2"):
 _nearest = FusedOp(
     "vq_nearest", "Tensor z, Tensor codebook, str metric='l2'", "(Tensor, Tensor)",
     reference=reference.vq_nearest, fake=_fake_nearest, check=_check_nearest,
-    triton=_triton_vq.vq_nearest, native=True)
+    triton=_triton_vq.vq_nearest, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
 def vq_nearest(z, codebook, metric="l2", *, backend=None):
@@ -107,7 +108,7 @@ _quantize_backward = FusedOp(
     "Tensor grad_zq, Tensor grad_loss, Tensor z, Tensor codebook, Tensor indices, float beta=0.25, "
     "bool legacy=True", "(Tensor, Tensor)",
     reference=reference.vq_quantize_backward, fake=_fake_quantize_backward,
-    check=_check_quantize_backward, triton=_triton_vq.vq_quantize_backward, native=True)
+    check=_check_quantize_backward, triton=_triton_vq.vq_quantize_backward, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
 def _setup_quantize(ctx, inputs, keyword_only_inputs, output):
@@ -133,7 +134,7 @@ _quantize = FusedOp(
     "vq_quantize", "Tensor z, Tensor codebook, float beta=0.25, bool legacy=True",
     "(Tensor, Tensor, Tensor)",
     reference=reference.vq_quantize, fake=_fake_quantize, check=_check_quantize,
-    triton=_triton_vq.vq_quantize, native=True, autograd=(_backward_quantize, _setup_quantize))
+    triton=_triton_vq.vq_quantize, triton_dtypes=_TRITON_DTYPES, native=True, autograd=(_backward_quantize, _setup_quantize))
 
 
 def vq_quantize(z, codebook, beta=0.25, legacy=True, *, backend=None):
@@ -170,7 +171,7 @@ def _fake_code_sums(z, indices, num_codes):
 _code_sums = FusedOp(
     "vq_code_sums", "Tensor z, Tensor indices, int num_codes", "(Tensor, Tensor)",
     reference=reference.vq_code_sums, fake=_fake_code_sums, check=_check_code_sums,
-    triton=_triton_vq.vq_code_sums, native=True)
+    triton=_triton_vq.vq_code_sums, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
 def vq_code_sums(z, indices, num_codes, *, backend=None):
@@ -211,7 +212,7 @@ _ema = FusedOp(
     "Tensor z, Tensor indices, Tensor(a!) cluster_size, Tensor(b!) embed_sum, float decay=0.99, "
     "float eps=1e-05", "(Tensor, Tensor)",
     reference=reference.vq_ema_update, fake=_fake_ema, check=_check_ema,
-    triton=_triton_vq.vq_ema_update, native=True)
+    triton=_triton_vq.vq_ema_update, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
 def _distributed():
