@@ -10,13 +10,14 @@ ptxas for the requested architectures. It checks and reports, per (kernel, confi
 
   - compile errors;
   - shared memory against the arch's opt-in per-block limit;
-  - registers and spilled bytes per thread (local memory, from cuobjdump);
+  - registers, spill stores and stack frame per thread (ptxas -v);
   - the launch grid against CUDA's limits (axis 0 < 2**31, axes 1 and 2 <= 65535).
 
-Spill budget: no spills at all in the fp16 / bf16 configs of the hot kernels (attention forward
-and backward, decode, vq_nearest, info_nce, group_norm, the diffusion steps); fp32 / fp64
-configs and the cold kernels may spill up to SPILL_BUDGET_COLD bytes per thread, and every spill
-is listed in the table. Exceeding either fails the check.
+Spill budget (spill stores as ptxas -v reports them; a stack frame without spills is listed,
+not counted): none at all in the fp16 / bf16 configs of the hot kernels (attention forward and
+backward, decode, vq_nearest, info_nce, group_norm, the diffusion steps); fp32 / fp64 configs
+and the cold kernels may spill up to SPILL_BUDGET_COLD bytes per thread, and every spill is
+listed in the table. Exceeding either fails the check.
 
 Run it in a process where triton was imported without TRITON_INTERPRET=1:
 
@@ -193,7 +194,7 @@ def _cases_gan():
 def _cases_vq():
     from .kernels import vq
     for dt in (torch.float16, torch.bfloat16, torch.float32):
-        for d in (8, 64, 200):
+        for d in (8, 64, 100, 200):
             z = _r(7, d, dtype=dt)
             e = _r(11, d, dtype=dt)
             yield f"vq_nearest D={d} {dt}", lambda z=z, e=e: vq.vq_nearest(z, e)
@@ -287,6 +288,13 @@ def _cuobjdump():
     return path if os.path.exists(path) else "cuobjdump"
 
 
+def _ptxas_spills(log):
+    """(spill-store bytes, stack-frame bytes) from a `ptxas -v` log."""
+    spill = sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", log))
+    stack = max([int(v) for v in re.findall(r"(\d+) bytes stack frame", log)] or [0])
+    return spill, stack
+
+
 def _resources(cubin):
     """(registers, local bytes, stack bytes) of the one function in a cubin."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -339,6 +347,7 @@ class Result:
     case: str
     registers: int = None
     spill_bytes: int = None
+    stack_bytes: int = None
     shared_bytes: int = None
     seconds: float = 0.0
     error: str = ""
@@ -391,11 +400,17 @@ def _int_or_none(v):
 def compile_all(archs=(80, 90), families=None, progress=True, pattern=None, cache=None):
     """Record the sweep for each arch and compile each distinct launch; a list of Results.
     `cache` ({key: row} from load_cache) supplies the numbers of binaries compiled before."""
+    import io
+
     import triton
+    from triton import knobs
     from triton.compiler import ASTSource
 
     cache = cache or {}
     results = []
+    # ptxas must run for its -v log (spill stores): a private Triton cache, and the log printed
+    knobs.cache.dir = tempfile.mkdtemp(prefix="fastgen-compile-check-")
+    knobs.nvidia.dump_ptxas_log = True
     for arch in archs:
         launches = record_all(families, arch, pattern)
         seen = {}
@@ -418,17 +433,20 @@ def compile_all(archs=(80, 90), families=None, progress=True, pattern=None, cach
             results.append(r)
             row = cache.get(r.key)
             if row is not None and not row.get("error"):
-                r.registers, r.spill_bytes, r.shared_bytes = (_int_or_none(row[k]) for k in
-                                                              ("registers", "spill_bytes", "shared_bytes"))
+                r.registers, r.spill_bytes, r.stack_bytes, r.shared_bytes = (
+                    _int_or_none(row[k]) for k in ("registers", "spill_bytes", "stack_bytes", "shared_bytes"))
                 r.cached = True
                 continue
             t0 = time.perf_counter()
             try:
-                ck = triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=target,
-                                    options=options.__dict__)
+                log = io.StringIO()
+                with contextlib.redirect_stdout(log):
+                    ck = triton.compile(ASTSource(launch.fn, signature, constexprs, attrs), target=target,
+                                        options=options.__dict__)
                 r.shared_bytes = int(ck.metadata.shared)
-                r.registers, local, stack = _resources(ck.asm["cubin"])
-                r.spill_bytes = (local or 0) + (stack or 0)
+                r.registers, local, _ = _resources(ck.asm["cubin"])
+                r.spill_bytes, r.stack_bytes = _ptxas_spills(log.getvalue())
+                r.spill_bytes += local or 0
             except Exception as exc:  # noqa: BLE001
                 msg = str(exc).strip().splitlines()
                 r.error = f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
@@ -436,7 +454,8 @@ def compile_all(archs=(80, 90), families=None, progress=True, pattern=None, cach
             if progress:
                 flag = "FAIL" if r.problems() else "ok"
                 print(f"[sm_{arch}] {flag:4s} {r.kernel} {r.dtype} {r.config} "
-                      f"regs={r.registers} spill={r.spill_bytes} smem={r.shared_bytes} ({r.seconds:.1f}s)",
+                      f"regs={r.registers} spill={r.spill_bytes} stack={r.stack_bytes} smem={r.shared_bytes} "
+                      f"({r.seconds:.1f}s)",
                       flush=True)
     return results
 
@@ -452,7 +471,7 @@ def source_hash():
     return h.hexdigest()[:12]
 
 
-FIELDS = ("kernel", "config", "dtype", "arch", "registers", "spill_bytes", "shared_bytes", "grid",
+FIELDS = ("kernel", "config", "dtype", "arch", "registers", "spill_bytes", "stack_bytes", "shared_bytes", "grid",
           "problems", "case", "key", "error")
 
 
@@ -464,7 +483,7 @@ def write_table(results, out_dir):
         w = csv.writer(f)
         w.writerow(FIELDS)
         for r in rows:
-            w.writerow([r.kernel, r.config, r.dtype, r.arch, r.registers, r.spill_bytes, r.shared_bytes,
+            w.writerow([r.kernel, r.config, r.dtype, r.arch, r.registers, r.spill_bytes, r.stack_bytes, r.shared_bytes,
                         "x".join(map(str, r.grid)), "; ".join(r.problems()), r.case, r.key, r.error])
     bad = [r for r in rows if r.problems()]
     spills = [r for r in rows if r.spill_bytes]

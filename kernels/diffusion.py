@@ -206,8 +206,7 @@ def _denoise_step(ddpm, model_output, sample, noise, timestep, alphas_cumprod, a
         GEN_NOISE=gen_noise, GUIDED=guided, T_FROM_PTR=from_ptr, DDPM=ddpm,
         PRED_TYPE=PRED[prediction_type],
         VAR_TYPE=VAR[variance_type], CLIP=bool(clip_sample), THRESHOLD=thresholding,
-        HAS_NOISE=has_noise, USE_CLIPPED=bool(use_clipped_model_output), BLOCK=_BLOCK,
-        num_warps=8 if gen_noise else 4)  # Philox state for 8 elements per thread spills
+        HAS_NOISE=has_noise, USE_CLIPPED=bool(use_clipped_model_output), BLOCK=_BLOCK)
     return prev, x0
 
 

@@ -7,41 +7,57 @@ to the lowest index overall (as torch.argmin and faiss). NaN distances count as 
 """
 import torch
 
-from ._compat import autotune, fp32_dot_ieee, jit, next_power_of_2, tl, triton
+from ._compat import autotune, fp32_dot_ieee, jit, next_power_of_2, tl, to_int64, triton
 
 def _configs(tiles):
     return [] if triton is None else [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                                       for bn, bk, w, s in tiles]
 
 
-# Autotune configs (BLOCK_N, BLOCK_K, num_warps, num_stages). Tensor-core dots (fp16, bf16, TF32)
-# take big tiles; exact fp32 dots run on FMAs with operands in registers, where the big tiles
-# spill kilobytes per thread (fastgen.compile_check), so they get their own, smaller set.
-_MMA_CONFIGS = _configs(((64, 64, 4, 2), (128, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3), (32, 64, 4, 2)))
-_IEEE_CONFIGS = _configs(((32, 32, 4, 2), (32, 64, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2)))
+# Autotune configs (BLOCK_N, BLOCK_K, num_warps, num_stages), by (exact fp32, D in one chunk).
+# Tensor-core dots (fp16, bf16, TF32) take big tiles; exact fp32 dots run on FMAs with operands
+# in registers, and rows wider than one chunk loop over D with more live registers: there the
+# big tiles spill (fastgen.compile_check; benchmarks/results/compile/), so they get smaller sets.
+_TILE_SETS = {
+    (False, True): ((64, 64, 8, 2), (128, 64, 8, 3), (64, 128, 8, 3), (128, 128, 8, 3), (32, 64, 4, 2)),
+    (False, False): ((64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)),
+    (True, True): ((32, 32, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2)),
+    (True, False): ((32, 32, 4, 2), (32, 32, 8, 2)),
+}
 
 
 @jit
 def _vq_nearest_kernel(z_ptr, e_ptr, enorm_ptr, znorm_ptr, idx_ptr, dist_ptr, N, K, D,
-                       stride_z, stride_e, D_PAD, BLOCK_D: tl.constexpr,
+                       stride_z, stride_e, D_PAD, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
                        IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # D_PAD is a run-time bound on purpose: as a constexpr, the loop over D is unrolled and the
-    # z tiles, the same for every codebook tile, are hoisted out of the K loop into registers
+    # z tiles, the same for every codebook tile, are hoisted out of the K loop into registers.
+    # Addresses are a 64-bit base per tile plus 32-bit offsets within it: 64-bit offsets per
+    # element double the address registers and made the 16-bit configs spill.
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
+    local = tl.arange(0, BLOCK_N)
+    z_tile = z_ptr + pid.to(tl.int64) * BLOCK_N * stride_z
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
-    best_i = tl.zeros([BLOCK_N], tl.int64)
+    best_i = tl.zeros([BLOCK_N], tl.int32)
+    if ONE_CHUNK:  # D <= BLOCK_D: the z tile is loaded once for the whole codebook
+        z_all = tl.load(z_tile + local[:, None] * stride_z + tl.arange(0, BLOCK_D)[None, :],
+                        mask=rmask[:, None] & (tl.arange(0, BLOCK_D) < D)[None, :], other=0.0)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = cols < K
+        e_tile = e_ptr + to_int64(k0) * stride_e
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         for d0 in range(0, D_PAD, BLOCK_D):
             ds = d0 + tl.arange(0, BLOCK_D)
             dmask = ds < D
-            zt = tl.load(z_ptr + rows[:, None] * stride_z + ds[None, :],
-                         mask=rmask[:, None] & dmask[None, :], other=0.0)
-            et = tl.load(e_ptr + cols.to(tl.int64)[:, None] * stride_e + ds[None, :],
+            if ONE_CHUNK:
+                zt = z_all
+            else:
+                zt = tl.load(z_tile + local[:, None] * stride_z + ds[None, :],
+                             mask=rmask[:, None] & dmask[None, :], other=0.0)
+            et = tl.load(e_tile + tl.arange(0, BLOCK_K)[:, None] * stride_e + ds[None, :],
                          mask=cmask[:, None] & dmask[None, :], other=0.0)
             if IEEE:
                 acc = tl.dot(zt, tl.trans(et), acc, input_precision="ieee")
@@ -54,13 +70,13 @@ def _vq_nearest_kernel(z_ptr, e_ptr, enorm_ptr, znorm_ptr, idx_ptr, dist_ptr, N,
         tile_arg = tl.argmin(d, axis=1)
         better = tile_min < best
         best = tl.where(better, tile_min, best)
-        best_i = tl.where(better, tile_arg.to(tl.int64) + k0, best_i)
+        best_i = tl.where(better, tile_arg + k0, best_i)  # K < 2**31
     zn = tl.load(znorm_ptr + rows, mask=rmask, other=0.0)
     # a non-finite row of z has no finite distance (as in the reference): code 0 at +inf
     bad = (zn != zn) | (zn == float("inf")) | (best == float("inf")) | (best == float("-inf"))
     best_i = tl.where((zn != zn) | (zn == float("inf")), 0, best_i)
     dist = tl.where(bad, float("inf"), tl.maximum(best + zn, 0.0))
-    tl.store(idx_ptr + rows, best_i, mask=rmask)
+    tl.store(idx_ptr + rows, best_i.to(tl.int64), mask=rmask)
     tl.store(dist_ptr + rows, dist, mask=rmask)
 
 
@@ -90,18 +106,19 @@ def vq_nearest(z, codebook, metric="l2"):
         return idx, dist
     enorm = codebook.float().pow(2).sum(1)
     znorm = z.float().pow(2).sum(1)
-    block_d = max(16, min(64, next_power_of_2(d)))
+    ieee = z.dtype == torch.float32 and fp32_dot_ieee()
+    block_d = max(16, min(64, next_power_of_2(d)))  # wider rows loop over D in chunks of 64
     d_pad = -(-d // block_d) * block_d
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    ieee = z.dtype == torch.float32 and fp32_dot_ieee()
-    kernel = _vq_nearest_ieee if ieee else _vq_nearest_mma
-    kernel[grid](z, codebook, enorm, znorm, idx, dist, n, k, d, z.stride(0), codebook.stride(0),
-                 d_pad, BLOCK_D=block_d, IEEE=ieee)
+    one_chunk = d_pad == block_d
+    _VQ_NEAREST[ieee, one_chunk][grid](z, codebook, enorm, znorm, idx, dist, n, k, d, z.stride(0),
+                                       codebook.stride(0), d_pad, BLOCK_D=block_d, ONE_CHUNK=one_chunk,
+                                       IEEE=ieee)
     return idx, dist
 
 
-_vq_nearest_mma = autotune(_MMA_CONFIGS, key=["K", "D_PAD"])(_vq_nearest_kernel)
-_vq_nearest_ieee = autotune(_IEEE_CONFIGS, key=["K", "D_PAD"])(_vq_nearest_kernel)
+_VQ_NEAREST = {key: autotune(_configs(tiles), key=["K", "D_PAD"])(_vq_nearest_kernel)
+               for key, tiles in _TILE_SETS.items()}
 
 
 # -- vq_quantize: gather + straight-through value + per-row squared error; backward dz ---------
