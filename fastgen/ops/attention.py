@@ -69,6 +69,8 @@ def _check_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=N
         _checks.float_tensor(name, t)
         if t.shape != q.shape[:3]:
             raise ValueError(f"fastgen: {name} must have shape {tuple(q.shape[:3])}, got {tuple(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"fastgen: {name} is on {t.device} but q is on {q.device}")
 
 
 def _fake_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None, key_padding_mask=None,
@@ -195,6 +197,9 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None, *, backend=
         scale: default 1/sqrt(Dh).
 
     Query i of sequence b sits at position cache_seqlens[b] - Lq + i and sees keys up to its own.
+    A length past the cache (cache_seqlens[b] > Lmax) is not checked (that would be a host sync):
+    every backend then reads the Lmax keys there are, with the queries at the positions the
+    length gives; a query that sees no key returns 0.
     Triton splits the keys over programs ("flash-decoding") and merges the partial softmaxes.
     """
     return _decode(q, k_cache, v_cache, cache_seqlens, None if scale is None else float(scale), backend=backend)
