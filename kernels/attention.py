@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ._compat import INTERPRET, fp32_dot_ieee, jit, next_power_of_2, smem_limit, tl, triton
+from ._compat import INTERPRET, fp32_dot_ieee, jit, next_power_of_2, smem_limit, tl, to_int64, triton
 
 LOG2E = 1.4426950408889634
 
@@ -50,6 +50,14 @@ def _lse2(lse):
 
 
 @jit
+def _tile(base, first, stride, BLOCK: tl.constexpr, offs_d):
+    """Pointers to rows first .. first + BLOCK - 1 (columns offs_d) of a matrix at `base` with
+    row stride `stride`: the tile's start in 64 bits (it can pass 2**31 elements), offsets
+    within the tile in 32 (64-bit offsets per element double the address registers)."""
+    return base + to_int64(first) * stride + tl.arange(0, BLOCK)[:, None] * stride + offs_d[None, :]
+
+
+@jit
 def _split_pid(L, BLOCK: tl.constexpr):
     """(block along the sequence, batch * head) of this program. The grid is flat, blocks of one
     head adjacent: axis 0 takes 2**31 - 1 programs, axis 1 only 65535 (B * H can exceed it)."""
@@ -76,8 +84,8 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
     k_base = k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     kpm_base = kpm_ptr + b.to(tl.int64) * skpm
-    q = tl.load(q_base + offs_m.to(tl.int64)[:, None] * sqm + offs_d[None, :],
-                mask=mmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(_tile(q_base, pid_m * BLOCK_M, sqm, BLOCK_M, offs_d), mask=mmask[:, None] & dmask[None, :],
+                other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -90,7 +98,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
-        k = tl.load(k_base + offs_n.to(tl.int64)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(_tile(k_base, start_n, skn, BLOCK_N, offs_d), mask=kv_mask, other=0.0)
         s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
@@ -99,7 +107,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
         l_i = l_i * alpha + tl.sum(p, 1)  # the softmax sums before dropout
         if DROPOUT:
             p, _ = _dropout(p, rows, offs_n, LK, seed, dropout_p, drop_scale)
-        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(_tile(v_base, start_n, svn, BLOCK_N, offs_d), mask=kv_mask, other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -108,8 +116,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, kpm_ptr, qk_scale,
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
-    o_rows = rows * D
-    tl.store(o_ptr + o_rows[:, None] + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+    tl.store(_tile(o_ptr, bh.to(tl.int64) * LQ + pid_m * BLOCK_M, D, BLOCK_M, offs_d), out.to(o_ptr.dtype.element_ty),
              mask=mmask[:, None] & dmask[None, :])
     tl.store(lse_ptr + bh.to(tl.int64) * LQ + offs_m, lse, mask=mmask)
 
@@ -124,13 +131,12 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
     b = bhk // HKV
     hk = bhk % HKV
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_n64 = offs_n.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
-    k = tl.load(k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + offs_n64[:, None] * skn + offs_d[None, :],
+    k = tl.load(_tile(k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh, pid_n * BLOCK_N, skn, BLOCK_N, offs_d),
                 mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + offs_n64[:, None] * svn + offs_d[None, :],
+    v = tl.load(_tile(v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh, pid_n * BLOCK_N, svn, BLOCK_N, offs_d),
                 mask=kv_mask, other=0.0)
     kpm_base = kpm_ptr + b.to(tl.int64) * skpm
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -148,9 +154,9 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
             offs_m = start_m + tl.arange(0, BLOCK_M)
             mmask = offs_m < LQ
             qd_mask = mmask[:, None] & dmask[None, :]
-            q = tl.load(q_base + offs_m.to(tl.int64)[:, None] * sqm + offs_d[None, :], mask=qd_mask, other=0.0)
+            q = tl.load(_tile(q_base, start_m, sqm, BLOCK_M, offs_d), mask=qd_mask, other=0.0)
             rows = bh.to(tl.int64) * LQ + offs_m
-            do = tl.load(do_ptr + rows[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+            do = tl.load(_tile(do_ptr, bh.to(tl.int64) * LQ + start_m, D, BLOCK_M, offs_d), mask=qd_mask, other=0.0)
             lse2 = _lse2(tl.load(lse_ptr + rows, mask=mmask, other=float("-inf")))
             delta = tl.load(delta_ptr + rows, mask=mmask, other=0.0)
             s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
@@ -171,9 +177,9 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_p
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
             else:
                 dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    out_rows = (bhk.to(tl.int64) * LK + offs_n64) * D
-    tl.store(dk_ptr + out_rows[:, None] + offs_d[None, :], (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
-    tl.store(dv_ptr + out_rows[:, None] + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+    first = bhk.to(tl.int64) * LK + pid_n * BLOCK_N
+    tl.store(_tile(dk_ptr, first, D, BLOCK_N, offs_d), (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(_tile(dv_ptr, first, D, BLOCK_N, offs_d), dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
 
 @jit
@@ -191,10 +197,11 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
     dmask = offs_d < D
     mmask = offs_m < LQ
     qd_mask = mmask[:, None] & dmask[None, :]
-    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m.to(tl.int64)[:, None] * sqm
-                + offs_d[None, :], mask=qd_mask, other=0.0)
+    q = tl.load(_tile(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, pid_m * BLOCK_M, sqm, BLOCK_M, offs_d),
+                mask=qd_mask, other=0.0)
     rows = bh.to(tl.int64) * LQ + offs_m
-    do = tl.load(do_ptr + rows[:, None] * D + offs_d[None, :], mask=qd_mask, other=0.0)
+    first = bh.to(tl.int64) * LQ + pid_m * BLOCK_M
+    do = tl.load(_tile(do_ptr, first, D, BLOCK_M, offs_d), mask=qd_mask, other=0.0)
     lse2 = _lse2(tl.load(lse_ptr + rows, mask=mmask, other=float("-inf")))
     delta = tl.load(delta_ptr + rows, mask=mmask, other=0.0)
     k_base = k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
@@ -209,8 +216,8 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < LK)[:, None] & dmask[None, :]
-        k = tl.load(k_base + offs_n.to(tl.int64)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(_tile(k_base, start_n, skn, BLOCK_N, offs_d), mask=kv_mask, other=0.0)
+        v = tl.load(_tile(v_base, start_n, svn, BLOCK_N, offs_d), mask=kv_mask, other=0.0)
         s = _scores(q, k, offs_m, offs_n, LK, kpm_base, qk_scale, CAUSAL, HAS_KPM, IEEE)
         p = tl.exp2(s - lse2[:, None])
         if IEEE:
@@ -225,7 +232,7 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
             dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
         else:
             dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(dq_ptr + rows[:, None] * D + offs_d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=qd_mask)
+    tl.store(_tile(dq_ptr, first, D, BLOCK_M, offs_d), (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=qd_mask)
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, operand class and head-dim bucket, for
@@ -238,9 +245,9 @@ _TILES = {
     # kind, class: {head-dim bucket: tiles}
     ("fwd", "mma"): {64: (64, 64, 4, 3), 128: (64, 32, 4, 3), 256: (64, 32, 8, 2)},
     ("fwd", "ieee"): {64: (32, 32, 8, 2), 128: (32, 32, 8, 2), 256: (16, 32, 8, 2)},
-    ("dkdv", "mma"): {64: (32, 64, 4, 3), 128: (32, 64, 8, 2), 256: (16, 32, 8, 2)},
+    ("dkdv", "mma"): {64: (32, 64, 8, 3), 128: (32, 64, 8, 2), 256: (16, 32, 8, 2)},
     ("dkdv", "ieee"): {64: (32, 32, 8, 2), 128: (16, 32, 8, 2), 256: (16, 16, 8, 2)},
-    ("dq", "mma"): {64: (64, 64, 4, 3), 128: (64, 32, 4, 3), 256: (32, 32, 8, 2)},
+    ("dq", "mma"): {64: (32, 64, 4, 3), 128: (64, 32, 8, 3), 256: (32, 32, 4, 2)},
     ("dq", "ieee"): {64: (32, 32, 8, 2), 128: (32, 32, 8, 2), 256: (16, 32, 8, 2)},
     ("decode", "mma"): {64: (64, 64, 4, 2), 128: (32, 64, 4, 2), 256: (16, 32, 4, 2)},
     ("decode", "ieee"): {64: (32, 32, 8, 2), 128: (16, 32, 8, 2), 256: (16, 16, 8, 2)},
@@ -272,7 +279,9 @@ def _tiles(kind, d, dtype, device):
 
 
 def _row_strided(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
+    """Unit stride along Dh; and a row stride small enough that offsets within a tile of at
+    most 256 rows stay in 32 bits (the kernels add a 64-bit tile start)."""
+    return t if t.stride(-1) == 1 and t.stride(-2) < 2 ** 23 else t.contiguous()
 
 
 def _common(q, k, v, scale, key_padding_mask):
@@ -370,8 +379,8 @@ def _decode_partial_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, m_ptr, l_ptr, acc_p
     offs_d = tl.arange(0, BLOCK_D)
     mmask = offs_m < LQ
     dmask = offs_d < D
-    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m.to(tl.int64)[:, None] * sqm
-                + offs_d[None, :], mask=mmask[:, None] & dmask[None, :], other=0.0)
+    q = tl.load(_tile(q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, tl.program_id(2) * BLOCK_M, sqm, BLOCK_M,
+                      offs_d), mask=mmask[:, None] & dmask[None, :], other=0.0)
     limit = seqlen - (LQ - 1 - offs_m)  # query i (bottom-right aligned) sees keys j < limit_i
     k_base = k_ptr + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
@@ -383,7 +392,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, m_ptr, l_ptr, acc_p
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n < hi)[:, None] & dmask[None, :]
-        k = tl.load(k_base + offs_n.to(tl.int64)[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(_tile(k_base, start_n, skn, BLOCK_N, offs_d), mask=kv_mask, other=0.0)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
         else:
@@ -394,7 +403,7 @@ def _decode_partial_kernel(q_ptr, k_ptr, v_ptr, seqlens_ptr, m_ptr, l_ptr, acc_p
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(_tile(v_base, start_n, svn, BLOCK_N, offs_d), mask=kv_mask, other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
