@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import fastgen  # noqa: E402  (after the interpreter switch)
+from fastgen import _ext  # noqa: E402
 
 REQUIRED = {b for b in os.environ.get("FASTGEN_TEST_REQUIRE", "").split(",") if b}
 
@@ -62,3 +63,81 @@ class DispatchLog(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.append(str(func))
         return func(*args, **(kwargs or {}))
+
+
+# -- device checks of the native kernels --------------------------------------------------------
+
+CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
+def _native_op(native_name):
+    if _ext.NATIVE is None:
+        pytest.skip(_ext.NATIVE_ERROR)
+    return getattr(torch.ops.fastgen, native_name).default
+
+
+def check_native_devices(native_name, args, main, other="meta"):
+    """Moving any one tensor argument of torch.ops.fastgen.<native_name> to `other` must make the
+    kernel of the main argument's device raise a ValueError naming that argument and both devices.
+
+    args: the op's arguments, every tensor on one device ("cpu", or "cuda:1" next to other="cuda:0")
+    and used by the call (an empty placeholder tensor is skipped: the kernels ignore it). The CPU
+    kernel is reached by redispatch: the dispatcher would send a call with a meta argument to the
+    (absent) Meta kernel."""
+    op = _native_op(native_name)
+    names = [a.name for a in op._schema.arguments]
+    main_t = args[names.index(main)]
+    checked = 0
+    for i, (name, t) in enumerate(zip(names, args)):
+        if name == main or not isinstance(t, torch.Tensor) or t.numel() == 0:
+            continue  # (an empty tensor is an unused placeholder: the kernels do not check it)
+        moved = list(args)
+        moved[i] = t.to(other)
+        with pytest.raises(ValueError, match=f"fastgen: {name} is on {moved[i].device} but [a-z_0-9]+ is on "
+                                             f"{main_t.device}"):
+            if main_t.device.type == "cpu":
+                op.redispatch(CPU_KEYS, *moved)
+            else:
+                op(*moved)
+        checked += 1
+    assert checked, f"{native_name}: no tensor argument besides {main}"
+
+
+def two_gpus():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices (an argument on cuda:0 next to cuda:1)")
+    if not _ext.WITH_CUDA:
+        pytest.skip("fastgen._C built without CUDA")
+
+
+def check_native_on_second_gpu(native_name, args):
+    """With cuda:0 current, the CUDA kernel run on cuda:1 tensors (args) must give what it gives
+    on cuda:0: its device guard moves the launch (and stream) to the input's GPU."""
+    op = _native_op(native_name)
+    on0 = [a.to("cuda:0") if isinstance(a, torch.Tensor) else a for a in args]
+    with torch.cuda.device(0):
+        got = op(*args)
+        want = op(*on0)
+    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+    for g, w in zip(got, want):
+        assert g.device == torch.device("cuda:1"), native_name
+        torch.testing.assert_close(g.cpu(), w.cpu(), equal_nan=True, msg=native_name)
+
+
+def native_device_tests(cases):
+    """A test file's two device tests of its native kernels, from cases(device) -> [(native op
+    name, arguments on device, the main argument's name)]: the CPU kernels with one argument on
+    meta, and (gpu, 2 GPUs) the CUDA kernels with one argument on cuda:0 next to cuda:1, plus
+    their device guard. Use: `test_a, test_b = native_device_tests(_device_cases)`."""
+    def test_native_kernels_check_devices():
+        for name, args, main in cases("cpu"):
+            check_native_devices(name, args, main)
+
+    @pytest.mark.gpu
+    def test_native_kernels_check_devices_two_gpus():
+        two_gpus()
+        for name, args, main in cases("cuda:1"):
+            check_native_devices(name, args, main, other="cuda:0")
+            check_native_on_second_gpu(name, args)
+
+    return test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus

@@ -9,7 +9,7 @@ from fastgen.kernels import diffusion as triton_diffusion
 from fastgen.ops import reference
 from fastgen.testing import assert_close
 
-from conftest import DispatchLog, require_backend
+from conftest import DispatchLog, native_device_tests, require_backend
 
 OPS = ("add_noise", "get_velocity", "ddim_step", "ddpm_step", "flow_euler_step", "flow_heun_step")
 # odd sizes, a 1-D batch, >2-D samples, and enough elements for several Triton programs / CPU chunks
@@ -437,6 +437,25 @@ def test_native_kernels_check_their_arguments():
         torch.ops.fastgen.add_noise_native(x, x, torch.tensor([1, 2]), ac)
     with pytest.raises(ValueError, match=r"step_index must be in \[0, 1\)"):
         torch.ops.fastgen.flow_euler_step_native(x, x, e, torch.tensor(1), torch.ones(2), e, 1.0)
+
+
+def _device_cases(device):
+    """(native op, arguments on `device`, the argument the others must share a device with)."""
+    x, ac = torch.randn(3, 4, device=device), torch.linspace(0.99, 0.01, 10, device=device)
+    t, thr = torch.tensor(5, device=device), torch.full((3,), 1.5, device=device)
+    empty, seed = x.new_empty(0), torch.tensor(7, device=device)
+    sigmas = torch.linspace(1.0, 0.0, 10, device=device)
+    return [("add_noise_native", (x, x, torch.tensor([1, 2, 3], device=device), ac), "original_samples"),
+            ("get_velocity_native", (x, x, torch.tensor([1, 2, 3], device=device), ac), "sample"),
+            ("ddim_step_native", (x, x, x, t, ac, ac, thr, x, 2.0, 0.5, "epsilon", False, 1.0, False), "sample"),
+            ("ddim_step_native", (x, x, empty, t, ac, ac, thr, x, 2.0, 0.5, "epsilon", False, 1.0, False, seed, 0),
+             "sample"),
+            ("ddpm_step_native", (x, x, x, t, ac, ac, thr, x, 2.0, "epsilon", "fixed_small", False, 1.0), "sample"),
+            ("flow_euler_step_native", (x, x, x, torch.tensor(2, device=device), sigmas, x, 2.0), "sample"),
+            ("flow_heun_step_native", (x, x, x, torch.tensor(2, device=device), sigmas), "sample")]
+
+
+test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus = native_device_tests(_device_cases)
 
 
 def test_eager_calls_skip_the_outer_dispatch_and_keep_its_behaviour():

@@ -6,7 +6,7 @@ import fastgen
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
-from conftest import require_backend
+from conftest import native_device_tests, require_backend
 
 OP = "flash_attention"
 # (B, H, Hkv, Lq, Lk, Dh): lengths of 1, odd, not multiples of the blocks, Lq != Lk, GQA, and
@@ -302,6 +302,22 @@ def test_dropout_bad_inputs():
         fastgen.ops.flash_attention(q, q, q, dropout_p=0.1, seed=1.5)
     with pytest.raises(ValueError, match="needs a seed"):
         torch.ops.fastgen.flash_attention(q, q, q, False, None, None, 0.1, None)
+
+
+def _device_cases(device):
+    """(native op, arguments on `device`, the argument the others must share a device with)."""
+    q, k = torch.randn(1, 2, 3, 8, device=device), torch.randn(1, 1, 4, 8, device=device)
+    kpm = torch.tensor([[False, True, False, False]], device=device)
+    seed = torch.tensor([7], device=device)
+    out, lse = torch.randn_like(q), torch.randn(1, 2, 3, device=device)
+    qd, kc = torch.randn(2, 2, 1, 8, device=device), torch.randn(2, 1, 5, 8, device=device)
+    return [("flash_attention_native", (q, k, k.clone(), True, None, kpm, 0.1, seed), "q"),
+            ("flash_attention_backward_native",
+             (torch.randn_like(q), torch.zeros_like(lse), q, k, k.clone(), out, lse, True, None, kpm, 0.1, seed), "q"),
+            ("decode_attention_native", (qd, kc, kc.clone(), torch.tensor([3, 5], device=device), None), "q")]
+
+
+test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus = native_device_tests(_device_cases)
 
 
 # -- decode_attention / kv_cache_append ------------------------------------------------------------

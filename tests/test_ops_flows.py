@@ -9,7 +9,7 @@ import fastgen
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
-from conftest import DispatchLog, require_backend
+from conftest import DispatchLog, native_device_tests, require_backend
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SCALE_FNS = ["exp", "sigmoid", "tanh_exp", "atan_exp"]
@@ -909,3 +909,22 @@ def test_flow_nll_bad_inputs_name_the_argument():
             torch.ops.fastgen.flow_nll_native(z, ld, "cauchy", None)
         with pytest.raises(ValueError, match=r"grad_nll must have shape \(3,\)"):
             torch.ops.fastgen.flow_nll_backward_native(torch.ones(2), z, "gaussian", None)
+
+
+def _device_cases(device):
+    """(native op, arguments on `device`, the argument the others must share a device with)."""
+    x, ld = torch.randn(3, 4, device=device), torch.randn(3, device=device)
+    xi, c = torch.randn(2, 3, 4, 5, device=device), torch.randn(3, device=device) * 0.1
+    perm = torch.eye(3, device=device)[[2, 0, 1]]
+    lu = (perm, torch.randn(3, 3, device=device), torch.randn(3, 3, device=device), torch.ones(3, device=device), c)
+    return [("affine_coupling_native", (x, x, x, "exp", 2.0, False), "x_b"),
+            ("affine_coupling_backward_native", (x, ld, x, x, x, "exp", 2.0, False), "x_b"),
+            ("actnorm_native", (xi, c, c, False), "x"),
+            ("actnorm_backward_native", (xi, ld[:2], xi, c, c, False), "x"),
+            ("invertible_conv1x1_native", (xi,) + lu + (False,), "x"),
+            ("invertible_conv1x1_backward_native", (xi, ld[:2], xi) + lu + (False,), "x"),
+            ("flow_nll_native", (x, ld, "gaussian", None), "z"),
+            ("flow_nll_backward_native", (ld, x, "gaussian", None), "z")]
+
+
+test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus = native_device_tests(_device_cases)

@@ -10,7 +10,7 @@ from fastgen.nn import GroupNormSiLU
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
-from conftest import require_backend
+from conftest import native_device_tests, require_backend
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 ACTS = ["leaky_relu", "relu", "silu", "gelu"]
@@ -568,6 +568,23 @@ def test_info_nce_loss_bad_inputs_name_the_argument():
     if fastgen.ops.REGISTRY[NCE].unavailable("cpu", "cpu") is None:
         with pytest.raises(ValueError, match="temperature must be positive"):
             torch.ops.fastgen.info_nce_loss_native(z, z, -1.0)
+
+
+def _device_cases(device):
+    """(native op, arguments on `device`, the argument the others must share a device with)."""
+    x, b = torch.randn(3, 4, device=device), torch.randn(4, device=device)
+    xg, stats = torch.randn(2, 4, 3, device=device), torch.ones(2, 2, device=device)
+    z1, z2 = torch.randn(3, 5, device=device), torch.randn(3, 5, device=device)
+    return [("bias_act_native", (x, b, "leaky_relu", 0.2, 1.0, 1), "x"),
+            ("bias_act_backward_native", (x, x, b, "leaky_relu", 0.2, 1.0, 1), "x"),
+            ("group_norm_silu_native", (xg, b, b, 2, 1e-5, True), "x"),
+            ("group_norm_silu_backward_native", (xg, xg, b, b, stats, stats, 2, True), "x"),
+            ("info_nce_loss_native", (z1, z2, 0.5), "z1"),
+            ("info_nce_loss_backward_native", (torch.ones((), device=device), z1, z2, torch.randn(6, device=device), 0.5),
+             "z1")]
+
+
+test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus = native_device_tests(_device_cases)
 
 
 def test_every_gan_op_has_native_kernels_registered():

@@ -6,7 +6,7 @@ import fastgen
 from fastgen.ops import reference
 from fastgen.testing import assert_close
 
-from conftest import require_backend
+from conftest import native_device_tests, require_backend
 
 OP = "gaussian_reparam_kl"
 # odd sizes, a 1-D batch, >2-D samples, and samples long enough to span several chunks of
@@ -204,6 +204,16 @@ def test_native_kernels_check_their_arguments():
     with pytest.raises(TypeError, match="mu must be a floating-point tensor|logvar must be a floating"):
         i = torch.ones(3, 4, dtype=torch.int32)
         torch.ops.fastgen.gaussian_reparam_kl_native(i, i, i)
+
+
+def _device_cases(device):
+    """(native op, arguments on `device`, the argument the others must share a device with)."""
+    x = torch.randn(3, 4, device=device)
+    return [("gaussian_reparam_kl_native", (x, x, x), "mu"),
+            ("gaussian_reparam_kl_backward_native", (x, torch.ones(3, device=device), x, x, x), "mu")]
+
+
+test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus = native_device_tests(_device_cases)
 
 
 # -- GPU only: big tensors whose offsets pass 2**31 ------------------------------------------

@@ -6,7 +6,7 @@ import fastgen
 from fastgen.ops import reference
 from fastgen.testing import assert_close
 
-from conftest import require_backend
+from conftest import native_device_tests, require_backend
 
 OP = "vq_nearest"
 SHAPES = [(1, 1, 1), (7, 5, 3), (100, 37, 16), (130, 300, 33), (65, 1100, 8), (3, 70, 300),
@@ -143,6 +143,15 @@ def test_bad_inputs_name_the_argument():
 
     with pytest.raises(TypeError, match="triton kernel takes float16, bfloat16 or float32"):
         triton_vq.vq_nearest(z.double(), e.double())
+
+
+def _device_cases(device):
+    """(native op, arguments on `device`, the argument the others must share a device with)."""
+    z, e = torch.randn(6, 3, device=device), torch.randn(5, 3, device=device)
+    return [("vq_nearest_native", (z, e, "l2"), "z")]
+
+
+test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus = native_device_tests(_device_cases)
 
 
 # -- vq_quantize: taming's VectorQuantizer2 formulas ---------------------------------------------

@@ -7,7 +7,7 @@ import fastgen
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
-from conftest import require_backend
+from conftest import native_device_tests, require_backend
 from test_ops_vq import _check_nearest
 
 SHAPES = [(1, 1, 1), (7, 5, 3), (100, 37, 16), (130, 300, 33), (3, 70, 300)]  # (N, K, D)
@@ -231,3 +231,18 @@ def test_bad_inputs_name_the_argument():
 
     with pytest.raises(TypeError, match="triton kernels take float16, bfloat16 or float32"):
         triton_vq.vq_quantize(z.double(), e.double())
+
+
+def _device_cases(device):
+    """(native op, arguments on `device`, the argument the others must share a device with)."""
+    z, e = torch.randn(6, 3, device=device), torch.randn(5, 3, device=device)
+    idx = torch.tensor([0, 4, 1, 1, 3, 0], device=device)
+    cluster_size, embed_sum = torch.ones(5, device=device), torch.ones(5, 3, device=device)
+    return [("vq_quantize_native", (z, e, 0.25, True), "z"),
+            ("vq_quantize_backward_native", (torch.randn_like(z), torch.ones((), device=device), z, e, idx, 0.25, True),
+             "z"),
+            ("vq_code_sums_native", (z, idx, 5), "z"),
+            ("vq_ema_update_native", (z, idx, cluster_size, embed_sum, 0.99, 1e-5), "z")]
+
+
+test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus = native_device_tests(_device_cases)

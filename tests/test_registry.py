@@ -37,6 +37,48 @@ def test_every_op_has_a_cuda_kernel_when_built_with_cuda():
         assert _ext.has_kernel(op.native_qualname, "CUDA"), f"{op.native_qualname}: no CUDA kernel"
 
 
+def _cuda_function_bodies():
+    """{function name: body} of the functions defined in csrc/cuda/*.cu, and the names the
+    TORCH_LIBRARY_IMPL(fastgen, CUDA, m) blocks register."""
+    import pathlib
+    import re
+
+    bodies, registered = {}, []
+    for path in sorted((pathlib.Path(__file__).resolve().parent.parent / "csrc" / "cuda").glob("*.cu")):
+        src = path.read_text()
+        for m in re.finditer(r"^[A-Za-z][\w:<>, ]*?[\s&*]([A-Za-z_]\w*)\((?=[^;{]*\)\s*(?:const\s*)?\{)", src, re.M):
+            start = src.index("{", m.end())
+            depth, i = 0, start
+            while True:
+                depth += {"{": 1, "}": -1}.get(src[i], 0)
+                if depth == 0:
+                    break
+                i += 1
+            bodies.setdefault(m.group(1), src[start:i + 1])
+        for block in re.findall(r"TORCH_LIBRARY_IMPL\(fastgen, CUDA, m\) \{(.*?)\n\}", src, re.S):
+            registered += re.findall(r'm\.impl\("(\w+)", &(\w+)\)', block)
+    return bodies, registered
+
+
+def test_every_cuda_entry_point_runs_under_a_device_guard():
+    """Each registered CUDA kernel takes its main input's device guard (csrc/cuda/device_guard.h),
+    itself or in the function of its file it hands the call to (add_noise_cuda -> mix_cuda), so
+    tensors on cuda:1 run on cuda:1 whatever the current device (the 2-GPU tests run this)."""
+    bodies, registered = _cuda_function_bodies()
+    assert len(registered) >= 30, registered
+
+    def guarded(name, seen=()):
+        body = bodies.get(name, "")
+        if "device_guard(" in body:
+            return True
+        return any(guarded(callee, seen + (name,)) for callee in set(re.findall(r"\b(\w+)\(", body))
+                   if callee in bodies and callee not in seen and callee != name)
+
+    import re
+    missing = [op for op, fn in registered if not guarded(fn)]
+    assert not missing, f"CUDA entry points without a device guard: {missing}"
+
+
 def test_use_backend_nests_and_restores():
     assert fastgen.current_backend() == "auto"
     with fastgen.use_backend("reference"):

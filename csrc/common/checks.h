@@ -4,7 +4,24 @@
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace fastgen {
+
+// Every tensor argument of a kernel must lie on its main input's device: a CUDA kernel handed
+// host memory or another GPU's memory faults or reads garbage, a CPU kernel handed device memory
+// crashes. CUDA entry points check this before their device guard (which is set from the main
+// input, so a host main input next to a CUDA argument is reported here, by name).
+inline void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                              const char* name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "fastgen: ", name, " is on ", t.device(), " but ",
+                    ref_name, " is on ", ref.device());
+}
+
+inline void check_same_device(const at::Tensor& ref, const char* ref_name,
+                              const std::optional<at::Tensor>& t, const char* name) {
+  if (t.has_value()) check_same_device(ref, ref_name, *t, name);
+}
 
 inline void check_same_float_tensor(const at::Tensor& ref, const char* ref_name,
                                     const at::Tensor& t, const char* name) {
@@ -14,8 +31,7 @@ inline void check_same_float_tensor(const at::Tensor& ref, const char* ref_name,
                    t.scalar_type(), " but ", ref_name, " has ", ref.scalar_type());
   TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), "fastgen: ", name, " has shape ", t.sizes(),
                     " but ", ref_name, " has shape ", ref.sizes());
-  TORCH_CHECK_VALUE(t.device() == ref.device(), "fastgen: ", name, " is on ", t.device(),
-                    " but ", ref_name, " is on ", ref.device());
+  check_same_device(ref, ref_name, t, name);
 }
 
 // Per-sample scalars of a rank>=1 tensor: the dtype the reductions are kept in.

@@ -41,8 +41,7 @@ inline void check_per_sample(const at::Tensor& ref, const char* ref_name, const 
                    " must be a floating-point tensor, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == ref.size(0), "fastgen: ", name, " must have shape (",
                     ref.size(0), ",), got ", t.sizes());
-  TORCH_CHECK_VALUE(t.device() == ref.device(), "fastgen: ", name, " is on ", t.device(), " but ",
-                    ref_name, " is on ", ref.device());
+  check_same_device(ref, ref_name, t, name);
 }
 
 // f(std::integral_constant<int, FN>{}, std::bool_constant<INVERSE>{}) for the runtime choice.
@@ -71,8 +70,7 @@ inline void check_actnorm(const at::Tensor& x, const at::Tensor& loc, const at::
                       x.size(1), ",), got ", p.sizes());
     TORCH_CHECK_TYPE(p.scalar_type() == x.scalar_type(), "fastgen: ", name, " has dtype ",
                      p.scalar_type(), " but x has ", x.scalar_type());
-    TORCH_CHECK_VALUE(p.device() == x.device(), "fastgen: ", name, " is on ", p.device(),
-                      " but x is on ", x.device());
+    check_same_device(x, "x", p, name);
   };
   check_param(loc, "loc");
   check_param(log_scale, "log_scale");

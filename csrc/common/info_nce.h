@@ -30,6 +30,17 @@ inline void check_info_nce(const at::Tensor& z1, const at::Tensor& z2, double te
                     "fastgen: temperature must be positive and finite, got ", temperature);
 }
 
+// The backward's extra tensors: the scalar loss gradient and the forward's lse (2N,), on z1's device.
+inline void check_info_nce_backward(const at::Tensor& grad_loss, const at::Tensor& z1, const at::Tensor& z2,
+                                    const at::Tensor& lse, double temperature) {
+  check_info_nce(z1, z2, temperature);
+  const int64_t m = 2 * z1.size(0);
+  TORCH_CHECK_VALUE(lse.dim() == 1 && lse.size(0) == m, "fastgen: lse must have shape (", m, ",), got ", lse.sizes());
+  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastgen: grad_loss must be a scalar, got shape ", grad_loss.sizes());
+  check_same_device(z1, "z1", lse, "lse");
+  check_same_device(z1, "z1", grad_loss, "grad_loss");
+}
+
 // (z in the math dtype (2N, D), ||z_i||, u)
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_normalize(const at::Tensor& z1,
                                                                          const at::Tensor& z2) {
@@ -92,13 +103,10 @@ template <typename Epilogue>
 std::tuple<at::Tensor, at::Tensor> info_nce_backward_tiled(const at::Tensor& grad_loss, const at::Tensor& z1,
                                                            const at::Tensor& z2, const at::Tensor& lse_in,
                                                            double temperature, int64_t max_block, const Epilogue& ep) {
-  check_info_nce(z1, z2, temperature);
+  check_info_nce_backward(grad_loss, z1, z2, lse_in, temperature);
   auto [z, norm, u] = info_nce_normalize(z1, z2);
   const int64_t m = u.size(0), n = z1.size(0);
   const int64_t block = info_nce_block(m, max_block);
-  TORCH_CHECK_VALUE(lse_in.dim() == 1 && lse_in.size(0) == m, "fastgen: lse must have shape (", m, ",), got ",
-                    lse_in.sizes());
-  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastgen: grad_loss must be a scalar, got shape ", grad_loss.sizes());
   const auto lse = lse_in.to(u.scalar_type()).contiguous();
   const auto v = (u * (1.0 / temperature)).contiguous();
   auto du = at::zeros_like(u);

@@ -30,8 +30,7 @@ inline void check_invconv(const at::Tensor& x, const at::Tensor& perm, const at:
                       " (the channels of x), got ", p.sizes());
     TORCH_CHECK_TYPE(p.scalar_type() == log_s.scalar_type(), "fastgen: ", name, " has dtype ",
                      p.scalar_type(), " but log_s has ", log_s.scalar_type());
-    TORCH_CHECK_VALUE(p.device() == x.device(), "fastgen: ", name, " is on ", p.device(),
-                      " but x is on ", x.device());
+    check_same_device(x, "x", p, name);
   };
   check_param(log_s, "log_s", false);
   check_param(perm, "perm", true);
@@ -46,8 +45,7 @@ inline void check_invconv_grads(const at::Tensor& grad_y, const at::Tensor& grad
                    "floating-point tensor, got ", grad_logdet.scalar_type());
   TORCH_CHECK_VALUE(grad_logdet.dim() == 1 && grad_logdet.size(0) == x.size(0), "fastgen: grad_logdet "
                     "must have shape (", x.size(0), ",), got ", grad_logdet.sizes());
-  TORCH_CHECK_VALUE(grad_logdet.device() == x.device(), "fastgen: grad_logdet is on ", grad_logdet.device(),
-                    " but x is on ", x.device());
+  check_same_device(x, "x", grad_logdet, "grad_logdet");
 }
 
 struct InvconvParts {

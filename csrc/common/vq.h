@@ -19,8 +19,7 @@ inline void check_vq_nearest(const at::Tensor& z, const at::Tensor& codebook, c1
   TORCH_CHECK_VALUE(codebook.size(1) == z.size(1), "fastgen: codebook has D=", codebook.size(1),
                     " but z has D=", z.size(1));
   TORCH_CHECK_VALUE(codebook.size(0) > 0, "fastgen: codebook is empty (K=0)");
-  TORCH_CHECK_VALUE(codebook.device() == z.device(), "fastgen: codebook is on ", codebook.device(),
-                    " but z is on ", z.device());
+  check_same_device(z, "z", codebook, "codebook");
   TORCH_CHECK_VALUE(metric == "l2" || metric == "cosine",
                     "fastgen: metric must be 'l2' or 'cosine', got '", std::string(metric), "'");
 }
@@ -53,8 +52,14 @@ inline void check_vq_indices(const at::Tensor& indices, int64_t n, const at::Ten
   TORCH_CHECK_VALUE(indices.scalar_type() == at::kLong && indices.dim() == 1 && indices.size(0) == n,
                     "fastgen: indices must be an int64 tensor of shape (", n, ",), got ",
                     indices.scalar_type(), " of shape ", indices.sizes());
-  TORCH_CHECK_VALUE(indices.device() == z.device(), "fastgen: indices is on ", indices.device(),
-                    " but z is on ", z.device());
+  check_same_device(z, "z", indices, "indices");
+}
+
+// vq_quantize's backward: the loss gradient, one value on z's device (the CUDA kernel reads it there).
+inline void check_vq_grad_loss(const at::Tensor& grad_loss, const at::Tensor& z) {
+  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastgen: grad_loss must have one element, got shape ",
+                    grad_loss.sizes());
+  check_same_device(z, "z", grad_loss, "grad_loss");
 }
 
 inline void check_vq_ema(const at::Tensor& z, const at::Tensor& indices, const at::Tensor& cluster_size,
@@ -70,8 +75,8 @@ inline void check_vq_ema(const at::Tensor& z, const at::Tensor& indices, const a
                     "fastgen: cluster_size must have shape (", embed_sum.size(0), ",)");
   TORCH_CHECK_VALUE(cluster_size.is_contiguous() && embed_sum.is_contiguous(),
                     "fastgen: cluster_size and embed_sum are updated in place and must be contiguous");
-  TORCH_CHECK_VALUE(cluster_size.device() == z.device() && embed_sum.device() == z.device(),
-                    "fastgen: cluster_size and embed_sum must be on z's device");
+  check_same_device(z, "z", cluster_size, "cluster_size");
+  check_same_device(z, "z", embed_sum, "embed_sum");
   check_vq_indices(indices, z.size(0), z);
 }
 

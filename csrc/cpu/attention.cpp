@@ -13,22 +13,12 @@
 #include <cmath>
 #include <limits>
 
+#include "common/attention.h"
 #include "common/checks.h"
 #include "common/philox.h"
 
 namespace fastgen {
 namespace {
-
-void check_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK_VALUE(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "fastgen: q, k, v must have shape (B, H, L, Dh)");
-  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "fastgen: v has shape ", v.sizes(), " but k has ", k.sizes());
-  TORCH_CHECK_VALUE(k.size(0) == q.size(0) && k.size(3) == q.size(3), "fastgen: k must have shape (",
-                    q.size(0), ", Hkv, Lk, ", q.size(3), "), got ", k.sizes());
-  TORCH_CHECK_VALUE(k.size(1) > 0 && q.size(1) % k.size(1) == 0,
-                    "fastgen: the number of query heads must be a multiple of the key/value heads");
-  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                   "fastgen: q, k, v must share one dtype");
-}
 
 // torch's CPU flash kernels read the head dim as contiguous (its SDPA front end makes it so
 // before calling them); a view with another stride there (e.g. q, k, v sliced out of one
@@ -50,8 +40,6 @@ at::Tensor reduce_heads(const at::Tensor& t, int64_t group) {
 // Additive mask (0 / -inf) of shape (B, 1, 1, Lk) from a key padding mask (True = padded).
 c10::optional<at::Tensor> additive_mask(const c10::optional<at::Tensor>& kpm, const at::Tensor& q) {
   if (!kpm.has_value()) return c10::nullopt;
-  TORCH_CHECK_VALUE(kpm->scalar_type() == at::kBool && kpm->dim() == 2 && kpm->size(0) == q.size(0),
-                    "fastgen: key_padding_mask must be a bool tensor of shape (B, Lk)");
   return at::zeros({kpm->size(0), 1, 1, kpm->size(1)}, q.options())
       .masked_fill_(kpm->view({kpm->size(0), 1, 1, kpm->size(1)}), -std::numeric_limits<double>::infinity());
 }
@@ -168,17 +156,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_dropout_backward_
           reduce_heads(dv, group).to(v.scalar_type()).contiguous()};
 }
 
-uint64_t seed_value(const c10::optional<at::Tensor>& seed) {
-  TORCH_CHECK_VALUE(seed.has_value() && seed->numel() == 1 && seed->scalar_type() == at::kLong,
-                    "fastgen: dropout_p > 0 needs seed, an int64 tensor with one value");
-  return static_cast<uint64_t>(seed->item<int64_t>());
-}
+// (checked by check_attention_options)
+uint64_t seed_value(const c10::optional<at::Tensor>& seed) { return static_cast<uint64_t>(seed->item<int64_t>()); }
 
 std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                        const at::Tensor& v_in, bool causal, c10::optional<double> scale,
                                                        const c10::optional<at::Tensor>& key_padding_mask,
                                                        double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_attention(q_in, k_in, v_in);
+  check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
   const auto q = head_dim_contiguous(q_in), k = head_dim_contiguous(k_in), v = head_dim_contiguous(v_in);
   const int64_t group = q.size(1) / k.size(1);
   const auto math = opmath_dtype(q.scalar_type());
@@ -204,6 +190,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
     const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
     const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_attention(q_in, k_in, v_in);
+  check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
+  check_attention_backward(grad_out, grad_lse, q_in, out, lse);
   const auto q = head_dim_contiguous(q_in), k = head_dim_contiguous(k_in), v = head_dim_contiguous(v_in);
   const int64_t group = q.size(1) / k.size(1);
   if (q.numel() == 0 || k.size(2) == 0)
@@ -242,9 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
 // keys, so they are folded into the query dimension of that kv head (row r = g * Lq + i).
 at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& cache_seqlens, c10::optional<double> scale) {
-  check_attention(q, k_cache, v_cache);
-  TORCH_CHECK_VALUE(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == q.size(0),
-                    "fastgen: cache_seqlens must have shape (B,)");
+  check_decode(q, k_cache, v_cache, cache_seqlens);
   const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3);
   const int64_t hkv = k_cache.size(1), lmax = k_cache.size(2), group = h / hkv, rows = group * lq;
   if (q.numel() == 0 || lmax == 0) return at::zeros(q.sizes(), q.options());

@@ -51,12 +51,12 @@ void for_each_span(int64_t rows, int64_t cols, const F& f) {
   });
 }
 
-int64_t host_index(const at::Tensor& index, int64_t upper, const char* name) {
+int64_t host_index(const at::Tensor& index, const at::Tensor& sample, int64_t upper, const char* name) {
   TORCH_CHECK_TYPE(at::isIntegralType(index.scalar_type(), /*includeBool=*/false), "fastgen: ", name,
                    " must be an integer tensor, got ", index.scalar_type());
   TORCH_CHECK_VALUE(index.numel() == 1, "fastgen: ", name, " must hold one value, got shape ",
                     index.sizes());
-  TORCH_CHECK_VALUE(index.device().is_cpu(), "fastgen: ", name, " must be on the host for the CPU kernel");
+  check_same_device(sample, "sample", index, name);
   const int64_t v = index.item<int64_t>();
   TORCH_CHECK_VALUE(v >= 0 && v < upper, "fastgen: ", name, " must be in [0, ", upper, "), got ", v);
   return v;
@@ -67,8 +67,7 @@ void check_table(const at::Tensor& table, const at::Tensor& sample, const char* 
                    "fastgen: ", name, " must be float32 or float64, got ", table.scalar_type());
   TORCH_CHECK_VALUE(table.dim() == 1 && table.size(0) >= min_len, "fastgen: ", name,
                     " must be a 1-D table with at least ", min_len, " entries, got ", table.sizes());
-  TORCH_CHECK_VALUE(table.device() == sample.device(), "fastgen: ", name, " is on ", table.device(),
-                    " but sample is on ", sample.device());
+  check_same_device(sample, "sample", table, name);
 }
 
 double table_at(const at::Tensor& table, int64_t i) {
@@ -114,6 +113,7 @@ at::Tensor mix_cpu(const at::Tensor& first_in, const at::Tensor& noise_in, const
   TORCH_CHECK_VALUE(timesteps.dim() <= 1 && (timesteps.numel() == rows || timesteps.numel() == 1),
                     "fastgen: timesteps must have shape (", rows, ",) or hold one value, got ",
                     timesteps.sizes());
+  check_same_device(first_in, first_name, timesteps, "timesteps");
   const auto first = first_in.contiguous(), noise = noise_in.contiguous();
   auto out = at::empty_like(first, at::MemoryFormat::Contiguous);
   if (first.numel() == 0) return out;
@@ -248,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
     TORCH_CHECK_TYPE(at::isIntegralType(seed_in->scalar_type(), false),
                      "fastgen: seed must be an integer tensor, got ", seed_in->scalar_type());
     TORCH_CHECK_VALUE(seed_in->numel() == 1, "fastgen: seed must hold one value, got shape ", seed_in->sizes());
-    TORCH_CHECK_VALUE(seed_in->device().is_cpu(), "fastgen: seed must be on the host for the CPU kernel");
+    check_same_device(x_in, "sample", *seed_in, "seed");
     TORCH_CHECK_VALUE(seed_offset >= 0, "fastgen: seed_offset must be >= 0, got ", seed_offset);
     seed = static_cast<uint64_t>(seed_in->item<int64_t>());
     noise_given = true;
@@ -258,11 +258,13 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
   check_table(prev_table, x_in, "alphas_cumprod_prev", 1);
   TORCH_CHECK_VALUE(prev_table.size(0) == table.size(0),
                     "fastgen: alphas_cumprod_prev and alphas_cumprod differ in length");
-  const int64_t t = host_index(timestep, table.size(0), "timestep");
+  const int64_t t = host_index(timestep, x_in, table.size(0), "timestep");
   const bool thresholding = threshold_in.numel() > 0;
-  if (thresholding)
+  if (thresholding) {
     TORCH_CHECK_VALUE(threshold_in.dim() == 1 && threshold_in.size(0) == x_in.size(0),
                       "fastgen: threshold must have shape (", x_in.size(0), ",), got ", threshold_in.sizes());
+    check_same_device(x_in, "sample", threshold_in, "threshold");
+  }
   TORCH_CHECK_VALUE(clip_range > 0, "fastgen: clip_sample_range must be > 0");
   TORCH_CHECK_VALUE(std::isfinite(guidance), "fastgen: guidance_scale must be finite, got ", guidance);
   TORCH_CHECK_VALUE(eta >= 0, "fastgen: eta must be >= 0");
@@ -408,7 +410,7 @@ at::Tensor flow_cpu(const at::Tensor& v_in, const at::Tensor* v2_in, const at::T
   const bool stochastic = noise_in && optional_like(*noise_in, x_in, "noise");
   const bool guided = uncond_in && optional_like(*uncond_in, x_in, "model_output_uncond");
   check_table(sigmas, x_in, "sigmas", 2);
-  const int64_t i = host_index(step_index, sigmas.size(0) - 1, "step_index");
+  const int64_t i = host_index(step_index, x_in, sigmas.size(0) - 1, "step_index");
   const auto v = v_in.contiguous(), x = x_in.contiguous();
   const auto w = v2_in ? v2_in->contiguous() : (stochastic ? noise_in->contiguous() : x);
   const auto un = guided ? uncond_in->contiguous() : v;

@@ -42,6 +42,7 @@ inline at::vec::Vectorized<T> fselect_nonpos(const at::vec::Vectorized<T>& y, co
 
 #include "cpu/vec_lanes.h"
 #include "common/checks.h"
+#include "common/gan_host.h"
 #include "common/gan.h"
 #include "common/info_nce.h"
 
@@ -74,23 +75,6 @@ struct ChannelView {
     outer = channels * inner == 0 ? 0 : x.numel() / (channels * inner);
   }
 };
-
-void check_bias_act(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 1, "fastgen: x must have at least one dim");
-  TORCH_CHECK_VALUE(dim >= -x.dim() && dim < x.dim(), "fastgen: dim ", dim, " out of range for x of shape ",
-                    x.sizes());
-  if (bias.has_value()) {
-    const auto& b = *bias;
-    const int64_t c = x.size(dim < 0 ? dim + x.dim() : dim);
-    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == c, "fastgen: bias must have shape (", c, ",), got ",
-                      b.sizes());
-    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "fastgen: bias has dtype ", b.scalar_type(),
-                     " but x has ", x.scalar_type());
-    TORCH_CHECK_VALUE(b.device() == x.device(), "fastgen: bias is on ", b.device(), " but x is on ", x.device());
-  }
-}
 
 // Bias in the math type (zeros when absent), so the inner loops never convert it.
 template <typename opmath_t>
@@ -302,25 +286,6 @@ double centred_sum(const scalar_t* x, int64_t n, at::opmath_type<scalar_t> shift
   return total;
 }
 
-void check_group_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                      const std::optional<at::Tensor>& bias, int64_t num_groups) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *), got ", x.sizes());
-  TORCH_CHECK_VALUE(num_groups >= 1 && x.size(1) % num_groups == 0, "fastgen: num_groups must divide the ",
-                    x.size(1), " channels of x, got ", num_groups);
-  for (const auto& [name, p] : {std::make_pair("weight", &weight), std::make_pair("bias", &bias)}) {
-    if (!p->has_value()) continue;
-    const auto& t = **p;
-    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(1), "fastgen: ", name, " must have shape (",
-                      x.size(1), ",), got ", t.sizes());
-    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "fastgen: ", name, " has dtype ", t.scalar_type(),
-                     " but x has ", x.scalar_type());
-    TORCH_CHECK_VALUE(t.device() == x.device(), "fastgen: ", name, " is on ", t.device(), " but x is on ",
-                      x.device());
-  }
-}
-
 struct GroupView {
   int64_t n, c, groups, cg, hw, m;
   GroupView(const at::Tensor& x, int64_t num_groups) {
@@ -398,14 +363,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cpu(
     int64_t num_groups, bool act) {
   check_group_norm(x_in, weight, bias, num_groups);
   check_same_float_tensor(x_in, "x", grad_in, "grad");
+  check_group_norm_stats(x_in, mean_in, rstd_in, num_groups);
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   const GroupView v(x, num_groups);
-  const auto stat_dtype = opmath_dtype(x.scalar_type());
-  TORCH_CHECK_VALUE(mean_in.sizes() == rstd_in.sizes() && mean_in.dim() == 2 && mean_in.size(0) == v.n &&
-                        mean_in.size(1) == v.groups && mean_in.scalar_type() == stat_dtype &&
-                        rstd_in.scalar_type() == stat_dtype,
-                    "fastgen: mean and rstd must be the forward's (", v.n, ", ", v.groups, ") ", stat_dtype,
-                    " statistics");
   const auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   std::vector<double> sa(v.n * v.c, 0.0), sb(v.n * v.c, 0.0);

@@ -180,6 +180,7 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_backward_cpu(const at::Tensor& gz_
   check_same_float_tensor(mu_in, "mu", gz_in, "grad_z");
   TORCH_CHECK_VALUE(gkl_in.dim() == 1 && gkl_in.size(0) == mu_in.size(0),
                     "fastgen: grad_kl must have shape [", mu_in.size(0), "], got ", gkl_in.sizes());
+  check_same_device(mu_in, "mu", gkl_in, "grad_kl");
   const auto mu = mu_in.contiguous(), lv = lv_in.contiguous(), eps = eps_in.contiguous();
   const auto gz = gz_in.contiguous();
   const auto gkl = gkl_in.to(at::kDouble).contiguous();

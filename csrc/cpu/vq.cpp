@@ -766,7 +766,7 @@ std::tuple<at::Tensor, at::Tensor> vq_quantize_backward_cpu(const at::Tensor& gz
   check_vq_nearest(z_in, e_in, "l2");
   check_same_float_tensor(z_in, "z", gzq_in, "grad_zq");
   check_vq_indices(indices, z_in.size(0), z_in);
-  TORCH_CHECK_VALUE(grad_loss.numel() == 1, "fastgen: grad_loss must have one element");
+  check_vq_grad_loss(grad_loss, z_in);
   const auto z = z_in.contiguous();
   const auto e = e_in.contiguous();
   const auto gzq = gzq_in.contiguous();

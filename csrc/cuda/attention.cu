@@ -17,9 +17,11 @@
 #include <string>
 #include <limits>
 
+#include "common/attention.h"
 #include "common/checks.h"
 #include "common/philox.h"
 #include "attention_mma.cuh"
+#include "cuda/device_guard.h"
 
 namespace fastgen {
 namespace {
@@ -192,13 +194,9 @@ __global__ void attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict_
   }
 }
 
+// q, k, v as check_attention (common/attention.h) accepted them, with unit last stride.
 Geometry geometry(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK_VALUE(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.sizes() == v.sizes() &&
-                        k.size(0) == q.size(0) && k.size(3) == q.size(3) && k.size(1) > 0 && q.size(1) % k.size(1) == 0,
-                    "fastgen: q (B, H, Lq, Dh), k and v (B, Hkv, Lk, Dh) with H a multiple of Hkv expected");
   TORCH_CHECK_VALUE(q.size(3) <= 32 * kMaxPerLane, "fastgen: head dim must be <= 256");
-  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                   "fastgen: q, k, v must share one dtype");
   TORCH_CHECK_VALUE(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "fastgen: unit last stride expected");
   return {q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3),
           q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -207,9 +205,9 @@ Geometry geometry(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
 
 at::Tensor unit_last(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
+// (checked by check_attention_options)
 const bool* padding_ptr(const c10::optional<at::Tensor>& kpm, at::Tensor& holder) {
   if (!kpm.has_value()) return nullptr;
-  TORCH_CHECK_VALUE(kpm->scalar_type() == at::kBool && kpm->dim() == 2, "fastgen: key_padding_mask must be bool (B, Lk)");
   holder = kpm->contiguous();
   return holder.const_data_ptr<bool>();
 }
@@ -219,11 +217,9 @@ unsigned warp_blocks(int64_t rows) { return static_cast<unsigned>((rows + kWarps
 #define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-Dropout dropout_args(double dropout_p, const c10::optional<at::Tensor>& seed, const at::Tensor& q) {
+// (checked by check_attention_options)
+Dropout dropout_args(double dropout_p, const c10::optional<at::Tensor>& seed) {
   if (!(dropout_p > 0)) return {nullptr, 0.f, 1.f};
-  TORCH_CHECK_VALUE(seed.has_value() && seed->numel() == 1 && seed->scalar_type() == at::kLong &&
-                        seed->device() == q.device(),
-                    "fastgen: dropout_p > 0 needs seed, an int64 tensor with one value on q's device");
   return {seed->const_data_ptr<int64_t>(), static_cast<float>(dropout_p),
           dropout_p < 1 ? static_cast<float>(1.0 / (1.0 - dropout_p)) : 0.f};
 }
@@ -274,7 +270,9 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
                                                         const at::Tensor& v_in, bool causal, c10::optional<double> scale,
                                                         const c10::optional<at::Tensor>& key_padding_mask,
                                                         double dropout_p, const c10::optional<at::Tensor>& seed) {
-  const c10::cuda::CUDAGuard guard(q_in.device());
+  check_attention(q_in, k_in, v_in);
+  check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
+  const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
   const auto math = opmath_dtype(q.scalar_type());
@@ -285,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
   at::Tensor pad_holder;
   const bool* pad = padding_ptr(key_padding_mask, pad_holder);
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(g.d));
-  const Dropout drop = dropout_args(dropout_p, seed, q);
+  const Dropout drop = dropout_args(dropout_p, seed);
   if (mma_applies(q, g)) {
     if (q.scalar_type() == at::kHalf) {
       launch_mma<__half>(q, k, v, pad, out, lse, g, s, causal, drop);
@@ -308,7 +306,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
     const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
-  const c10::cuda::CUDAGuard guard(q_in.device());
+  check_attention(q_in, k_in, v_in);
+  check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
+  check_attention_backward(grad_out, grad_lse, q_in, out, lse);
+  const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
   const auto math = opmath_dtype(q.scalar_type());
@@ -324,7 +325,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
   const bool* pad = padding_ptr(key_padding_mask, pad_holder);
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(g.d));
   auto stream = at::cuda::getCurrentCUDAStream();
-  const Dropout drop = dropout_args(dropout_p, seed, q);
+  const Dropout drop = dropout_args(dropout_p, seed);
   FASTGEN_DISPATCH_FLOATS(q.scalar_type(), "flash_attention_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     attn_bwd_dkdv_kernel<scalar_t, A><<<warp_blocks(g.b * g.hkv * g.lk), 32 * kWarps, 0, stream>>>(
@@ -345,10 +346,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
 // split-KV version is the Triton kernel).
 at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                  const at::Tensor& cache_seqlens, c10::optional<double> scale) {
-  const c10::cuda::CUDAGuard guard(q_in.device());
+  check_decode(q_in, k_in, v_in, cache_seqlens);
+  const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
-  TORCH_CHECK_VALUE(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == g.b, "fastgen: cache_seqlens must have shape (B,)");
   const auto seqlens = cache_seqlens.to(at::kLong).contiguous();
   auto out = at::empty({g.b, g.h, g.lq, g.d}, q.options());
   auto lse = at::empty({g.b, g.h, g.lq}, q.options().dtype(opmath_dtype(q.scalar_type())));

@@ -17,6 +17,7 @@
 #include "common/checks.h"
 #include "common/diffusion.h"
 #include "common/philox.h"
+#include "cuda/device_guard.h"
 
 namespace fastgen {
 namespace {
@@ -42,8 +43,7 @@ Index make_index(const at::Tensor& index, const at::Tensor& sample, int64_t uppe
     TORCH_CHECK_VALUE(v >= 0 && v < upper, "fastgen: ", name, " must be in [0, ", upper, "), got ", v);
     return {nullptr, v};
   }
-  TORCH_CHECK_VALUE(index.device() == sample.device(), "fastgen: ", name, " is on ", index.device(),
-                    " but sample is on ", sample.device());
+  check_same_device(sample, "sample", index, name);
   keep = index.scalar_type() == at::kLong ? index : index.to(at::kLong);
   return {keep.const_data_ptr<int64_t>(), 0};
 }
@@ -54,8 +54,7 @@ Index make_seed(const at::Tensor& seed, const at::Tensor& sample, at::Tensor& ke
                    seed.scalar_type());
   TORCH_CHECK_VALUE(seed.numel() == 1, "fastgen: seed must hold one value, got shape ", seed.sizes());
   if (seed.device().is_cpu()) return {nullptr, seed.item<int64_t>()};
-  TORCH_CHECK_VALUE(seed.device() == sample.device(), "fastgen: seed is on ", seed.device(), " but sample is on ",
-                    sample.device());
+  check_same_device(sample, "sample", seed, "seed");
   keep = seed.scalar_type() == at::kLong ? seed.reshape({}) : seed.reshape({}).to(at::kLong);
   return {keep.const_data_ptr<int64_t>(), 0};
 }
@@ -65,8 +64,7 @@ void check_table(const at::Tensor& table, const at::Tensor& sample, const char* 
                    "fastgen: ", name, " must be float32 or float64, got ", table.scalar_type());
   TORCH_CHECK_VALUE(table.dim() == 1 && table.size(0) >= min_len, "fastgen: ", name,
                     " must be a 1-D table with at least ", min_len, " entries, got ", table.sizes());
-  TORCH_CHECK_VALUE(table.device() == sample.device(), "fastgen: ", name, " is on ", table.device(),
-                    " but sample is on ", sample.device());
+  check_same_device(sample, "sample", table, name);
 }
 
 // Tables are read in the math type; a table of another float type is converted (a tiny copy,
@@ -132,9 +130,8 @@ at::Tensor mix_cuda(const at::Tensor& first_in, const at::Tensor& noise_in, cons
   TORCH_CHECK_VALUE(timesteps_in.dim() <= 1 && (timesteps_in.numel() == rows || timesteps_in.numel() == 1),
                     "fastgen: timesteps must have shape (", rows, ",) or hold one value, got ",
                     timesteps_in.sizes());
-  TORCH_CHECK_VALUE(timesteps_in.device() == first_in.device(), "fastgen: timesteps is on ",
-                    timesteps_in.device(), " but ", first_name, " is on ", first_in.device());
-  const c10::cuda::CUDAGuard guard(first_in.device());
+  check_same_device(first_in, first_name, timesteps_in, "timesteps");
+  const auto guard = device_guard(first_in, first_name);
   const auto first = first_in.contiguous(), noise = noise_in.contiguous();
   auto out = at::empty_like(first, at::MemoryFormat::Contiguous);
   const int64_t n = first.numel();
@@ -232,8 +229,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
   if (thresholding) {
     TORCH_CHECK_VALUE(threshold_in.dim() == 1 && threshold_in.size(0) == x_in.size(0),
                       "fastgen: threshold must have shape (", x_in.size(0), ",), got ", threshold_in.sizes());
-    TORCH_CHECK_VALUE(threshold_in.device() == x_in.device(), "fastgen: threshold is on ",
-                      threshold_in.device(), " but sample is on ", x_in.device());
+    check_same_device(x_in, "sample", threshold_in, "threshold");
   }
   TORCH_CHECK_VALUE(clip_range > 0, "fastgen: clip_sample_range must be > 0");
   TORCH_CHECK_VALUE(std::isfinite(guidance), "fastgen: guidance_scale must be finite, got ", guidance);
@@ -241,11 +237,11 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
   TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0 (or a seed for in-kernel noise)");
   const bool has_noise = noise_given && (ddpm || eta > 0);
   const bool gen_noise = seeded && has_noise;
-  const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor keep, keep_seed;
   const Index t = make_index(timestep, x_in, table_in.size(0), "timestep", keep);
   // a host seed is passed by value, a device one read by the kernel (no sync); any int64 value
   const Index seed = gen_noise ? make_seed(*seed_in, x_in, keep_seed) : Index{nullptr, 0};
+  const auto guard = device_guard(x_in, "sample");
   const auto m = m_in.contiguous(), x = x_in.contiguous();
   const auto z = has_noise && !gen_noise ? noise_in.contiguous() : x;
   const auto u = guided ? uncond_in.contiguous() : m;
@@ -347,9 +343,9 @@ at::Tensor flow_cuda(const at::Tensor& v_in, const at::Tensor* v2_in, const at::
   const bool stochastic = noise_in && optional_like(*noise_in, x_in, "noise");
   const bool guided = uncond_in && optional_like(*uncond_in, x_in, "model_output_uncond");
   check_table(sigmas_in, x_in, "sigmas", 2);
-  const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor keep;
   const Index i = make_index(step_index, x_in, sigmas_in.size(0) - 1, "step_index", keep);
+  const auto guard = device_guard(x_in, "sample");
   const auto v = v_in.contiguous(), x = x_in.contiguous();
   const auto w = v2_in ? v2_in->contiguous() : (stochastic ? noise_in->contiguous() : x);
   const auto un = guided ? uncond_in->contiguous() : v;

@@ -14,6 +14,7 @@
 
 #include "common/flow_host.h"
 #include "common/invconv_host.h"
+#include "cuda/device_guard.h"
 
 namespace fastgen {
 namespace {
@@ -98,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, 
                                                         double clamp, bool inverse) {
   check_coupling(x_in, t_in, r_in, clamp);
   const int fn = parse_scale_fn(scale_fn);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto guard = device_guard(x_in, "x_b");
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const Launch l(x);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -128,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(
   check_same_float_tensor(x_in, "x_b", gy_in, "grad_y");
   check_per_sample(x_in, "x_b", gl_in, "grad_logdet");
   const int fn = parse_scale_fn(scale_fn);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto guard = device_guard(x_in, "x_b");
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const auto gy = gy_in.contiguous();
   const Launch l(x);
@@ -200,7 +201,7 @@ unsigned elementwise_blocks(int64_t numel) {
 std::tuple<at::Tensor, at::Tensor> actnorm_cuda(const at::Tensor& x_in, const at::Tensor& loc_in,
                                                 const at::Tensor& ls_in, bool inverse) {
   check_actnorm(x_in, loc_in, ls_in);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto guard = device_guard(x_in, "x");
   const ActnormShape sh(x_in);
   const auto x = x_in.contiguous();
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -229,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
   check_actnorm(x_in, loc_in, ls_in);
   check_same_float_tensor(x_in, "x", gy_in, "grad_y");
   check_per_sample(x_in, "x", gl_in, "grad_logdet");
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto guard = device_guard(x_in, "x");
   const ActnormShape sh(x_in);
   const auto x = x_in.contiguous(), gy = gy_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -303,7 +304,7 @@ at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::
   check_flow_nll(z_in, n_bins);
   check_per_sample(z_in, "z", logdet, "logdet");
   const int prior = parse_prior(prior_name);
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const Launch l(z);
   const auto acc_dtype = opmath_dtype(z.scalar_type());
@@ -331,7 +332,7 @@ at::Tensor flow_nll_backward_cuda(const at::Tensor& g_in, const at::Tensor& z_in
   check_flow_nll(z_in, n_bins);
   check_per_sample(z_in, "z", g_in, "grad_nll");
   const int prior = parse_prior(prior_name);
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const Launch l(z);
   auto dz = at::empty_like(z, at::MemoryFormat::Contiguous);
@@ -351,11 +352,32 @@ at::Tensor flow_nll_backward_cuda(const at::Tensor& g_in, const at::Tensor& z_in
   return dz;
 }
 
+// invertible_conv1x1 is ATen code shared with the CPU entry point (common/invconv_host.h); here
+// it runs under x's device guard (checked first: the guard is set from x, a host x next to CUDA
+// parameters must be reported by name, not by the guard).
+std::tuple<at::Tensor, at::Tensor> invconv_cuda(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lower,
+                                                const at::Tensor& upper, const at::Tensor& sign,
+                                                const at::Tensor& log_s, bool inverse) {
+  check_invconv(x, perm, lower, upper, sign, log_s);
+  const auto guard = device_guard(x, "x");
+  return invconv_forward(x, perm, lower, upper, sign, log_s, inverse);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& perm,
+    const at::Tensor& lower, const at::Tensor& upper, const at::Tensor& sign, const at::Tensor& log_s,
+    bool inverse) {
+  check_invconv(x, perm, lower, upper, sign, log_s);
+  check_invconv_grads(grad_y, grad_logdet, x);
+  const auto guard = device_guard(x, "x");
+  return invconv_backward(grad_y, grad_logdet, x, perm, lower, upper, sign, log_s, inverse);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
-  m.impl("invertible_conv1x1_native", &invconv_forward);
-  m.impl("invertible_conv1x1_backward_native", &invconv_backward);
+  m.impl("invertible_conv1x1_native", &invconv_cuda);
+  m.impl("invertible_conv1x1_backward_native", &invconv_backward_cuda);
   m.impl("affine_coupling_native", &affine_coupling_cuda);
   m.impl("affine_coupling_backward_native", &affine_coupling_backward_cuda);
   m.impl("actnorm_native", &actnorm_cuda);

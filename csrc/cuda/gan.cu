@@ -17,7 +17,9 @@
 
 #include "common/checks.h"
 #include "common/gan.h"
+#include "common/gan_host.h"
 #include "common/info_nce.h"
+#include "cuda/device_guard.h"
 
 namespace fastgen {
 namespace {
@@ -59,23 +61,6 @@ struct ChannelView {
     outer = channels * inner == 0 ? 0 : x.numel() / (channels * inner);
   }
 };
-
-void check_bias_act(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 1, "fastgen: x must have at least one dim");
-  TORCH_CHECK_VALUE(dim >= -x.dim() && dim < x.dim(), "fastgen: dim ", dim, " out of range for x of shape ",
-                    x.sizes());
-  if (bias.has_value()) {
-    const int64_t c = x.size(dim < 0 ? dim + x.dim() : dim);
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == c, "fastgen: bias must have shape (", c,
-                      ",), got ", bias->sizes());
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "fastgen: bias has dtype ", bias->scalar_type(),
-                     " but x has ", x.scalar_type());
-    TORCH_CHECK_VALUE(bias->device() == x.device(), "fastgen: bias is on ", bias->device(), " but x is on ",
-                      x.device());
-  }
-}
 
 template <Act A, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
@@ -133,7 +118,7 @@ bias_act_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
 at::Tensor bias_act_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in, c10::string_view act,
                          double alpha, double gain, int64_t dim) {
   check_bias_act(x_in, bias_in, dim);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous();
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return out;
@@ -162,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
                                                           int64_t dim) {
   check_bias_act(x_in, bias_in, dim);
   check_same_float_tensor(x_in, "x", grad_in, "grad");
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const bool want_db = bias_in.has_value();
@@ -303,25 +288,6 @@ group_norm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __
   }
 }
 
-void check_group_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                      const std::optional<at::Tensor>& bias, int64_t num_groups) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *), got ", x.sizes());
-  TORCH_CHECK_VALUE(num_groups >= 1 && x.size(1) % num_groups == 0, "fastgen: num_groups must divide the ",
-                    x.size(1), " channels of x, got ", num_groups);
-  for (const auto& [name, p] : {std::make_pair("weight", &weight), std::make_pair("bias", &bias)}) {
-    if (!p->has_value()) continue;
-    const auto& t = **p;
-    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(1), "fastgen: ", name, " must have shape (",
-                      x.size(1), ",), got ", t.sizes());
-    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "fastgen: ", name, " has dtype ", t.scalar_type(),
-                     " but x has ", x.scalar_type());
-    TORCH_CHECK_VALUE(t.device() == x.device(), "fastgen: ", name, " is on ", t.device(), " but x is on ",
-                      x.device());
-  }
-}
-
 const void* opt_ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Tensor& x_in,
@@ -329,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
                                                                     const std::optional<at::Tensor>& bias_in,
                                                                     int64_t num_groups, double eps, bool act) {
   check_group_norm(x_in, weight_in, bias_in, num_groups);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous();
   const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
   const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
@@ -364,18 +330,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
     int64_t num_groups, bool act) {
   check_group_norm(x_in, weight_in, bias_in, num_groups);
   check_same_float_tensor(x_in, "x", grad_in, "grad");
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  check_group_norm_stats(x_in, mean_in, rstd_in, num_groups);
+  const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
   const std::optional<at::Tensor> bias = bias_in ? std::optional<at::Tensor>(bias_in->contiguous()) : std::nullopt;
   const int64_t n = x.size(0), c = x.size(1), cg = c / num_groups;
   const int64_t hw = n * c == 0 ? 0 : x.numel() / (n * c);
   const auto stat_dtype = opmath_dtype(x.scalar_type());
-  TORCH_CHECK_VALUE(mean_in.dim() == 2 && mean_in.size(0) == n && mean_in.size(1) == num_groups &&
-                        mean_in.sizes() == rstd_in.sizes() && mean_in.scalar_type() == stat_dtype &&
-                        rstd_in.scalar_type() == stat_dtype,
-                    "fastgen: mean and rstd must be the forward's (", n, ", ", num_groups, ") ", stat_dtype,
-                    " statistics");
   const auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto sa = at::zeros({n, num_groups, cg}, x.options().dtype(stat_dtype));
@@ -473,14 +435,16 @@ struct CudaInfoNceEpilogue {
 constexpr int64_t kInfoNceTile = 4096;
 
 std::tuple<at::Tensor, at::Tensor> info_nce_loss_cuda(const at::Tensor& z1, const at::Tensor& z2, double temperature) {
-  const c10::cuda::CUDAGuard guard(z1.device());
+  check_info_nce(z1, z2, temperature);  // before the guard, which is set from z1
+  const auto guard = device_guard(z1, "z1");
   return info_nce_forward_tiled(z1, z2, temperature, kInfoNceTile, CudaInfoNceEpilogue());
 }
 
 std::tuple<at::Tensor, at::Tensor> info_nce_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& z1,
                                                                const at::Tensor& z2, const at::Tensor& lse,
                                                                double temperature) {
-  const c10::cuda::CUDAGuard guard(z1.device());
+  check_info_nce_backward(grad_loss, z1, z2, lse, temperature);  // before the guard, which is set from z1
+  const auto guard = device_guard(z1, "z1");
   return info_nce_backward_tiled(grad_loss, z1, z2, lse, temperature, kInfoNceTile,
                                  CudaInfoNceEpilogue());
 }

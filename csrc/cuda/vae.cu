@@ -10,6 +10,7 @@
 
 #include "common/checks.h"
 #include "common/vae.h"
+#include "cuda/device_guard.h"
 
 namespace fastgen {
 namespace {
@@ -87,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_cuda(const at::Tensor& mu_in, cons
   TORCH_CHECK_VALUE(mu_in.dim() >= 1, "fastgen: mu must have a leading batch dim");
   check_same_float_tensor(mu_in, "mu", lv_in, "logvar");
   check_same_float_tensor(mu_in, "mu", eps_in, "eps");
-  const c10::cuda::CUDAGuard guard(mu_in.device());
+  const auto guard = device_guard(mu_in, "mu");
   const auto mu = mu_in.contiguous(), lv = lv_in.contiguous(), eps = eps_in.contiguous();
   const Launch l(mu);
   TORCH_CHECK_VALUE(l.rows <= INT32_MAX, "fastgen: batch size ", l.rows, " exceeds 2^31-1");
@@ -118,7 +119,8 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_backward_cuda(const at::Tensor& gz
   check_same_float_tensor(mu_in, "mu", gz_in, "grad_z");
   TORCH_CHECK_VALUE(gkl_in.dim() == 1 && gkl_in.size(0) == mu_in.size(0),
                     "fastgen: grad_kl must have shape [", mu_in.size(0), "], got ", gkl_in.sizes());
-  const c10::cuda::CUDAGuard guard(mu_in.device());
+  check_same_device(mu_in, "mu", gkl_in, "grad_kl");
+  const auto guard = device_guard(mu_in, "mu");
   const auto mu = mu_in.contiguous(), lv = lv_in.contiguous(), eps = eps_in.contiguous();
   const auto gz = gz_in.contiguous();
   const Launch l(mu);

@@ -14,6 +14,7 @@
 #include <cfloat>
 
 #include "common/vq.h"
+#include "cuda/device_guard.h"
 
 namespace fastgen {
 namespace {
@@ -108,7 +109,7 @@ vq_nearest_kernel(const T* __restrict__ z, const T* __restrict__ e, const T* __r
 std::tuple<at::Tensor, at::Tensor> vq_nearest_cuda(const at::Tensor& z_in, const at::Tensor& e_in,
                                                    c10::string_view metric) {
   check_vq_nearest(z_in, e_in, metric);
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  const auto guard = device_guard(z_in, "z");
   auto [z, e] = vq_math_inputs(z_in, e_in, metric);
   const int64_t n = z.size(0), k = e.size(0), d = z.size(1);
   auto idx = at::empty({n}, z.options().dtype(at::kLong));
@@ -225,7 +226,7 @@ void launch_segment(const T* z, const T* e, const at::Tensor& order, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_quantize_cuda(const at::Tensor& z_in, const at::Tensor& e_in,
                                                                 double beta, bool legacy) {
   auto [idx, dist] = vq_nearest_cuda(z_in, e_in, "l2");
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const auto e = e_in.contiguous();
   const int64_t n = z.size(0), d = z.size(1);
@@ -251,9 +252,8 @@ std::tuple<at::Tensor, at::Tensor> vq_quantize_backward_cuda(const at::Tensor& g
   check_vq_nearest(z_in, e_in, "l2");
   check_same_float_tensor(z_in, "z", gzq_in, "grad_zq");
   check_vq_indices(indices, z_in.size(0), z_in);
-  TORCH_CHECK_VALUE(grad_loss.numel() == 1 && grad_loss.device() == z_in.device(),
-                    "fastgen: grad_loss must be a one-element tensor on z's device");
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  check_vq_grad_loss(grad_loss, z_in);
+  const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const auto e = e_in.contiguous();
   const auto gzq = gzq_in.contiguous();
@@ -289,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor> vq_code_sums_cuda(const at::Tensor& z_in, con
   TORCH_CHECK_VALUE(z_in.dim() == 2, "fastgen: z must have shape (N, D), got ", z_in.sizes());
   TORCH_CHECK_VALUE(num_codes > 0, "fastgen: num_codes must be positive, got ", num_codes);
   check_vq_indices(indices, z_in.size(0), z_in);
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const auto [order, starts] = group_rows_cuda(indices.contiguous(), num_codes);
   auto sums = at::empty({num_codes, z.size(1)}, z.options().dtype(opmath_dtype(z.scalar_type())));
@@ -305,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor> vq_ema_update_cuda(const at::Tensor& z_in, co
                                                       at::Tensor cluster_size, at::Tensor embed_sum,
                                                       double decay, double eps) {
   check_vq_ema(z_in, indices, cluster_size, embed_sum);
-  const c10::cuda::CUDAGuard guard(z_in.device());
+  const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const int64_t k = embed_sum.size(0);
   const auto [order, starts] = group_rows_cuda(indices.contiguous(), k);

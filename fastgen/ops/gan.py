@@ -290,6 +290,9 @@ def _check_info_nce_backward(grad_loss, z1, z2, lse, temperature):
     _checks.float_tensor("lse", lse)
     if lse.shape != (2 * z1.shape[0],):
         raise ValueError(f"fastgen: lse must have shape ({2 * z1.shape[0]},), got {tuple(lse.shape)}")
+    for name, t in (("grad_loss", grad_loss), ("lse", lse)):
+        if t.device != z1.device:
+            raise ValueError(f"fastgen: {name} is on {t.device} but z1 is on {z1.device}")
 
 
 def _fake_info_nce_backward(grad_loss, z1, z2, lse, temperature):
