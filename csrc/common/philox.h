@@ -6,7 +6,7 @@
 //   key = (seed lo, seed hi), counter = (offset lo, offset hi, 0, 0), 10 rounds;
 //   uniform: word as int32, negative -> ~x, float(x) * 4.6566127342e-10 in float32;
 //   normal: Box-Muller on the uniforms of words 0 and 1, u1 clamped at 1e-7.
-// Integers and uniforms are bit-exact across backends; normals go through logf / cosf / sqrtf,
+// Integers and uniforms are bit-exact across backends; normals go through logf / cos / sqrtf,
 // so they agree to the last ulps of the math library (glibc, CUDA, numpy) only.
 #include <cstdint>
 
@@ -61,11 +61,29 @@ FASTGEN_HD float uint_to_uniform(uint32_t w) {
   return static_cast<float>(x) * 4.6566127342e-10f;
 }
 
+// cos(th) for th in [0, 2 pi]. On the GPU not through cosf: its reduction for huge arguments
+// (Payne-Hanek) keeps an array in the kernel's stack frame, which the hot diffusion step kernels
+// must not have (scripts/cuda_resources.py). th = pi (y + rem / pi) with y = th / pi rounded and
+// rem = th - pi y to about 2^-48, so cos(th) = cospi(y) - rem sinpi(y) (rem^2 is below an ulp),
+// within half an ulp of cos(th) like cosf, and sincospif's reduction is exact and local-free.
+FASTGEN_HD float cos_0_2pi(float th) {
+#if defined(__CUDA_ARCH__)
+  const float y = th * 0.318309886183790672f;
+  float rem = fmaf(-y, 3.14159274101257324f, th);  // float(pi)
+  rem = fmaf(y, 8.74227766e-8f, rem);             // float(pi) - pi
+  float s, c;
+  sincospif(y, &s, &c);
+  return fmaf(-rem, s, c);
+#else
+  return ::cosf(th);
+#endif
+}
+
 FASTGEN_HD float box_muller(float u1, float u2) {
   u1 = u1 > 1.0e-7f ? u1 : 1.0e-7f;
   const float th = 6.283185307179586f * u2;
   const float r = ::sqrtf(-2.0f * ::logf(u1));
-  return r * ::cosf(th);
+  return r * cos_0_2pi(th);
 }
 
 FASTGEN_HD float rand(uint64_t seed, uint64_t offset) {

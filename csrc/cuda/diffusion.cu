@@ -181,6 +181,10 @@ denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ u, a
   const StepCoeffs<acc_t> c = denoise_coeffs<acc_t>(cfg.ddpm, cfg.prediction, cfg.variance, table[t],
                                                     prev_table[t], t, eta, cfg.use_clipped);
   const uint64_t key = kNoise == 2 ? static_cast<uint64_t>(seed.get()) : 0;
+  // Not unrolled: the unrolled loop's trip count is a 64-bit division whose result ptxas kept
+  // in the stack frame across the division's call (sm_80, thresholded fp32); the loop is
+  // memory-bound and the grid holds enough threads to keep loads in flight.
+#pragma unroll 1
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc_t vm = static_cast<acc_t>(m[i]);
