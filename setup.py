@@ -4,7 +4,9 @@ Environment switches (see README):
   FASTGEN_SKIP_EXT=1         build nothing native (pure Python + Triton still work)
   FASTGEN_SKIP_CUDA_BUILD=1  build the CPU kernels only
   FASTGEN_FORCE_CUDA=1       build the CUDA kernels even with no GPU visible (CI does this)
-  TORCH_CUDA_ARCH_LIST       CUDA architectures, default "8.0;9.0"
+  TORCH_CUDA_ARCH_LIST       CUDA architectures, default "8.0;9.0+PTX" (SASS for A100 and H100, and
+                             PTX that newer GPUs -- B200, RTX 50xx -- JIT-compile at first use).
+                             Recorded in the extension: fastgen._C.CUDA_ARCHS, `fastgen info`.
   CUDA_HOME                  the CUDA toolkit's own folder (the one whose lib64 holds libcudart)
 """
 import glob
@@ -66,6 +68,31 @@ def _cpu_simd_flags():
     return []
 
 
+def _cuda_archs_built():
+    """The architectures the CUDA kernels are compiled for, as "8.0;9.0+PTX": read back from the
+    -gencode flags torch derives from TORCH_CUDA_ARCH_LIST (names such as "Ampere" resolved), so
+    fastgen._C.CUDA_ARCHS says exactly which SASS and PTX the library holds."""
+    from torch.utils import cpp_extension
+
+    try:
+        flags = cpp_extension._get_cuda_arch_flags()
+    except Exception:  # a private torch helper: fall back to the list as given
+        flags = []
+    sass, ptx = set(), set()
+    for flag in flags:
+        code = flag.rsplit("code=", 1)[-1]
+        for kind, found in (("sm_", sass), ("compute_", ptx)):
+            if code.startswith(kind):
+                digits = code[len(kind):]
+                n = len(digits.rstrip("abcdefghijklmnopqrstuvwxyz"))
+                found.add((int(digits[:n - 1]), int(digits[n - 1:n]), digits[n:]))
+    if not sass and not ptx:
+        listed = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+        return ";".join(a for a in listed.replace(" ", ";").split(";") if a)
+    return ";".join(f"{major}.{minor}{suffix}" + ("+PTX" if (major, minor, suffix) in ptx else "")
+                    for major, minor, suffix in sorted(sass | ptx))
+
+
 def _extensions():
     if _flag("FASTGEN_SKIP_EXT"):
         print("fastgen: FASTGEN_SKIP_EXT=1, building no native extension")
@@ -96,17 +123,19 @@ def _extensions():
             with_cuda = True
             os.environ["CUDA_HOME"] = home
             cpp_extension.CUDA_HOME = home  # torch read CUDA_HOME at import; overrule its guess
-            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
             include_dirs += _wheel_cuda_includes()
 
     os.environ.setdefault("MAX_JOBS", str(max(1, min(4, os.cpu_count() or 1))))
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     if with_cuda:
-        print(f"fastgen: building CPU + CUDA kernels for {os.environ['TORCH_CUDA_ARCH_LIST']} "
-              f"with CUDA_HOME={os.environ['CUDA_HOME']}")
+        archs = _cuda_archs_built()
+        print(f"fastgen: building CPU + CUDA kernels for {archs} (TORCH_CUDA_ARCH_LIST="
+              f"{os.environ['TORCH_CUDA_ARCH_LIST']}) with CUDA_HOME={os.environ['CUDA_HOME']}")
         ext = cpp_extension.CUDAExtension(
             "fastgen._C", sources + cuda_sources, include_dirs=include_dirs,
-            define_macros=[("FASTGEN_WITH_CUDA", "1")],
+            # a string literal; torch's ninja build shell-quotes each flag
+            define_macros=[("FASTGEN_WITH_CUDA", "1"), ("FASTGEN_CUDA_ARCHS", f'"{archs}"')],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
     else:
         print("fastgen: building CPU kernels only")

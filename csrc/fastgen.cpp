@@ -17,6 +17,13 @@ PyObject* PyInit__C(void) {
 #else
   PyModule_AddIntConstant(m, "WITH_CUDA", 0);
 #endif
+  // The CUDA architectures the kernels were compiled for ("8.0;9.0+PTX": SASS per entry, PTX
+  // where "+PTX"), from setup.py; "" without CUDA. fastgen info checks the GPU against it.
+#ifdef FASTGEN_CUDA_ARCHS
+  PyModule_AddStringConstant(m, "CUDA_ARCHS", FASTGEN_CUDA_ARCHS);
+#else
+  PyModule_AddStringConstant(m, "CUDA_ARCHS", "");
+#endif
 #if defined(CPU_CAPABILITY_AVX512)
   PyModule_AddStringConstant(m, "CPU_SIMD", "AVX512");
 #elif defined(CPU_CAPABILITY_AVX2)

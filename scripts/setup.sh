@@ -38,7 +38,8 @@ find_cuda_home() {
 
 if [ "${FASTGEN_FORCE_CUDA:-1}" != "0" ] && CUDA_HOME_FOUND=$(find_cuda_home); then
   export CUDA_HOME="$CUDA_HOME_FOUND" FASTGEN_FORCE_CUDA=1
-  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+  # SASS for A100 / H100 and PTX that newer GPUs (B200, RTX 50xx) JIT-compile at first use
+  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
   echo "== building fastgen (CPU + CUDA for $TORCH_CUDA_ARCH_LIST, CUDA_HOME=$CUDA_HOME)"
 else
   export FASTGEN_FORCE_CUDA=0

@@ -154,3 +154,61 @@ def test_info_command_line():
     assert "gaussian_reparam_kl" in r.stdout and "reference  live" in r.stdout
     if _ext.NATIVE is not None:
         assert "cpu        live" in r.stdout
+
+
+# -- the CUDA architectures of the build ------------------------------------------------------
+
+@pytest.mark.parametrize("archs, capability, covered, how", [
+    ("8.0;9.0+PTX", (9, 0), True, "sass"),
+    ("8.0;9.0+PTX", (10, 0), True, "ptx"),    # B200: JIT from compute_90
+    ("8.0;9.0+PTX", (12, 0), True, "ptx"),    # RTX 50xx
+    ("8.0;9.0+PTX", (7, 5), False, "none"),   # PTX never runs on a lower arch
+    ("8.0;9.0", (10, 0), False, "none"),      # no PTX: nothing for sm_100
+    ("8.0;9.0+PTX", (8, 6), True, "sass"),    # sm_80 cubins run unchanged on 8.6
+    ("8.0;9.0+PTX", (8, 0), True, "sass"),
+    ("8.6", (8, 0), False, "none"),           # a cubin never runs on a lower minor
+    ("9.0a", (9, 0), True, "sass"),
+    ("9.0a+PTX", (10, 0), False, "none"),     # arch-specific PTX does not JIT to other archs
+    ("8.0 9.0+PTX", (9, 0), True, "sass"),    # space-separated, as TORCH_CUDA_ARCH_LIST allows
+    ("", (9, 0), False, "none"),
+])
+def test_cuda_arch_coverage(archs, capability, covered, how):
+    got_covered, got_how = _ext.cuda_arch_coverage(archs, capability)
+    assert got_covered is covered and got_how.split(":")[0] == how, got_how
+
+
+def test_extension_records_its_cuda_archs():
+    if _ext.NATIVE is None:
+        pytest.skip(_ext.NATIVE_ERROR)
+    if not _ext.WITH_CUDA:
+        if os.environ.get("FASTGEN_TEST_REQUIRE_CUDA_BUILD") == "1":
+            pytest.fail("FASTGEN_TEST_REQUIRE_CUDA_BUILD=1 but fastgen._C was built without CUDA")
+        assert _ext.CUDA_ARCHS == ""
+        pytest.skip("fastgen._C built without CUDA")
+    assert _ext.CUDA_ARCHS, "fastgen._C.CUDA_ARCHS is missing: rebuild the extension"
+    for entry in _ext.CUDA_ARCHS.split(";"):
+        assert _ext._parse_arch(entry)  # setup.py records numbers ("9.0", "9.0+PTX"), no names
+    # the default build (setup.py, scripts/setup.sh) covers sm_90 by SASS and newer GPUs by PTX
+    if os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX") == "8.0;9.0+PTX":
+        assert _ext.CUDA_ARCHS == "8.0;9.0+PTX"
+    report = fastgen.info(print_report=False)
+    assert report["cuda_archs"] == _ext.CUDA_ARCHS
+
+
+def test_info_says_when_the_gpu_is_not_covered(monkeypatch):
+    from fastgen import _info
+
+    report = fastgen.info(print_report=False)
+    monkeypatch.setattr(_ext, "WITH_CUDA", True)
+    monkeypatch.setattr(_ext, "CUDA_ARCHS", "8.0;9.0+PTX")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
+    for capability, expected in (((7, 5), "NOT covered"), ((12, 0), "covered, ptx"), ((9, 0), "covered, sass")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        archs, coverage = _info.cuda_build_report()
+        assert archs == "8.0;9.0+PTX"
+        assert coverage.startswith(f"Old GPU (sm_{capability[0]}{capability[1]}): {expected}"), coverage
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    archs, coverage = _info.cuda_build_report()
+    assert "the cuda backend will fail" in coverage and 'TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX;7.5"' in coverage
+    assert f"cuda_gpu_coverage   {coverage}" in _info.format_info({**report, "cuda_gpu_coverage": coverage})
