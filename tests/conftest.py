@@ -48,6 +48,18 @@ def require_backend(op_name, device, backend):
     pytest.skip(f"{backend} on {device}: {why}")
 
 
+def require_cuda_build(what="this test"):
+    """Skip when fastgen._C has no CUDA kernels, or fail where CI builds them
+    (FASTGEN_TEST_REQUIRE_CUDA_BUILD=1, set by scripts/test.sh when nvcc is found)."""
+    from fastgen import _ext
+    why = _ext.NATIVE_ERROR if _ext.NATIVE is None else (None if _ext.WITH_CUDA else "fastgen._C built without CUDA")
+    if why is None:
+        return
+    if os.environ.get("FASTGEN_TEST_REQUIRE_CUDA_BUILD") == "1":
+        pytest.fail(f"FASTGEN_TEST_REQUIRE_CUDA_BUILD=1 but {what} has no CUDA build: {why}")
+    pytest.skip(f"{what}: {why}")
+
+
 @pytest.fixture(params=DEVICE_BACKENDS)
 def device_backend(request):
     return request.param

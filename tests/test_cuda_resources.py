@@ -10,21 +10,14 @@ import pytest
 
 from fastgen import _ext
 
+from conftest import require_cuda_build
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "cuda_resources.py")
 
 
-def _require_cuda_build():
-    why = _ext.NATIVE_ERROR if _ext.NATIVE is None else (None if _ext.WITH_CUDA else "fastgen._C built without CUDA")
-    if why is None:
-        return
-    if os.environ.get("FASTGEN_TEST_REQUIRE_CUDA_BUILD") == "1":
-        pytest.fail(f"FASTGEN_TEST_REQUIRE_CUDA_BUILD=1 but there is no CUDA build to read: {why}")
-    pytest.skip(f"no CUDA kernels to read: {why}")
-
-
 def test_hot_cuda_kernels_do_not_spill(tmp_path):
-    _require_cuda_build()
+    require_cuda_build("the CUDA resource table")
     sys.path.insert(0, os.path.dirname(SCRIPT))
     try:
         import cuda_resources

@@ -11,6 +11,8 @@ import fastgen
 from fastgen import _ext
 from fastgen.ops import REGISTRY
 
+from conftest import require_cuda_build
+
 EXPECTED_OPS = {"gaussian_reparam_kl", "gaussian_reparam_kl_backward"}
 
 
@@ -25,12 +27,7 @@ def test_public_op_has_cpu_cuda_and_meta_kernels(name):
 
 
 def test_every_op_has_a_cuda_kernel_when_built_with_cuda():
-    if _ext.NATIVE is None:
-        pytest.skip(_ext.NATIVE_ERROR)
-    if not _ext.WITH_CUDA:
-        if os.environ.get("FASTGEN_TEST_REQUIRE_CUDA_BUILD") == "1":
-            pytest.fail("FASTGEN_TEST_REQUIRE_CUDA_BUILD=1 but fastgen._C was built without CUDA")
-        pytest.skip("fastgen._C built without CUDA")
+    require_cuda_build()
     for name, op in REGISTRY.items():
         assert op.native_qualname is not None, f"{name} has no native kernel"
         assert _ext.has_kernel(op.native_qualname, "CPU"), f"{op.native_qualname}: no CPU kernel"
@@ -178,13 +175,9 @@ def test_cuda_arch_coverage(archs, capability, covered, how):
 
 
 def test_extension_records_its_cuda_archs():
-    if _ext.NATIVE is None:
-        pytest.skip(_ext.NATIVE_ERROR)
-    if not _ext.WITH_CUDA:
-        if os.environ.get("FASTGEN_TEST_REQUIRE_CUDA_BUILD") == "1":
-            pytest.fail("FASTGEN_TEST_REQUIRE_CUDA_BUILD=1 but fastgen._C was built without CUDA")
+    if _ext.NATIVE is not None and not _ext.WITH_CUDA:
         assert _ext.CUDA_ARCHS == ""
-        pytest.skip("fastgen._C built without CUDA")
+    require_cuda_build()
     assert _ext.CUDA_ARCHS, "fastgen._C.CUDA_ARCHS is missing: rebuild the extension"
     for entry in _ext.CUDA_ARCHS.split(";"):
         assert _ext._parse_arch(entry)  # setup.py records numbers ("9.0", "9.0+PTX"), no names
