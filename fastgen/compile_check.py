@@ -15,7 +15,7 @@ ptxas for the requested architectures. It checks and reports, per (kernel, confi
 
 Spill budget (spill stores as ptxas -v reports them; a stack frame without spills is listed,
 not counted): none at all in the fp16 / bf16 configs of the hot kernels (attention forward and
-backward, decode, vq_nearest, info_nce, group_norm, the diffusion steps); fp32 / fp64 configs
+backward, decode, vq_nearest and vq_quantize, info_nce, group_norm, the diffusion steps); fp32 / fp64 configs
 and the cold kernels may spill up to SPILL_BUDGET_COLD bytes per thread, and every spill is
 listed in the table. Exceeding either fails the check.
 
@@ -51,7 +51,8 @@ SMEM_OPTIN = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 MAX_GRID = (2 ** 31 - 1, 65535, 65535)
 SPILL_BUDGET_COLD = 4096
 HOT_KERNELS = ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel",
-               "_decode_partial_kernel", "_vq_nearest_kernel", "_info_nce_fwd_kernel",
+               "_decode_partial_kernel", "_vq_nearest_kernel", "_vq_gather_st_kernel", "_vq_dz_kernel",
+               "_info_nce_fwd_kernel",
                "_info_nce_bwd_kernel", "_gn_fwd_kernel", "_gn_bwd_kernel", "_denoise_step_kernel",
                "_mix_by_timestep_kernel", "_flow_step_kernel")
 

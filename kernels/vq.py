@@ -7,7 +7,7 @@ to the lowest index overall (as torch.argmin and faiss). NaN distances count as 
 """
 import torch
 
-from ._compat import autotune, fp32_dot_ieee, jit, next_power_of_2, tl, to_int64, triton
+from ._compat import INTERPRET, autotune, fp32_dot_ieee, jit, next_power_of_2, tl, to_int64, triton
 
 def _configs(tiles):
     return [] if triton is None else [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -126,38 +126,49 @@ _VQ_NEAREST = {key: autotune(_configs(tiles), key=["K", "D_PAD"])(_vq_nearest_ke
 @jit
 def _vq_gather_st_kernel(z_ptr, e_ptr, idx_ptr, zq_ptr, sq_ptr, N, D, stride_z, stride_e,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    code = tl.load(idx_ptr + rows, mask=rmask, other=0)
+    # z and zq rows: a 64-bit tile start, 32-bit offsets in the tile; codebook rows: 64-bit
+    # row starts (code * stride can pass 2**31), one vector per tile
+    first = tl.program_id(0).to(tl.int64) * BLOCK_N
+    local = tl.arange(0, BLOCK_N)
+    rmask = local < N - first
+    code = tl.load(idx_ptr + first + local, mask=rmask, other=0)
+    z_tile = z_ptr + first * stride_z
+    zq_tile = zq_ptr + first * D
+    e_rows = e_ptr + code * stride_e
     acc = tl.zeros([BLOCK_N], tl.float32)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         m = rmask[:, None] & (ds < D)[None, :]
-        z = tl.load(z_ptr + rows[:, None] * stride_z + ds[None, :], mask=m, other=0.0)
-        e = tl.load(e_ptr + code[:, None] * stride_e + ds[None, :], mask=m, other=0.0)
+        z = tl.load(z_tile + local[:, None] * stride_z + ds[None, :], mask=m, other=0.0)
+        e = tl.load(e_rows[:, None] + ds[None, :], mask=m, other=0.0)
         diff = e.to(tl.float32) - z.to(tl.float32)
         # taming's value z + (e - z): both steps rounded to z's dtype, as torch does them
         q = z.to(tl.float32) + diff.to(z.dtype).to(tl.float32)
-        tl.store(zq_ptr + rows[:, None] * D + ds[None, :], q.to(z.dtype), mask=m)
+        tl.store(zq_tile + local[:, None] * D + ds[None, :], q.to(z.dtype), mask=m)
         acc += tl.sum(diff * diff, axis=1)
-    tl.store(sq_ptr + rows, acc, mask=rmask)
+    tl.store(sq_ptr + first + local, acc, mask=rmask)
 
 
 @jit
 def _vq_dz_kernel(gzq_ptr, gl_ptr, z_ptr, e_ptr, idx_ptr, dz_ptr, N, D, stride_g, stride_z, stride_e,
                   scale, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    code = tl.load(idx_ptr + rows, mask=rmask, other=0)
+    first = tl.program_id(0).to(tl.int64) * BLOCK_N
+    local = tl.arange(0, BLOCK_N)
+    rmask = local < N - first
+    code = tl.load(idx_ptr + first + local, mask=rmask, other=0)
+    g_tile = gzq_ptr + first * stride_g
+    z_tile = z_ptr + first * stride_z
+    dz_tile = dz_ptr + first * D
+    e_rows = e_ptr + code * stride_e
     c = tl.load(gl_ptr).to(tl.float32) * scale  # grad_loss stays on the device: no host sync
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         m = rmask[:, None] & (ds < D)[None, :]
-        g = tl.load(gzq_ptr + rows[:, None] * stride_g + ds[None, :], mask=m, other=0.0)
-        z = tl.load(z_ptr + rows[:, None] * stride_z + ds[None, :], mask=m, other=0.0)
-        e = tl.load(e_ptr + code[:, None] * stride_e + ds[None, :], mask=m, other=0.0)
+        g = tl.load(g_tile + local[:, None] * stride_g + ds[None, :], mask=m, other=0.0)
+        z = tl.load(z_tile + local[:, None] * stride_z + ds[None, :], mask=m, other=0.0)
+        e = tl.load(e_rows[:, None] + ds[None, :], mask=m, other=0.0)
         dz = g.to(tl.float32) + c * (z.to(tl.float32) - e.to(tl.float32))
-        tl.store(dz_ptr + rows[:, None] * D + ds[None, :], dz.to(z.dtype), mask=m)
+        tl.store(dz_tile + local[:, None] * D + ds[None, :], dz.to(z.dtype), mask=m)
 
 
 # -- per-code sums: rows grouped by code (stable sort), each group summed in row order --------
@@ -207,6 +218,12 @@ def _rows(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _gather_block_d(d):
+    # gathered codebook rows have no common base: one 64-bit address per element, so at most
+    # 32 x 64 elements a tile on a GPU (32 x 128 spilled); the interpreter takes wider ones
+    return _block_d(d) if INTERPRET else min(64, _block_d(d))
+
+
 def _block_d(d):
     return max(16, min(128, next_power_of_2(d)))
 
@@ -221,7 +238,7 @@ def vq_quantize(z, codebook, beta=0.25, legacy=True):
     if n:
         _vq_gather_st_kernel[(triton.cdiv(n, _ROW_BLOCK),)](
             z, codebook, idx, zq, sq, n, d, z.stride(0), codebook.stride(0),
-            BLOCK_N=_ROW_BLOCK, BLOCK_D=_block_d(d))
+            BLOCK_N=_ROW_BLOCK, BLOCK_D=_gather_block_d(d))
     # both terms of taming's loss have the value mse; the weights split only the gradients
     loss = sq.sum() * ((1.0 + beta) / (n * d)) if n * d else sq.new_full((), float("nan"))
     return zq, loss.to(z.dtype), idx
@@ -237,7 +254,7 @@ def vq_quantize_backward(grad_zq, grad_loss, z, codebook, indices, beta=0.25, le
     if n:
         _vq_dz_kernel[(triton.cdiv(n, _ROW_BLOCK),)](
             grad_zq, grad_loss, z, codebook, indices, dz, n, d, grad_zq.stride(0), z.stride(0),
-            codebook.stride(0), scale * w_z, BLOCK_N=_ROW_BLOCK, BLOCK_D=_block_d(d))
+            codebook.stride(0), scale * w_z, BLOCK_N=_ROW_BLOCK, BLOCK_D=_gather_block_d(d))
     _, diff_sums = _segment_sums(z, indices, codebook.shape[0], codebook=codebook)
     dcode = (diff_sums * (grad_loss.float() * (-scale * w_e))).to(codebook.dtype)
     return dz, dcode
