@@ -449,8 +449,7 @@ def compile_all(archs=(80, 90), families=None, progress=True, pattern=None, cach
                 r.spill_bytes, r.stack_bytes = _ptxas_spills(log.getvalue())
                 r.spill_bytes += local or 0
             except Exception as exc:  # noqa: BLE001
-                msg = str(exc).strip().splitlines()
-                r.error = f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
+                r.error = _error_summary(exc)
             r.seconds = time.perf_counter() - t0
             if progress:
                 flag = "FAIL" if r.problems() else "ok"
@@ -459,6 +458,22 @@ def compile_all(archs=(80, 90), families=None, progress=True, pattern=None, cach
                       f"({r.seconds:.1f}s)",
                       flush=True)
     return results
+
+
+def _error_summary(exc):
+    """One line for the table: Triton's CompilationError puts the position on its first line and
+    the source excerpt after it; the reason is its last line or the chained cause."""
+    lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip() and set(l.strip()) != {"^"}]
+    parts = [f"{type(exc).__name__}: {lines[0] if lines else ''}"]
+    if len(lines) > 1:
+        parts.append(lines[-1])
+    root = exc
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    if root is not exc:
+        why = [l.strip() for l in str(root).strip().splitlines() if l.strip() and set(l.strip()) != {"^"}]
+        parts.append(f"{type(root).__name__}: {why[-1] if why else ''}")
+    return " ".join(parts)[:400]
 
 
 def source_hash():

@@ -333,9 +333,9 @@ def _sim_tile(u_ptr, v_ptr, rows, cols, M, D, BLOCK_M: tl.constexpr, BLOCK_N: tl
         b = tl.load(v_ptr + cols.to(tl.int64)[:, None] * D + ds[None, :],
                     mask=(cols < M)[:, None] & (ds < D)[None, :], other=0.0)
         if IEEE:
-            acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
+            acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee", out_dtype=acc.dtype)
         else:
-            acc = tl.dot(a, tl.trans(b), acc)
+            acc = tl.dot(a, tl.trans(b), acc, out_dtype=acc.dtype)
     # the anchor itself and padding are not candidates
     keep = (rows[:, None] != cols[None, :]) & (cols < M)[None, :]
     return tl.where(keep, acc, float("-inf"))
@@ -376,9 +376,9 @@ def _info_nce_bwd_kernel(u_ptr, v_ptr, lse_ptr, du_ptr, M, D, BLOCK_M: tl.conste
         uj = tl.load(u_ptr + cols.to(tl.int64)[:, None] * D + outs[None, :],
                      mask=(cols < M)[:, None] & (outs < D)[None, :], other=0.0)
         if IEEE:
-            acc = tl.dot(w, uj, acc, input_precision="ieee")
+            acc = tl.dot(w, uj, acc, input_precision="ieee", out_dtype=acc.dtype)
         else:
-            acc = tl.dot(w, uj, acc)
+            acc = tl.dot(w, uj, acc, out_dtype=acc.dtype)
     tl.store(du_ptr + rows.to(tl.int64)[:, None] * D + outs[None, :], acc,
              mask=(rows < M)[:, None] & (outs < D)[None, :])
 
@@ -387,6 +387,8 @@ _NORM_EPS = 1e-12
 # IEEE: fp32 tiles use exact fp32 products unless torch allows TF32 for fp32 matmuls (then the
 # logits, divided by the temperature, carry TF32's ~1e-3 relative error, as torch's own
 # u @ v.T would); fp64 tiles pass no precision option.
+# Every dot names its accumulator's dtype as out_dtype: Triton 3.6 asserts that an fp64
+# accumulator matches out_dtype (default fp32), where 3.8 infers it.
 
 
 def _info_nce_prepare(z1, z2, temperature):
