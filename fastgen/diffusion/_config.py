@@ -1,13 +1,47 @@
-"""The small part of diffusers' ConfigMixin that scheduler users touch: `config` (a read-only
-dict with attribute access), `from_config`, `save_config` / `from_pretrained` of a
-scheduler_config.json. No dependency on diffusers; its configs load here and ours load there."""
+"""Config plumbing for fastgen's schedulers.
+
+When diffusers is importable, the schedulers are genuine diffusers schedulers: they subclass
+diffusers' `SchedulerMixin` and `ConfigMixin`, record their constructor arguments with diffusers'
+`register_to_config`, and return diffusers' output classes. So `save_pretrained` /
+`from_pretrained` (with `subfolder`), `from_config`, `compatibles`, a pipeline's
+`save_pretrained` and its reload all behave exactly as with diffusers' own schedulers.
+
+Without diffusers, the small part of that API scheduler users touch is provided here: `config`
+(a read-only dict with attribute access), `from_config`, `save_config` / `save_pretrained`,
+`from_pretrained` of a local scheduler_config.json, `compatibles`, and dict-like outputs.
+Configs written by either load in the other.
+"""
 import dataclasses
+import functools
 import inspect
 import json
 import os
 
 import numpy as np
 import torch
+
+try:
+    from diffusers.configuration_utils import ConfigMixin as _DiffusersConfigMixin
+    from diffusers.configuration_utils import register_to_config as _diffusers_register_to_config
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+    from diffusers.utils import BaseOutput as _DiffusersBaseOutput
+except ImportError as e:  # diffusers is optional: the schedulers then work on their own
+    HAVE_DIFFUSERS = False
+    DIFFUSERS_IMPORT_ERROR = f"{type(e).__name__}: {e}"
+else:
+    HAVE_DIFFUSERS = True
+    DIFFUSERS_IMPORT_ERROR = None
+
+# the names diffusers' DDPM/DDIM list as compatible (its KarrasDiffusionSchedulers enum), so
+# from_config accepts their configs without warnings either way
+KARRAS_COMPATIBLES = [
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "EDMEulerScheduler",
+]
+if HAVE_DIFFUSERS:
+    KARRAS_COMPATIBLES = [e.name for e in KarrasDiffusionSchedulers]
 
 
 class FrozenConfig(dict):
@@ -32,18 +66,36 @@ def _jsonable(value):
     return value
 
 
-class ConfigMixin:
-    config_name = "scheduler_config.json"
+def _fallback_register_to_config(init):
+    """Decorator for a scheduler's __init__: records every constructor argument (defaults
+    included) as the read-only `config`, as diffusers' register_to_config does."""
+    signature = inspect.signature(init)
 
-    def _register_config(self, args):
-        """Call first thing in __init__ with locals(): records every constructor argument."""
-        params = inspect.signature(type(self).__init__).parameters
-        values = {name: args[name] for name in params if name != "self"}
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = {k: v for k, v in bound.arguments.items() if k != "self"}
         object.__setattr__(self, "_config", FrozenConfig(_class_name=type(self).__name__, **values))
+        init(self, *args, **kwargs)
+
+    return wrapped
+
+
+class _FallbackSchedulerBase:
+    """The scheduler API surface of diffusers' SchedulerMixin + ConfigMixin, without diffusers."""
+
+    config_name = "scheduler_config.json"
+    _compatibles = []
+    _deprecated_kwargs = []
 
     @property
     def config(self) -> FrozenConfig:
         return self._config
+
+    @classmethod
+    def _init_keys(cls):
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
     @classmethod
     def from_config(cls, config=None, **kwargs):
@@ -52,7 +104,7 @@ class ConfigMixin:
         override. Unknown `kwargs` raise TypeError."""
         if config is not None and not hasattr(config, "keys"):
             raise TypeError(f"from_config: config must be a mapping, got {type(config).__name__}")
-        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        params = cls._init_keys()
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise TypeError(f"{cls.__name__}.from_config: unknown arguments {unknown}; known: {params}")
@@ -60,38 +112,63 @@ class ConfigMixin:
         merged.update(kwargs)
         return cls(**merged)
 
-    def save_config(self, save_directory):
+    def save_config(self, save_directory, **kwargs):
+        if os.path.isfile(save_directory):
+            raise AssertionError(f"save_directory ({save_directory}) should be a directory, not a file")
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, self.config_name)
         with open(path, "w") as f:
             json.dump({k: _jsonable(v) for k, v in self.config.items()}, f, indent=2, sort_keys=True)
         return path
 
+    def save_pretrained(self, save_directory, **kwargs):
+        """Write scheduler_config.json into `save_directory` (as diffusers does)."""
+        return self.save_config(save_directory, **kwargs)
+
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder=None, **kwargs):
         """Load a local folder's scheduler_config.json (e.g. a saved diffusers pipeline's
-        `scheduler/` folder). Downloads are not supported: pass a local path."""
-        folder = pretrained_model_name_or_path
+        `scheduler/` folder). Without diffusers installed, downloads are not supported."""
+        folder = os.fspath(pretrained_model_name_or_path)
         if subfolder:
             folder = os.path.join(folder, subfolder)
         path = os.path.join(folder, cls.config_name)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{cls.__name__}.from_pretrained: no {cls.config_name} in {folder!r} "
-                                    "(fastgen reads local folders only)")
+                                    "(without diffusers installed, fastgen reads local folders only)")
         with open(path) as f:
             return cls.from_config(json.load(f), **kwargs)
 
+    @property
+    def compatibles(self):
+        """fastgen's scheduler classes that can be built from this scheduler's config."""
+        return self._get_compatibles()
+
+    @classmethod
+    def _get_compatibles(cls):
+        from . import schedulers
+
+        names = set([cls.__name__] + list(cls._compatibles))
+        return [getattr(schedulers, n) for n in sorted(names) if hasattr(schedulers, n)]
+
 
 @dataclasses.dataclass
-class BaseOutput:
+class _FallbackBaseOutput:
     """Output dataclass that also indexes like diffusers' outputs: out[0], out["prev_sample"],
-    out.to_tuple() (fields that are None are left out, as diffusers does)."""
+    out.to_tuple(), keys() / values() / items() (fields that are None are left out, as
+    diffusers does)."""
 
     def to_tuple(self):
         return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
 
     def keys(self):
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def values(self):
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
 
     def __getitem__(self, key):
         if isinstance(key, str):
@@ -105,3 +182,17 @@ class BaseOutput:
 
     def __len__(self):
         return len(self.keys())
+
+
+if HAVE_DIFFUSERS:
+    class SchedulerBase(SchedulerMixin, _DiffusersConfigMixin):
+        """diffusers' SchedulerMixin + ConfigMixin: fastgen's schedulers are diffusers schedulers."""
+
+        config_name = "scheduler_config.json"
+
+    register_to_config = _diffusers_register_to_config
+    BaseOutput = _DiffusersBaseOutput
+else:
+    SchedulerBase = _FallbackSchedulerBase
+    register_to_config = _fallback_register_to_config
+    BaseOutput = _FallbackBaseOutput

@@ -21,10 +21,21 @@ import torch
 from .. import ops
 from ..ops import _philox, reference
 from . import schedules
-from ._config import BaseOutput, ConfigMixin
+from ._config import HAVE_DIFFUSERS, KARRAS_COMPATIBLES, BaseOutput, SchedulerBase, register_to_config
+
+if HAVE_DIFFUSERS:
+    # diffusers' own output classes; SchedulerMixin in this module's namespace is what a
+    # pipeline's from_pretrained looks for to load a scheduler saved as
+    # ("fastgen.diffusion.schedulers", "DDIMScheduler")
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
 
 NOISE_SOURCES = ("randn", "philox")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+VARIANCE_TYPES = reference.VARIANCE_TYPES + LEARNED_VARIANCE_TYPES
 
 
 def _in_kernel_noise(noise_source, generator, device):
@@ -68,21 +79,20 @@ def randn(shape, generator=None, device=None, dtype=None):
     return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
 
-@dataclass
-class DDPMSchedulerOutput(BaseOutput):
-    prev_sample: torch.Tensor
-    pred_original_sample: Optional[torch.Tensor] = None
+if not HAVE_DIFFUSERS:
+    @dataclass
+    class DDPMSchedulerOutput(BaseOutput):
+        prev_sample: torch.Tensor
+        pred_original_sample: Optional[torch.Tensor] = None
 
+    @dataclass
+    class DDIMSchedulerOutput(BaseOutput):
+        prev_sample: torch.Tensor
+        pred_original_sample: Optional[torch.Tensor] = None
 
-@dataclass
-class DDIMSchedulerOutput(BaseOutput):
-    prev_sample: torch.Tensor
-    pred_original_sample: Optional[torch.Tensor] = None
-
-
-@dataclass
-class FlowMatchEulerDiscreteSchedulerOutput(BaseOutput):
-    prev_sample: torch.Tensor
+    @dataclass
+    class FlowMatchEulerDiscreteSchedulerOutput(BaseOutput):
+        prev_sample: torch.Tensor
 
 
 def _host_int(timestep):
@@ -90,6 +100,13 @@ def _host_int(timestep):
     if isinstance(timestep, torch.Tensor):
         return int(timestep) if timestep.device.type == "cpu" and timestep.numel() == 1 else None
     return int(timestep)
+
+
+def _check_timestep_range(t, num_train_timesteps):
+    """diffusers indexes its tables with the timestep, so one outside them raises IndexError."""
+    if t is not None and not 0 <= t < num_train_timesteps:
+        raise IndexError(f"timestep {t} is outside the schedule: expected 0 <= timestep < "
+                         f"num_train_timesteps={num_train_timesteps}")
 
 
 class _TableCache:
@@ -109,11 +126,11 @@ class _TableCache:
         self._tables.clear()
 
 
-class _DiscreteScheduler(ConfigMixin):
+class _DiscreteScheduler(SchedulerBase):
     """What DDPM and DDIM share: the beta schedule, add_noise / get_velocity, thresholding."""
 
     order = 1
-    _compatibles = []
+    _compatibles = list(KARRAS_COMPATIBLES)
 
     def _init_schedule(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                        prediction_type, timestep_spacing, rescale_betas_zero_snr, clip_sample_range,
@@ -180,18 +197,24 @@ class _DiscreteScheduler(ConfigMixin):
 
 class DDPMScheduler(_DiscreteScheduler):
     """Denoising diffusion probabilistic models (Ho et al. 2020): ancestral sampling, drop-in for
-    diffusers.DDPMScheduler. variance_type "learned" / "learned_range" are not supported."""
+    diffusers.DDPMScheduler.
 
+    variance_type "learned" / "learned_range" (improved DDPM, DeepFloyd IF): the model predicts
+    2 * C channels, the second half its variance ("learned": the variance itself;
+    "learned_range": v in [-1, 1] interpolating log beta_t and the log posterior variance). The
+    posterior mean and x0 still come from the fused step; the learned std * noise is added after
+    it in PyTorch (one extra elementwise pass), because the fused kernel takes a per-timestep
+    std, not a per-element one."""
+
+    @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, variance_type: str = "fixed_small",
                  clip_sample: bool = True, prediction_type: str = "epsilon", thresholding: bool = False,
                  dynamic_thresholding_ratio: float = 0.995, clip_sample_range: float = 1.0,
                  sample_max_value: float = 1.0, timestep_spacing: str = "leading", steps_offset: int = 0,
                  rescale_betas_zero_snr: bool = False):
-        self._register_config(locals())
-        if variance_type not in reference.VARIANCE_TYPES:
-            raise ValueError(f"variance_type must be one of {reference.VARIANCE_TYPES} (learned variances "
-                             f"are not supported by fastgen's fused step), got {variance_type!r}")
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
         self._init_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                             prediction_type, timestep_spacing, rescale_betas_zero_snr, clip_sample_range,
                             dynamic_thresholding_ratio)
@@ -221,6 +244,7 @@ class DDPMScheduler(_DiscreteScheduler):
                                                    self.config.steps_offset)
         self.timesteps = torch.from_numpy(timesteps).to(device)
         self._schedule_host = timesteps
+        self._schedule_set = frozenset(timesteps.tolist())
         self._tables.clear()
         if device is not None:
             self._device_tables(device)
@@ -228,7 +252,11 @@ class DDPMScheduler(_DiscreteScheduler):
     def previous_timestep(self, timestep):
         t = int(timestep)
         if self.custom_timesteps or self.num_inference_steps:
-            index = int(np.nonzero(self._schedule_host == t)[0][0])
+            matches = np.nonzero(self._schedule_host == t)[0]
+            if len(matches) == 0:
+                raise IndexError(f"timestep {t} is not in the schedule set by set_timesteps "
+                                 f"({len(self._schedule_host)} steps)")
+            index = int(matches[0])
             prev = -1 if index == len(self._schedule_host) - 1 else int(self._schedule_host[index + 1])
         else:
             prev = t - 1
@@ -246,6 +274,52 @@ class DDPMScheduler(_DiscreteScheduler):
         prev = torch.from_numpy(prev)
         return torch.where(prev >= 0, self.alphas_cumprod[prev.clamp_min(0)], self.one)
 
+    def _get_variance(self, t, predicted_variance=None, variance_type=None):
+        """diffusers' DDPMScheduler._get_variance, same return values: the posterior variance
+        (fixed_small), its square root (fixed_small_log), beta_t (fixed_large), log beta_t
+        (fixed_large_log), `predicted_variance` itself (learned) or the interpolated log variance
+        (learned_range). The step itself does not call this (it is fused)."""
+        variance_type = self.variance_type if variance_type is None else variance_type
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+        prev_t = self.previous_timestep(t)
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+        variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * beta_t, min=1e-20)
+        if variance_type == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(variance))
+        if variance_type == "fixed_large":
+            return beta_t
+        if variance_type == "fixed_large_log":
+            return torch.log(beta_t)
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(beta_t) + (1 - frac) * torch.log(variance)
+        return variance
+
+    def _split_learned(self, output, sample, name):
+        if output.dim() < 2 or output.shape[1] != 2 * sample.shape[1]:
+            raise ValueError(f"variance_type={self.variance_type!r}: {name} must have 2 * sample channels "
+                             f"(mean, then variance) on dim 1, got shape {tuple(output.shape)} for a sample of "
+                             f"shape {tuple(sample.shape)}")
+        return torch.split(output, sample.shape[1], dim=1)
+
+    def _learned_std(self, timestep, predicted_variance, alphas_cumprod, alphas_cumprod_prev):
+        # tables indexed on the device: a device timestep costs no sync
+        index = torch.as_tensor(timestep, device=alphas_cumprod.device).long().reshape(())
+        a, a_prev = alphas_cumprod[index], alphas_cumprod_prev[index]
+        beta_t = 1 - a / a_prev
+        if self.variance_type == "learned":
+            std = predicted_variance ** 0.5
+        else:
+            log_var = torch.log(torch.clamp((1 - a_prev) / (1 - a) * beta_t, min=1e-20))
+            frac = (predicted_variance + 1) / 2
+            std = torch.exp(0.5 * (frac * torch.log(beta_t) + (1 - frac) * log_var))
+        return torch.where(index > 0, std, torch.zeros_like(std))
+
     def step(self, model_output, timestep, sample, generator=None, return_dict=True, *,
              model_output_uncond=None, guidance_scale=1.0, noise_source="randn"):
         """x_t -> x_{t-1}: posterior mean from the predicted x0 plus std * noise (t > 0).
@@ -256,16 +330,30 @@ class DDPMScheduler(_DiscreteScheduler):
         randn draws, see docs/diffusion.md); "randn" (default) matches diffusers exactly."""
         alphas_cumprod, alphas_cumprod_prev = self._device_tables(sample.device)
         t = _host_int(timestep)
+        _check_timestep_range(t, self.config.num_train_timesteps)
+        if t is not None and (self.custom_timesteps or self.num_inference_steps) and t not in self._schedule_set:
+            # diffusers looks the step's predecessor up in the schedule and raises IndexError
+            raise IndexError(f"timestep {t} is not in the schedule set by set_timesteps")
+        predicted_variance = None
+        learned = self.variance_type in LEARNED_VARIANCE_TYPES
+        if learned:
+            model_output, predicted_variance = self._split_learned(model_output, sample, "model_output")
+            if model_output_uncond is not None:  # guidance acts on the mean; the variance is the conditional one
+                model_output_uncond, _ = self._split_learned(model_output_uncond, sample, "model_output_uncond")
         noise, in_kernel = None, None
         if t is None or t > 0:
-            in_kernel = _in_kernel_noise(noise_source, generator, sample.device)
+            in_kernel = None if learned else _in_kernel_noise(noise_source, generator, sample.device)
             if in_kernel is None:
                 noise = randn(model_output.shape, generator=generator, device=model_output.device,
                               dtype=model_output.dtype)
         prev, x0 = ops.ddpm_step(model_output, sample, timestep, alphas_cumprod, alphas_cumprod_prev,
-                                 noise=noise, **(in_kernel or {}), variance_type=self.variance_type,
+                                 noise=None if learned else noise, **(in_kernel or {}),
+                                 variance_type="fixed_small" if learned else self.variance_type,
                                  model_output_uncond=model_output_uncond, guidance_scale=guidance_scale,
                                  **self._step_kwargs())
+        if learned and noise is not None:
+            std = self._learned_std(timestep, predicted_variance, alphas_cumprod, alphas_cumprod_prev)
+            prev = (prev + std * noise).to(prev.dtype)
         if not return_dict:
             return prev, x0
         return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
@@ -274,13 +362,13 @@ class DDPMScheduler(_DiscreteScheduler):
 class DDIMScheduler(_DiscreteScheduler):
     """Denoising diffusion implicit models (Song et al. 2021), drop-in for diffusers.DDIMScheduler."""
 
+    @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, clip_sample: bool = True,
                  set_alpha_to_one: bool = True, steps_offset: int = 0, prediction_type: str = "epsilon",
                  thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
                  clip_sample_range: float = 1.0, sample_max_value: float = 1.0,
                  timestep_spacing: str = "leading", rescale_betas_zero_snr: bool = False):
-        self._register_config(locals())
         self._init_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                             prediction_type, timestep_spacing, rescale_betas_zero_snr, clip_sample_range,
                             dynamic_thresholding_ratio)
@@ -319,6 +407,7 @@ class DDIMScheduler(_DiscreteScheduler):
         guidance fused into the step and `noise_source`, as in DDPMScheduler.step."""
         if self.num_inference_steps is None:
             raise ValueError("num_inference_steps is None: call set_timesteps before step")
+        _check_timestep_range(_host_int(timestep), self.config.num_train_timesteps)
         alphas_cumprod, alphas_cumprod_prev = self._device_tables(sample.device)
         noise, in_kernel = None, None
         if eta > 0:
@@ -338,7 +427,7 @@ class DDIMScheduler(_DiscreteScheduler):
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
 
-class FlowMatchEulerDiscreteScheduler(ConfigMixin):
+class FlowMatchEulerDiscreteScheduler(SchedulerBase):
     """Euler sampler for flow matching / rectified flow (x_t = (1 - sigma) x0 + sigma noise,
     the model predicts the velocity noise - x0), drop-in for
     diffusers.FlowMatchEulerDiscreteScheduler. `per_token_timesteps` is not supported."""
@@ -346,13 +435,13 @@ class FlowMatchEulerDiscreteScheduler(ConfigMixin):
     order = 1
     _compatibles = []
 
+    @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, use_dynamic_shifting: bool = False,
                  base_shift: Optional[float] = 0.5, max_shift: Optional[float] = 1.15,
                  base_image_seq_len: int = 256, max_image_seq_len: int = 4096, invert_sigmas: bool = False,
                  shift_terminal: Optional[float] = None, use_karras_sigmas: bool = False,
                  use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
                  time_shift_type: str = "exponential", stochastic_sampling: bool = False):
-        self._register_config(locals())
         if use_beta_sigmas:
             try:
                 import scipy.stats  # noqa: F401
@@ -506,7 +595,7 @@ class FlowMatchEulerDiscreteScheduler(ConfigMixin):
         value = timestep.detach().cpu().item() if isinstance(timestep, torch.Tensor) else float(timestep)
         matches = np.nonzero(schedule == np.float32(value))[0]
         if len(matches) == 0:
-            raise ValueError(f"timestep {value} is not in the schedule")
+            raise IndexError(f"timestep {value} is not in the schedule (scheduler.timesteps)")
         return int(matches[1 if len(matches) > 1 else 0])
 
     def _init_step_index(self, timestep):
