@@ -1,0 +1,221 @@
+"""fastgen.patch: patched and unpatched models give the same indices, outputs and gradients."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastgen
+import fastgen.patch
+from fastgen.patch import PatchReport
+
+
+def _grads(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+# -- torch.nn ------------------------------------------------------------------------------------
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.SiLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.body(x).flatten(2).transpose(1, 2)
+        return self.attn(h, h, h, need_weights=False)[0]
+
+
+def test_modules_patch_keeps_weights_and_results():
+    torch.manual_seed(0)
+    net = _Net()
+    ref = copy.deepcopy(net)
+    params_before = {n: p for n, p in net.named_parameters()}
+    keys_before = list(net.state_dict())
+    report = fastgen.patch.modules(net)
+    assert isinstance(report, PatchReport)
+    assert [w for w, _ in report.replaced] == ["body.1+2", "attn"]
+    assert report.skipped == [("body.4", "GroupNorm followed by ReLU, not SiLU")]
+    assert isinstance(net.body[1], fastgen.nn.GroupNormSiLU) and isinstance(net.body[2], nn.Identity)
+    assert type(net.attn) is fastgen.nn.MultiheadAttention
+    assert list(net.state_dict()) == keys_before  # checkpoints still load
+    assert all(p is params_before[n] for n, p in net.named_parameters())  # optimizers stay valid
+    x = torch.randn(2, 3, 5, 5)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = net(x1), ref(x2)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
+    g, g_ref = _grads(net), _grads(ref)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+    again = fastgen.patch.modules(net)  # idempotent
+    assert again.replaced == []
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        fastgen.patch.modules("net")
+
+
+# -- taming-transformers -------------------------------------------------------------------------
+
+class VectorQuantizer2(nn.Module):
+    """taming's VectorQuantizer2 (remap=None), restated from its formulas: taming cannot be
+    installed from the package index. Recognized by fastgen.patch.taming by name + attributes."""
+
+    def __init__(self, n_e, e_dim, beta, legacy=True, sane_index_shape=False):
+        super().__init__()
+        self.n_e, self.e_dim, self.beta, self.legacy = n_e, e_dim, beta, legacy
+        self.embedding = nn.Embedding(n_e, e_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
+        self.remap, self.re_embed, self.sane_index_shape = None, n_e, sane_index_shape
+
+    def forward(self, z):
+        z = z.permute(0, 2, 3, 1).contiguous()
+        flat = z.view(-1, self.e_dim)
+        w = self.embedding.weight
+        d = flat.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1) - 2 * flat @ w.t()
+        idx = torch.argmin(d, dim=1)
+        z_q = self.embedding(idx).view(z.shape)
+        if self.legacy:
+            loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)
+        else:
+            loss = self.beta * torch.mean((z_q.detach() - z) ** 2) + torch.mean((z_q - z.detach()) ** 2)
+        z_q = (z + (z_q - z).detach()).permute(0, 3, 1, 2).contiguous()
+        if self.sane_index_shape:
+            idx = idx.reshape(z.shape[0], z.shape[1], z.shape[2])
+        return z_q, loss, (None, None, idx)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_taming_patch_matches(legacy):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), VectorQuantizer2(16, 4, 0.25, legacy=legacy, sane_index_shape=True))
+    ref = copy.deepcopy(model)
+    weight = model[1].embedding.weight
+    report = fastgen.patch.taming(model)
+    assert report.replaced == [("1", "fastgen.nn.VectorQuantizer")]
+    assert type(model[1]) is fastgen.nn.VectorQuantizer and model[1].embedding.weight is weight
+    assert list(model.state_dict()) == list(ref.state_dict())
+    x = torch.randn(2, 3, 5, 6)
+    (zq, loss, (_, _, idx)), (zq_r, loss_r, (_, _, idx_r)) = model[1](model[0](x)), ref[1](ref[0](x))
+    assert torch.equal(idx, idx_r) and idx.shape == (2, 5, 6)
+    torch.testing.assert_close(zq, zq_r)
+    torch.testing.assert_close(loss, loss_r)
+    (zq.square().sum() + loss).backward()
+    (zq_r.square().sum() + loss_r).backward()
+    g, g_ref = _grads(model), _grads(ref)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert fastgen.patch.taming(model).replaced == []
+
+
+# -- vector-quantize-pytorch ---------------------------------------------------------------------
+
+vqp = pytest.importorskip("vector_quantize_pytorch")
+
+
+@pytest.fixture
+def vqp_patch():
+    """Yields a function running `fn` unpatched and patched; the library is left unpatched."""
+    fastgen.patch.vector_quantize_pytorch(enable=False)
+    yield
+    fastgen.patch.vector_quantize_pytorch(enable=False)
+
+
+def _count_fused(monkeypatch):
+    calls = []
+    original = fastgen.ops.vq_nearest
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fastgen.ops, "vq_nearest", counting)
+    return calls
+
+
+def _run_vq(module, x, steps, train, **forward_kwargs):
+    """A few training (or eval) steps; returns every output, the input gradient and the buffers."""
+    module.train(train)
+    outs = []
+    for step in range(steps):
+        xi = x[step].clone().requires_grad_(train)
+        out = module(xi, **forward_kwargs)
+        quantize, loss = out[0], out[2]
+        if train:
+            (quantize.square().mean() + loss.sum()).backward()
+            outs.append(xi.grad)
+        outs += [t for t in out if isinstance(t, torch.Tensor)]
+    return outs, {k: v.clone() for k, v in module.state_dict().items()}, _grads(module)
+
+
+VQ_CASES = {
+    "ema_rotation_trick": dict(dim=16, codebook_size=64),
+    "heads_shared": dict(dim=16, codebook_size=64, heads=2, codebook_dim=8),
+    "heads_separate": dict(dim=16, codebook_size=32, heads=2, separate_codebook_per_head=True),
+    "cosine_kmeans": dict(dim=16, codebook_size=32, use_cosine_sim=True, kmeans_init=True, kmeans_iters=2),
+    "learnable_straight_through_dead_codes": dict(dim=16, codebook_size=64, learnable_codebook=True,
+                                                  ema_update=False, rotation_trick=False,
+                                                  threshold_ema_dead_code=1),
+    "stochastic_falls_back": dict(dim=16, codebook_size=64, stochastic_sample_codes=True, sample_codebook_temp=0.5),
+}
+
+
+@pytest.mark.parametrize("case", list(VQ_CASES))
+def test_vector_quantize_patched_matches_unpatched(case, vqp_patch, monkeypatch):
+    torch.manual_seed(0)
+    ref = vqp.VectorQuantize(**VQ_CASES[case])
+    patched = copy.deepcopy(ref)
+    x = torch.randn(2, 3, 24, 16)
+    mask = torch.rand(3, 24) > 0.3 if case == "ema_rotation_trick" else None
+    kwargs = dict(mask=mask) if mask is not None else {}
+    torch.manual_seed(1)
+    expected = _run_vq(ref, x, 2, True, **kwargs)
+    report = fastgen.patch.vector_quantize_pytorch()
+    assert len(report.replaced) == 3 and fastgen.patch.vector_quantize_pytorch().replaced == []
+    calls = _count_fused(monkeypatch)
+    torch.manual_seed(1)
+    got = _run_vq(patched, x, 2, True, **kwargs)
+    assert (len(calls) > 0) == (case != "stochastic_falls_back"), len(calls)
+    for a, b in zip(got[0], expected[0]):
+        if a.dtype == torch.int64:
+            assert torch.equal(a, b), case
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=case)
+    for part in (1, 2):  # buffers (EMA codebook, cluster sizes) and parameter gradients
+        assert got[part].keys() == expected[part].keys()
+        for k in expected[part]:
+            torch.testing.assert_close(got[part][k], expected[part][k], rtol=1e-4, atol=1e-5, msg=f"{case}: {k}")
+    # eval mode too
+    eval_got, eval_expected = _run_vq(patched, x, 1, False), None
+    fastgen.patch.vector_quantize_pytorch(enable=False)
+    eval_expected = _run_vq(ref, x, 1, False)
+    for a, b in zip(eval_got[0], eval_expected[0]):
+        assert torch.equal(a, b) if a.dtype == torch.int64 else torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_vq_return_all_codes_and_restore(vqp_patch, monkeypatch):
+    torch.manual_seed(0)
+    ref = vqp.ResidualVQ(dim=16, num_quantizers=3, codebook_size=32)
+    patched = copy.deepcopy(ref)
+    x = torch.randn(2, 40, 16)
+    ref.train()
+    patched.train()
+    expected = ref(x.clone().requires_grad_(), return_all_codes=True)
+    fastgen.patch.vector_quantize_pytorch()
+    calls = _count_fused(monkeypatch)
+    got = patched(x.clone().requires_grad_(), return_all_codes=True)
+    assert len(calls) == 3
+    assert torch.equal(got[1], expected[1])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(patched.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    restored = fastgen.patch.vector_quantize_pytorch(enable=False)
+    assert len(restored.replaced) == 3
+    assert vqp.vector_quantize_pytorch.Codebook.forward.__module__.startswith("vector_quantize_pytorch")
+    with pytest.raises(TypeError, match="enable must be True or False"):
+        fastgen.patch.vector_quantize_pytorch("yes")
