@@ -48,43 +48,109 @@ def _grid_figure(plt, grid, title, width=7.0):
     return fig, ax
 
 
-def save_tensor_plot(x, spec, path, *, reference=None, title=None):
+def robust_limits(*clouds, lo=0.005, hi=0.995, pad=0.04, max_ratio=3.0):
+    """Axis limits ((x0, x1), (y0, y1)) for 2D point clouds [N, 2]: the lo..hi quantiles of all
+    points together (so a few outliers do not set the range), padded by `pad` of the span on
+    each side. The shorter side is widened, centred, until width/height is within
+    [1/max_ratio, max_ratio], so an equal-aspect plot never becomes a thin strip."""
+    pts = torch.cat([c.detach().float().cpu().reshape(-1, 2) for c in clouds if c is not None])
+    pts = pts[torch.isfinite(pts).all(dim=1)]
+    if pts.shape[0] == 0:
+        return (-1.0, 1.0), (-1.0, 1.0)
+    q = torch.quantile(pts, torch.tensor([lo, hi]), dim=0)  # [2 (lo, hi), 2 (x, y)]
+    centre, span = (q[0] + q[1]) / 2, (q[1] - q[0]) * (1 + 2 * pad)
+    span = span.clamp_min(max(float(span.max()), 1e-6) / max_ratio)
+    return tuple((float(centre[i] - span[i] / 2), float(centre[i] + span[i] / 2)) for i in range(2))
+
+
+def _marker_style(n):
+    """Marker area (pt^2) and alpha for n points: visible when few, not a solid blob when many."""
+    size = min(24.0, max(2.0, 6000.0 / max(n, 1)))
+    alpha = min(0.9, max(0.25, 0.9 * math.sqrt(500.0 / max(n, 1))))
+    return size, alpha
+
+
+def _format_title(title, metrics):
+    parts = [f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in (metrics or {}).items()]
+    if not parts:
+        return title
+    return (title + "\n" if title else "") + ", ".join(parts)
+
+
+def _points_figure(plt, x, reference, title):
+    """Equal-aspect scatter of samples `x` [N, 2] over a light overlay of `reference`, on axes
+    from robust quantiles; the figure has the data's aspect ratio (no big empty margins)."""
+    (x0, x1), (y0, y1) = robust_limits(x, reference)
+    ratio = (x1 - x0) / (y1 - y0)
+    ax_w = 5.5 * min(ratio, 1.0)  # inches of axes; the longer side is 5.5
+    ax_h = ax_w / ratio
+    title_h = 0.2 * (title.count("\n") + 1) + 0.1 if title else 0.0
+    fig, ax = plt.subplots(figsize=(ax_w + 0.6, ax_h + 0.45 + title_h), dpi=100)
+    if reference is not None:
+        r = reference.detach().float().cpu()
+        size, _ = _marker_style(r.shape[0])
+        ax.scatter(r[:, 0], r[:, 1], s=1.5 * size, alpha=0.5, color="0.6", linewidths=0, zorder=1,
+                   label=f"held-out data ({r.shape[0]})")
+    size, alpha = _marker_style(x.shape[0])
+    ax.scatter(x[:, 0], x[:, 1], s=size, alpha=alpha, color="tab:blue", linewidths=0, zorder=2,
+               label=f"samples ({x.shape[0]})")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal", adjustable="box")
+    outside = int(((x[:, 0] < x0) | (x[:, 0] > x1) | (x[:, 1] < y0) | (x[:, 1] > y1)
+                   | ~torch.isfinite(x).all(dim=1)).sum())
+    if outside:
+        ax.text(0.01, 0.01, f"{outside} sample{'s' if outside > 1 else ''} outside the view",
+                transform=ax.transAxes, fontsize=7, color="0.35", va="bottom", ha="left")
+    ax.tick_params(labelsize=7)
+    legend = ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    for handle in legend.legend_handles if hasattr(legend, "legend_handles") else legend.legendHandles:
+        handle.set_sizes([20.0])
+        handle.set_alpha(0.9)
+    return fig, ax
+
+
+def save_tensor_plot(x, spec, path, *, reference=None, title=None, metrics=None):
     """Plot samples `x` (shaped like the data described by `spec`) to `path`. For 2D points,
-    `reference` (real data) is drawn underneath."""
+    `reference` (held-out data) is drawn underneath in light grey. `metrics` ({name: value})
+    is added to the title."""
     plt = _pyplot()
     x = x.detach().float().cpu()
+    title = _format_title(title, metrics)
     images = as_images(x, spec)
     if images is not None:
         fig, ax = _grid_figure(plt, image_grid(images[:64]), title, width=5.0)
-    else:
+    elif spec.kind == "points2d":
+        fig, ax = _points_figure(plt, x, reference, title)
+    else:  # sequences and anything else: one row per sample
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    if spec.kind == "points2d":
-        if reference is not None:
-            r = reference.detach().float().cpu()
-            ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, label="data")
-        ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.6, label="samples")
-        ax.set_aspect("equal")
-        ax.legend(loc="upper right", markerscale=4)
-    elif images is None:  # sequences and anything else: one row per sample
         ax.imshow(x.reshape(x.shape[0], -1)[:64].numpy(), aspect="auto", interpolation="nearest")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(pad=0.4)
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
 @torch.no_grad()
-def save_samples(model, dataset, path, *, n=None, title=None, seed=0):
+def save_samples(model, dataset, path, *, n=None, title=None, seed=0, metrics=None):
     """Samples of `model` next to its data; for images, a row of reconstructions too when the
-    model has `reconstruct`. Uses its own generator so plotting never shifts the training RNG."""
+    model has `reconstruct`. For 2D points the held-out data is drawn underneath and, unless
+    `metrics` is given, the title reports the sliced Wasserstein distance of the samples to it.
+    Uses its own generators so plotting never shifts the training RNG."""
     spec = model.data
     n = n or (1000 if spec.kind == "points2d" else 64)
     gen = torch.Generator(model.device).manual_seed(seed)
     samples = model.sample(n, generator=gen).cpu()
     if spec.kind == "points2d":
-        return save_tensor_plot(samples, spec, path, reference=dataset.x[:2000], title=title)
+        reference = dataset.x[:2000]
+        if metrics is None and torch.isfinite(samples).all():
+            from .metrics import sliced_wasserstein
+
+            metrics = {"sliced W to held-out": float(sliced_wasserstein(samples, reference, seed=seed))}
+        return save_tensor_plot(samples, spec, path, reference=reference, title=title, metrics=metrics)
+    title = _format_title(title, metrics)
     if hasattr(model, "reconstruct") and as_images(samples, spec) is not None:
         real = dataset.x[:32].to(model.device)
         recon = model.reconstruct(real).cpu()
