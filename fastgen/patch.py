@@ -106,7 +106,12 @@ def modules(model, *, attention=True, group_norm_silu=True):
 
 # -- taming-transformers -------------------------------------------------------------------------
 
-_TAMING_ATTRS = ("n_e", "e_dim", "beta", "embedding", "legacy", "remap", "sane_index_shape")
+_TAMING_ATTRS = ("n_e", "beta", "embedding", "legacy", "remap", "sane_index_shape")
+
+
+def _code_dim(m):
+    # taming calls it e_dim, diffusers' copy vq_embed_dim
+    return getattr(m, "e_dim", getattr(m, "vq_embed_dim", None))
 
 
 def _is_taming_quantizer(m):
@@ -115,14 +120,14 @@ def _is_taming_quantizer(m):
     if isinstance(m, VectorQuantizer):
         return False
     return type(m).__name__ in ("VectorQuantizer2", "VectorQuantizer") and all(hasattr(m, a) for a in _TAMING_ATTRS) \
-        and isinstance(m.embedding, nn.Embedding)
+        and isinstance(m.embedding, nn.Embedding) and _code_dim(m) == m.embedding.embedding_dim
 
 
 def _fastgen_quantizer_from(m):
     """fastgen.nn.VectorQuantizer with `m`'s settings, sharing its embedding (and remap table)."""
     q = VectorQuantizer.__new__(VectorQuantizer)
     nn.Module.__init__(q)
-    q.n_e, q.e_dim, q.beta, q.legacy = m.n_e, m.e_dim, m.beta, m.legacy
+    q.n_e, q.e_dim, q.beta, q.legacy = m.n_e, _code_dim(m), m.beta, m.legacy
     q.embedding = m.embedding
     q.remap = m.remap
     if m.remap is None:

@@ -219,3 +219,47 @@ def test_residual_vq_return_all_codes_and_restore(vqp_patch, monkeypatch):
     assert vqp.vector_quantize_pytorch.Codebook.forward.__module__.startswith("vector_quantize_pytorch")
     with pytest.raises(TypeError, match="enable must be True or False"):
         fastgen.patch.vector_quantize_pytorch("yes")
+
+
+# -- diffusers -----------------------------------------------------------------------------------
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def test_diffusers_patch_pipeline_unet_and_vqmodel():
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(num_train_timesteps=50))
+    ref_unet = copy.deepcopy(unet)
+    keys = list(unet.state_dict())
+    report = fastgen.patch.diffusers(pipe)
+    assert type(pipe.scheduler) is fastgen.diffusion.DDIMScheduler
+    assert pipe.scheduler.config.num_train_timesteps == 50
+    fused_blocks = [w for w, what in report.replaced if "GroupNorm+SiLU" in what]
+    assert len(fused_blocks) == sum(type(m).__name__ == "ResnetBlock2D" for m in unet.modules()) > 0
+    assert list(unet.state_dict()) == keys
+    x = torch.randn(2, 3, 8, 8)
+    t = torch.tensor([3, 40])
+    torch.testing.assert_close(unet(x, t).sample, ref_unet(x, t).sample, rtol=1e-4, atol=1e-5)
+    again = fastgen.patch.diffusers(pipe)
+    assert again.replaced == [] and ("scheduler", "already fastgen's") in again.skipped
+    images = pipe(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert torch.isfinite(torch.as_tensor(images.images)).all()
+
+    vq = diffusers.VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                           up_block_types=("UpDecoderBlock2D",), block_out_channels=(8,), layers_per_block=1,
+                           latent_channels=4, num_vq_embeddings=16, norm_num_groups=4, vq_embed_dim=4)
+    ref_vq = copy.deepcopy(vq)
+    weight = vq.quantize.embedding.weight
+    report = fastgen.patch.diffusers(vq)
+    assert ("VQModel.quantize", "fastgen.nn.VectorQuantizer") in report.replaced
+    assert type(vq.quantize) is fastgen.nn.VectorQuantizer and vq.quantize.embedding.weight is weight
+    img = torch.randn(2, 3, 8, 8)
+    h = vq.encode(img).latents
+    torch.testing.assert_close(h, ref_vq.encode(img).latents, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(vq.decode(h).sample, ref_vq.decode(h).sample, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="pipe_or_model must be"):
+        fastgen.patch.diffusers(object())
