@@ -2,6 +2,7 @@
 import argparse
 import ast
 import json
+import math
 import sys
 
 
@@ -63,6 +64,39 @@ def _eval(args) -> int:
     return 0
 
 
+def _count(text):
+    """argparse type: an integer >= 1 (checked before any work starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _count_or_zero(text):
+    """argparse type: an integer >= 0 (0 turns the feature off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0: off), got {value}")
+    return value
+
+
+def _learning_rate(text):
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
 def _device_default():
     import torch
 
@@ -84,17 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a reference model (see fastgen.models)")
     p.add_argument("model", help="model name, e.g. vae")
     p.add_argument("--data", required=True, help="dataset name, e.g. moons, shapes (see fastgen.data)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=256, help="batch size per process")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=_count, default=2000, help="optimizer steps (>= 1)")
+    p.add_argument("--batch", type=_count, default=256, help="batch size per process (>= 1)")
+    p.add_argument("--lr", type=_learning_rate, default=1e-3, help="learning rate (> 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--plot-every", type=int, default=500)
-    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--log-every", type=_count, default=50)
+    p.add_argument("--plot-every", type=_count_or_zero, default=500, help="0: no plots during training")
+    p.add_argument("--ckpt-every", type=_count, default=500)
     p.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="dataset option, e.g. size=16")
     p.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. latent_dim=8")
     p.set_defaults(func=_train)
@@ -102,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a checkpoint (PNG + .pt)")
     p.add_argument("model")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("-n", type=int, default=64)
+    p.add_argument("-n", type=_count, default=64, help="number of samples (>= 1)")
     p.add_argument("--out", default=None, help="PNG path (default: next to the checkpoint)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)

@@ -14,6 +14,7 @@ DDP; every optimizer averages its gradients over the ranks just before it steps.
 """
 import hashlib
 import json
+import math
 import os
 import time
 
@@ -139,6 +140,11 @@ def model_from_checkpoint(state, device="cpu"):
     return model
 
 
+def _check_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 # -- training -----------------------------------------------------------------------------------
 
 def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu", out=None,
@@ -146,6 +152,14 @@ def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu"
           data_options=None, model_options=None, progress=True):
     """Train `model_name` on `data_name`; returns the metrics dict also written to
     `<out>/metrics.json`. See `fastgen train --help` for the arguments."""
+    _check_count("steps", steps)
+    _check_count("batch", batch)
+    for name, every in (("log_every", log_every), ("ckpt_every", ckpt_every)):
+        _check_count(name, every)
+    if plot_every:
+        _check_count("plot_every", plot_every)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     model_cls = get_model(model_name)
     data_options, model_options = dict(data_options or {}), dict(model_options or {})
     out = out or os.path.join("runs", f"{model_name}-{data_name}")
@@ -260,6 +274,7 @@ def _progress(it, *, enabled, **kwargs):
 
 def sample(model_name, ckpt, *, n=64, out=None, seed=0, device="cpu", force=False):
     """Draw n samples from a checkpoint; saves a PNG (and the tensor as .pt) next to it."""
+    _check_count("n", n)
     state = load_checkpoint(ckpt, model_name, map_location=device)
     model = model_from_checkpoint(state, device)
     out = out or os.path.join(os.path.dirname(os.path.abspath(ckpt)), f"sample_n{n}_seed{seed}.png")

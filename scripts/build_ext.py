@@ -68,8 +68,8 @@ def built_library():
 
 
 def _source_of(line):
-    """The source a ninja command compiles ('-c file' for c++, the .cu for nvcc), or None."""
-    m = re.search(r"\s-c\s+(\S+)", line) or re.search(r"\s(\S+\.cu)\b", line)
+    """The source a ninja command compiles (its first .cpp / .cu argument), or None."""
+    m = re.search(r"\s(\S+\.(?:cpp|cc|cu))(?=\s|$)", line)
     return os.path.relpath(m.group(1), ROOT) if m else None
 
 

@@ -11,7 +11,7 @@
 # recompiles only the changed files in the persistent build/ folder).
 # Usage: source scripts/setup.sh   (or bash scripts/setup.sh; then `source .venv/bin/activate`)
 set -euo pipefail
-FASTGEN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FASTGEN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"  # physical: symlinked views build the real tree
 cd "$FASTGEN_ROOT"
 
 PYTHON_BIN="${PYTHON:-$(command -v python3.11 || command -v python3)}"

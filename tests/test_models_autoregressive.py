@@ -26,9 +26,9 @@ def test_probabilities_sum_to_one_over_all_vectors(name, kw):
     m = _model(name, **kw).double()
     x = torch.tensor(list(itertools.product([0.0, 1.0], repeat=5)), dtype=torch.float64)
     with torch.no_grad():
-        total = torch.logsumexp(m.log_prob(x), 0).exp()
-    assert abs(float(total) - 1.0) < 1e-10
-    assert float(m.log_prob(x).exp().max()) < 0.9  # not a degenerate point mass
+        log_p = m.log_prob(x)
+    assert abs(float(torch.logsumexp(log_p, 0).exp()) - 1.0) < 1e-10
+    assert float(log_p.exp().max()) < 0.9  # not a degenerate point mass
 
 
 @pytest.mark.parametrize("name", AR)

@@ -61,9 +61,14 @@ def test_sdpa_falls_back_for_what_it_cannot_fuse():
     # noted once per process (an earlier test may have triggered it already)
     assert any("only masks of shape (B, 1, 1, Lk)" in str(w.message) for w in caught) or \
         "only masks of shape (B, 1, 1, Lk) (key padding) are fused" in fastgen.nn.attention._NOTED
-    # head counts differ without enable_gqa: whatever torch does (here: broadcast one kv head)
-    assert_close(scaled_dot_product_attention(q, k[:, :1], v[:, :1]),
-                 F.scaled_dot_product_attention(q, k[:, :1], v[:, :1]))
+    # head counts differ without enable_gqa: whatever torch does (here: broadcast one kv head),
+    # with the note saying why the fused path was not taken
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = scaled_dot_product_attention(q, k[:, :1], v[:, :1])
+    assert_close(got, F.scaled_dot_product_attention(q, k[:, :1], v[:, :1]))
+    assert any("enable_gqa" in str(w.message) for w in caught) or \
+        "different head counts need enable_gqa=True" in fastgen.nn.attention._NOTED
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

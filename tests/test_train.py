@@ -99,3 +99,36 @@ def test_ddp_two_processes_gloo_keep_replicas_identical(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["world_size"] == 2
     assert metrics["replicas_identical"], metrics["parameter_digests"]
+
+
+@pytest.mark.parametrize("argv,name,expected", [
+    (["train", "vae", "--data", "moons", "--steps", "0"], "--steps", "integer >= 1"),
+    (["train", "vae", "--data", "moons", "--steps", "-1"], "--steps", "integer >= 1"),
+    (["train", "vae", "--data", "moons", "--batch", "0"], "--batch", "integer >= 1"),
+    (["train", "vae", "--data", "moons", "--lr", "-0.001"], "--lr", "finite number > 0"),
+    (["train", "vae", "--data", "moons", "--lr", "nan"], "--lr", "finite number > 0"),
+    (["train", "vae", "--data", "moons", "--ckpt-every", "0"], "--ckpt-every", "integer >= 1"),
+    (["sample", "vae", "--ckpt", "x.pt", "-n", "0"], "-n", "integer >= 1"),
+])
+def test_cli_rejects_out_of_range_arguments_before_any_work(argv, name, expected, tmp_path, capsys):
+    from fastgen import cli
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv + (["--out", str(out)] if argv[0] == "train" else []))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {name}" in err and expected in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"steps": 0}, "steps must be an integer >= 1"), ({"steps": -1}, "steps must be an integer >= 1"),
+    ({"batch": 0}, "batch must be an integer >= 1"), ({"lr": 0.0}, "lr must be a finite number > 0"),
+    ({"lr": float("inf")}, "lr must be a finite number > 0"), ({"steps": 2.5}, "steps must be an integer"),
+])
+def test_train_api_rejects_out_of_range_arguments(kwargs, message, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train.train("vae", "moons", out=str(out), progress=False, **kwargs)
+    assert not out.exists()  # no metrics.json for an untrained model

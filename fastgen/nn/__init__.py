@@ -1,4 +1,5 @@
 """Drop-in nn.Modules backed by fastgen's fused ops."""
+from . import functional
 from .attention import KVCache, MultiheadAttention, scaled_dot_product_attention
 from .flows import (ActNorm, AdditiveCoupling, AffineCoupling, FlowSequential, InvConv2dLU,
                     NICEScaling, Split, Squeeze)

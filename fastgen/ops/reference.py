@@ -722,8 +722,9 @@ def group_norm_silu(x, weight, bias, num_groups, eps=1e-5, act=True):
     t = math_dtype(x.dtype)
     n, c = x.shape[0], x.shape[1]
     xg = x.to(t).reshape(n, num_groups, _group_size(x, num_groups))
-    mean = xg.mean(-1) if xg.shape[-1] else xg.new_zeros(n, num_groups)
-    var = xg.var(-1, unbiased=False) if xg.shape[-1] else xg.new_zeros(n, num_groups)
+    empty = xg.numel() == 0  # torch warns (and returns nan) for a mean / var over nothing
+    mean = xg.new_zeros(n, num_groups) if empty else xg.mean(-1)
+    var = xg.new_zeros(n, num_groups) if empty else xg.var(-1, unbiased=False)
     rstd = torch.rsqrt(var + eps)
     y = ((xg - mean[..., None]) * rstd[..., None]).reshape(x.shape)
     shape = [1, c] + [1] * (x.dim() - 2)
