@@ -237,14 +237,13 @@ def _codebook_forward(self, x, sample_codebook_temp=None, mask=None, freeze_code
         self.init_embed_(flatten, mask=mask)
         embed = (self.embed if self.learnable_codebook else self.embed.detach()).to(flatten.dtype)
         metric = "cosine" if self.use_cosine_sim else "l2"
-        indices = torch.stack([
-            ops.vq_nearest(flatten[h].contiguous(), embed[h if embed.shape[0] > 1 else 0].contiguous(),
-                           metric)[0]
-            for h in range(flatten.shape[0])])
-        if embed.shape[0] == flatten.shape[0]:
-            quantize = torch.stack([embed[h].index_select(0, indices[h]) for h in range(flatten.shape[0])])
-        else:
-            quantize = torch.stack([embed[0].index_select(0, indices[h]) for h in range(flatten.shape[0])])
+        heads = flatten.shape[0]
+        codes = [embed[h if embed.shape[0] > 1 else 0] for h in range(heads)]
+        found = [ops.vq_nearest(flatten[h], codes[h].contiguous(), metric)[0] for h in range(heads)]
+        picked = [codes[h].index_select(0, found[h]) for h in range(heads)]
+        # one head (the common case): views, no stacking copies
+        indices = found[0].unsqueeze(0) if heads == 1 else torch.stack(found)
+        quantize = picked[0].unsqueeze(0) if heads == 1 else torch.stack(picked)
         if self.training and update_usage and not freeze_codebook:
             self.update_codebook(flatten, _CodeIndices(indices), mask=mask, ema_update_weight=ema_update_weight,
                                  accum_ema_update=accum_ema_update, ema_update=ema_update)
@@ -273,7 +272,10 @@ def _track_cluster_size_and_embed_avg(self, flatten, embed_onehot, mask=None, em
         count, total = ops.vq_code_sums(rows.contiguous(), idx.contiguous(), self.codebook_size)
         sizes.append(count.to(flatten.dtype))
         sums.append(total.to(flatten.dtype))
-    cluster_size, embed_sum = torch.stack(sizes), torch.stack(sums)
+    if len(sizes) == 1:
+        cluster_size, embed_sum = sizes[0].unsqueeze(0), sums[0].unsqueeze(0)
+    else:
+        cluster_size, embed_sum = torch.stack(sizes), torch.stack(sums)
     self.all_reduce_fn(cluster_size)
     self.all_reduce_fn(embed_sum)
     if callable(ema_update_weight):
