@@ -15,6 +15,15 @@ def _info(args) -> int:
     return 0
 
 
+def _quiet_cpp_extension_import():
+    """torch.utils.benchmark imports torch.utils.cpp_extension, which logs "No CUDA runtime is
+    found, using CUDA_HOME=..." on every CPU-only machine that has a CUDA toolkit. The bench
+    compiles nothing, so that line says nothing about this run: keep it out of the output."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def _bench(args) -> int:
     from fastgen import bench
 
@@ -103,16 +112,20 @@ def _device_default():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(bench_arguments: bool = True) -> argparse.ArgumentParser:
+    """The CLI's parser. The bench's own options need fastgen.bench (and torch.utils.benchmark)
+    imported; other commands build the parser without them (`fastgen info` stays fast)."""
     parser = argparse.ArgumentParser(prog="fastgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, device, and which backends are live per op")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_info)
     p = sub.add_parser("bench", help="benchmark fastgen ops against eager, torch.compile and peers")
-    from fastgen import bench
+    if bench_arguments:
+        _quiet_cpp_extension_import()
+        from fastgen import bench
 
-    bench.add_arguments(p)
+        bench.add_arguments(p)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("train", help="train a reference model (see fastgen.models)")
@@ -153,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(bench_arguments=argv[:1] == ["bench"]).parse_args(argv)
     if getattr(args, "device", "unset") is None:
         args.device = _device_default()
     try:

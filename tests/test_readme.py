@@ -104,3 +104,16 @@ def test_public_api_imports_as_documented():
             "fastgen.diffusion.DDIMScheduler; fastgen.models; fastgen.data; fastgen.metrics")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+
+
+def test_fastgen_info_is_quiet_and_lean():
+    """`fastgen info` prints its report and nothing else (no torch log lines), without loading the
+    benchmark harness (torch.utils.benchmark pulls in cpp_extension, which warns on CPU-only
+    machines with a CUDA toolkit)."""
+    code = ("import sys; from fastgen import cli; rc = cli.main(['info']); "
+            "assert rc == 0; assert 'fastgen.bench' not in sys.modules, 'info imported the bench'; "
+            "assert 'torch.utils.benchmark' not in sys.modules")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "native_extension" in run.stdout
+    assert run.stderr.strip() == "", run.stderr
