@@ -263,3 +263,38 @@ def test_diffusers_patch_pipeline_unet_and_vqmodel():
     torch.testing.assert_close(vq.decode(h).sample, ref_vq.decode(h).sample, rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match="pipe_or_model must be"):
         fastgen.patch.diffusers(object())
+
+
+# -- fastgen.nn.VectorQuantize: upstream's rotation trick default, clear errors -------------------
+
+def test_fastgen_vector_quantize_rotation_trick_matches_upstream():
+    torch.manual_seed(0)
+    ours = fastgen.nn.VectorQuantize(8, 16, decay=0.9)
+    theirs = vqp.VectorQuantize(dim=8, codebook_size=16, decay=0.9)
+    assert ours.rotation_trick is True and theirs.rotation_trick is True
+    with torch.no_grad():
+        ours._codebook.embed.copy_(theirs._codebook.embed)
+    x = torch.randn(2, 10, 8)
+    up = torch.randn(2, 10, 8)
+    grads = []
+    for m in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        q, idx, loss = m.train()(xi)
+        (q * up).sum().backward()
+        grads.append((q.detach(), idx, xi.grad))
+    assert torch.equal(grads[0][1], grads[1][1])
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(grads[0][2], up)  # not straight-through
+
+
+def test_fastgen_vector_quantize_rejects_upstream_only_arguments():
+    fastgen.nn.VectorQuantize(8, 16, heads=1, straight_through=False)  # upstream's defaults: accepted
+    with pytest.raises(TypeError, match=r"heads=4 is not supported.*fastgen\.patch\.vector_quantize_pytorch\(\)"):
+        fastgen.nn.VectorQuantize(8, 16, heads=4)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'not_an_argument'"):
+        fastgen.nn.VectorQuantize(8, 16, not_an_argument=1)
+    with pytest.raises(TypeError, match=r"mask=.*is not supported.*vector_quantize_pytorch\(\)"):
+        fastgen.nn.VectorQuantize(8, 16)(torch.randn(1, 3, 8), mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"return_all_codes=True is not supported"):
+        fastgen.nn.ResidualVQ(2, 8, 16)(torch.randn(1, 3, 8), return_all_codes=True)

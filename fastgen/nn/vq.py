@@ -342,6 +342,55 @@ def _from_rows(q, idx, x, layout):
     return q, idx.reshape(*lead, *extra)
 
 
+def _rotation_trick(e, q, eps=1e-6):
+    """The rotation trick (Fifty et al. 2024, arXiv:2410.06424, section 4.2): the value is q,
+    the gradient reaches e through the rotation R that takes e's direction to q's and the
+    rescaling ||q|| / ||e||, both held constant: d out / d e = (||q|| / ||e||) R. With
+    u = e / ||e||, v = q / ||q||, r = (u + v) / ||u + v||: R e = e - 2 (r . e) r + 2 (u . e) v."""
+    e_norm = e.norm(dim=-1, keepdim=True)
+    q_norm = q.norm(dim=-1, keepdim=True)
+    u = (e / e_norm.clamp_min(eps)).detach()
+    v = (q / q_norm.clamp_min(eps)).detach()
+    r = F.normalize(u + v, dim=-1, eps=eps)
+    rotated = e - 2 * (e * r).sum(-1, keepdim=True) * r + 2 * (e * u).sum(-1, keepdim=True) * v
+    return rotated * (q_norm / e_norm.clamp_min(eps)).detach()
+
+
+# vector_quantize_pytorch.VectorQuantize's arguments that fastgen's class does not take, with
+# upstream's defaults: passing the default is accepted (it changes nothing), anything else raises.
+_UPSTREAM_ONLY_INIT = dict(
+    heads=1, separate_codebook_per_head=False, freeze_codebook=False, sync_kmeans=True,
+    layernorm_after_project_in=False, accept_3d_fmap=False, commitment_use_cross_entropy_loss=False,
+    orthogonal_reg_weight=0.0, orthogonal_reg_active_codes_only=False, orthogonal_reg_max_codes=None,
+    codebook_diversity_loss_weight=0.0, codebook_diversity_temperature=100.0, stochastic_sample_codes=False,
+    sample_codebook_temp=1.0, straight_through=False, directional_reparam=False,
+    directional_reparam_variance=5e-3, sync_codebook=None, sync_affine_param=False, vq_bridge=None,
+    manual_ema_update=False, in_place_codebook_optimizer=None, manual_in_place_optimizer_update=False,
+    affine_param=False, affine_param_batch_decay=0.99, affine_param_codebook_decay=0.9, sync_update_v=0.0,
+    return_zeros_for_masked_padding=True, route_gradients_to_input=True)
+_UPSTREAM_ONLY_FORWARD = dict(
+    indices=None, mask=None, lens=None, topk=None, sample_codebook_temp=None, freeze_codebook=None,
+    return_loss_breakdown=False, codebook_transform_fn=None, ema_update_weight=None, accum_ema_update=False,
+    ema_update=None)
+_UPSTREAM_ONLY_RESIDUAL_FORWARD = dict(
+    indices=None, return_all_codes=False, sample_codebook_temp=None, freeze_codebook=False, mask=None,
+    return_loss_breakdown=False, rand_quantize_dropout_fixed_seed=None)
+_PATCH_HINT = ("; to keep vector_quantize_pytorch's own class with all its features and still get fastgen's "
+               "fused nearest-code search, call fastgen.patch.vector_quantize_pytorch()")
+
+
+def _reject_upstream_only(who, given, table):
+    for name, value in given.items():
+        if name not in table:
+            raise TypeError(f"fastgen.nn.{who} got an unexpected keyword argument {name!r}")
+        default = table[name]
+        same = value is default or (type(value) in (bool, int, float) and type(default) in (bool, int, float)
+                                   and value == default)
+        if not same:
+            raise TypeError(f"fastgen.nn.{who}: argument {name}={value!r} is not supported (only upstream's "
+                            f"default {default!r}){_PATCH_HINT}")
+
+
 class VectorQuantize(nn.Module):
     """The commonly used part of lucidrains' `vector_quantize_pytorch.VectorQuantize`, same
     argument names, defaults and return value `(quantized, indices, commit_loss)`.
@@ -352,15 +401,18 @@ class VectorQuantize(nn.Module):
     it), optionally k-means initialised from the first batch, optionally cosine (inputs and codes
     L2-normalized), with dead codes (EMA cluster size < threshold_ema_dead_code) replaced by
     random vectors of the current batch. codebook_dim != dim adds project_in / project_out.
-    In training mode the output is straight-through and commit_loss =
+    In training mode the gradient reaches the input through the rotation trick (rotation_trick,
+    default True for dim > 1, as upstream; False: straight-through), and commit_loss =
     commitment_weight * mse(sg(code), x) (x after project_in / normalization); in eval mode the
     output is the codes themselves and commit_loss is 0, as upstream.
     """
 
     def __init__(self, dim, codebook_size, codebook_dim=None, decay=0.8, eps=1e-5, kmeans_init=False,
                  kmeans_iters=10, use_cosine_sim=False, threshold_ema_dead_code=0, commitment_weight=1.0,
-                 learnable_codebook=False, ema_update=True, channel_last=True, accept_image_fmap=False):
+                 learnable_codebook=False, ema_update=True, channel_last=True, accept_image_fmap=False,
+                 rotation_trick=None, **upstream_only):
         super().__init__()
+        _reject_upstream_only("VectorQuantize", upstream_only, _UPSTREAM_ONLY_INIT)
         if learnable_codebook and ema_update:
             raise ValueError("fastgen.nn.VectorQuantize: learnable_codebook=True needs ema_update=False "
                              "(a codebook is either learned or EMA-updated)")
@@ -373,6 +425,8 @@ class VectorQuantize(nn.Module):
         self.dim = dim
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
+        # upstream's default: the rotation trick whenever the feature dimension is above 1
+        self.rotation_trick = dim > 1 if rotation_trick is None else bool(rotation_trick)
         self.decay = decay
         self.eps = eps
         self.kmeans_init = kmeans_init
@@ -413,7 +467,9 @@ class VectorQuantize(nn.Module):
             codes = codes.movedim(-1, 1)
         return codes
 
-    def forward(self, x):
+    def forward(self, x, **upstream_only):
+        if upstream_only:
+            _reject_upstream_only("VectorQuantize.forward", upstream_only, _UPSTREAM_ONLY_FORWARD)
         rows, layout = _to_rows("VectorQuantize", x, self.dim, self.channel_last, self.accept_image_fmap)
         q, idx, loss = self._quantize_rows(self.project_in(rows))
         return (*_from_rows(self.project_out(q.to(rows.dtype)), idx, x, layout), loss)
@@ -440,7 +496,7 @@ class VectorQuantize(nn.Module):
             self._update_codebook_(h.detach(), idx)
         commit_q = q if self.learnable_codebook else q.detach()
         if h.requires_grad:
-            q = h + (q - h).detach()
+            q = _rotation_trick(h, q) if self.rotation_trick else h + (q - h).detach()
         if self.commitment_weight > 0:
             loss = loss + F.mse_loss(commit_q, h) * self.commitment_weight
         return q, idx, loss
@@ -488,8 +544,9 @@ class ResidualVQ(nn.Module):
     quantizer i quantizes what quantizers 0..i-1 left, residual_i = residual_{i-1} - sg(q_{i-1}).
     Returns (sum of the quantized residuals, indices (..., num_quantizers), losses
     (num_quantizers,)). Keyword arguments go to every `VectorQuantize` layer; codebook_dim
-    != dim projects once, around all layers. As upstream, each layer's straight-through
-    output passes the gradient, so d quantized / d x = num_quantizers * I in training mode.
+    != dim projects once, around all layers. As upstream, each layer's output passes the
+    gradient (rotation trick by default; with rotation_trick=False straight-through, so
+    d quantized / d x = num_quantizers * I in training mode).
     """
 
     def __init__(self, num_quantizers, dim, codebook_size, codebook_dim=None, channel_last=True,
@@ -523,7 +580,9 @@ class ResidualVQ(nn.Module):
             codes = codes.movedim(-1, 1)
         return codes
 
-    def forward(self, x):
+    def forward(self, x, **upstream_only):
+        if upstream_only:
+            _reject_upstream_only("ResidualVQ.forward", upstream_only, _UPSTREAM_ONLY_RESIDUAL_FORWARD)
         rows, layout = _to_rows("ResidualVQ", x, self.dim, self.channel_last, self.accept_image_fmap)
         residual = self.project_in(rows)
         quantized = torch.zeros_like(residual)
