@@ -105,6 +105,7 @@ def build(force=False, quiet=False):
         env.setdefault("PYTORCH_NVCC", "ccache nvcc")
     cmd = [sys.executable, "setup.py", "build_ext", "--inplace", "--build-temp", os.path.join(BUILD, "temp")]
     print("fastgen: building the native extension (incremental; full log in build/build.log)", flush=True)
+    first_build = not glob.glob(os.path.join(BUILD, "temp", "**", "*.o"), recursive=True)
     t0 = time.time()
     total = None
     jobs = max(1, int(env.get("MAX_JOBS", "2")))
@@ -124,9 +125,9 @@ def build(force=False, quiet=False):
                       + (f", about {_fmt(eta)} left" if total > done else ""), flush=True)
             elif line.startswith("fastgen:"):
                 print(line.rstrip(), flush=True)
-                if "building" in line and total is None:
-                    print(f"fastgen: a full build takes about {_fmt(_planned(_sources(line)))} "
-                          f"with {jobs} jobs on a 2-core AVX2 box; only changed files recompile", flush=True)
+                if "building" in line and total is None and first_build:
+                    print(f"fastgen: a first build takes about {_fmt(_planned(_sources(line)))} with {jobs} "
+                          f"jobs on an idle 2-core AVX2 box; later builds recompile only what changed", flush=True)
         rc = proc.wait()
     elapsed = time.time() - t0
     if rc != 0:
@@ -138,7 +139,7 @@ def build(force=False, quiet=False):
     with open(STAMP, "w") as f:
         f.write(key + "\n")
     print(f"fastgen: native extension built in {_fmt(elapsed)}"
-          + (f" ({total} ninja steps)" if total else " (nothing to recompile)"))
+          + (f" ({total} file{'s' if total > 1 else ''} compiled)" if total else " (nothing to recompile)"))
     return 0
 
 
