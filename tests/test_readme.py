@@ -49,8 +49,11 @@ def _mirror(tmp_path):
 
 
 def _fresh_env(tmp_path):
-    """What a new login shell has: no venv, no PYTHONPATH, no test-run switches."""
-    keep = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_HOME", "USER") if k in os.environ}
+    """What a new login shell has: no venv, no PYTHONPATH, no test-run switches; the build
+    switches the user chose stay (scripts/setup.sh then finds the build it made up to date)."""
+    names = ("HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "CUDA_HOME", "FASTGEN_FORCE_CUDA",
+             "FASTGEN_SKIP_CUDA_BUILD", "FASTGEN_SKIP_EXT", "TORCH_CUDA_ARCH_LIST", "FASTGEN_CPU_SIMD", "MAX_JOBS")
+    keep = {k: os.environ[k] for k in names if k in os.environ}
     keep["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                                    if not p.startswith(os.path.join(ROOT, ".venv")))
     keep["MPLBACKEND"] = "Agg"
