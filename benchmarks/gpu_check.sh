@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# fastgen on a lent GPU in ONE call of the device tool (DESIGN.md §5: one command of at most
-# 10 minutes, 15 minutes of device time per session with the machine start, only the working
-# tree travels, only 8 files of $OUT come back):
+# fastgen on a lent GPU in ONE call of the device tool (docs/design.md, "Running on a lent GPU":
+# one command of at most 10 minutes, 15 minutes of device time per session with the machine
+# start, only the working tree travels, only 8 files of $OUT come back):
 #
 #   device tool:  run(command="bash benchmarks/gpu_check.sh", timeout_s=600)
 #                 then commit summary.md (and the CSVs you want) from files_at under

@@ -26,7 +26,8 @@ def _setup(device_backend, op, dtype=None):
     device, backend = device_backend
     require_backend(op, device, backend)
     if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
-        pytest.skip("bf16 arithmetic is wrong under the Triton interpreter (DESIGN.md §4): GPU only")
+        pytest.skip("bf16 arithmetic is wrong under the Triton interpreter: GPU only "
+                    "(docs/design.md, 'Limits of the Triton interpreter')")
     return device, backend
 
 

@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.sh --dry-run: the one command a lent GPU runs (DESIGN.md §5) goes
-through all its steps on the CPU and packs what the device tool brings back (<= 8 files)."""
+"""benchmarks/gpu_check.sh --dry-run: the one command a lent GPU runs (docs/design.md,
+"Running on a lent GPU") goes through all its steps on the CPU and packs what the device tool
+brings back (<= 8 files)."""
 import os
 import re
 import subprocess

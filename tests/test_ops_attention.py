@@ -22,7 +22,8 @@ def _setup(device_backend, dtype=torch.float32):
     if backend == "triton" and dtype == torch.float64:
         pytest.skip("the triton kernels take fp16/bf16/fp32 (fp64 raises a TypeError: tested below)")
     if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
-        pytest.skip("bf16 tl.dot is wrong under the Triton interpreter (DESIGN.md §4): GPU only")
+        pytest.skip("bf16 tl.dot is wrong under the Triton interpreter: GPU only "
+                    "(docs/design.md, 'Limits of the Triton interpreter')")
     return device, backend
 
 

@@ -22,7 +22,8 @@ def _setup(op, device_backend, dtype=None):
     device, backend = device_backend
     require_backend(op, device, backend)
     if dtype == torch.bfloat16 and backend == "triton" and device == "cpu" and _interpreter_bf16_broken():
-        pytest.skip("bf16 arithmetic is wrong under the Triton interpreter (DESIGN.md §4): GPU only")
+        pytest.skip("bf16 arithmetic is wrong under the Triton interpreter: GPU only "
+                    "(docs/design.md, 'Limits of the Triton interpreter')")
     return device, backend
 
 

@@ -19,7 +19,8 @@ def _setup(device_backend, dtype=torch.float32):
     if backend == "triton" and dtype == torch.float64:
         pytest.skip("the triton kernel takes fp16/bf16/fp32 (raises a TypeError for fp64: tested below)")
     if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
-        pytest.skip("bf16 tl.dot is wrong under the Triton interpreter (DESIGN.md §4): GPU only")
+        pytest.skip("bf16 tl.dot is wrong under the Triton interpreter: GPU only "
+                    "(docs/design.md, 'Limits of the Triton interpreter')")
     return device, backend
 
 
