@@ -25,6 +25,8 @@ def tiny_case(monkeypatch):
     case = bench.CASES[OP]
     monkeypatch.setattr(case, "quick_shapes", [(3, 37)])
     monkeypatch.setattr(case, "peers", dict(case.peers))
+    monkeypatch.setattr(harness.timing, "QUICK_GROUP_BUDGET_S", 0.05)  # the logic, not the machine
+    monkeypatch.setattr(harness.timing, "BLOCK_S", 0.001)
     return case
 
 

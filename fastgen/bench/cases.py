@@ -2,8 +2,6 @@
 (faiss, SDPA, diffusers, ...) is one entry of `peers`: name -> factory(device) that returns a
 callable taking the case's inputs by name, or a string saying why it cannot run (not installed,
 wrong device), which the table reports as skipped."""
-import functools
-
 import torch
 
 import fastgen
@@ -336,7 +334,9 @@ _DIFFUSION_STEPS = 50
 _DIFFUSION_T = 500  # a timestep of the 50-step leading schedule
 
 
-@functools.lru_cache(maxsize=None)
+_TABLES = {}
+
+
 def _diffusion_tables_on(device):
     from fastgen import diffusion
 
@@ -349,8 +349,14 @@ def _diffusion_tables_on(device):
 
 
 def _diffusion_tables(device):
-    """((ddim abar, abar_prev), (ddpm abar, abar_prev)) on `device`, built once (not timed)."""
-    return _diffusion_tables_on(str(device))
+    """((ddim abar, abar_prev), (ddpm abar, abar_prev)) on `device`, built once (not timed).
+    A plain dict, not functools.lru_cache: the eager reference builds the tables before
+    torch.compile traces the same call, which then reads a constant instead of tracing the
+    schedulers' table construction (graph breaks: host loops, numpy)."""
+    key = ("diffusion", str(device))
+    if key not in _TABLES:
+        _TABLES[key] = _diffusion_tables_on(str(device))
+    return _TABLES[key]
 
 
 def _diffusion_inputs(shape, dtype, device, requires_grad):
@@ -422,6 +428,23 @@ def _ddpm_reference(model_output, sample, noise):
                                True, 1.0)
 
 
+def _ddpm_noise_std(ac, acp, dtype):
+    """The reference's fixed_small std at the case's timestep, as a 0-d tensor, with the
+    reference's `t > 0` test folded in as a factor (no host sync)."""
+    t = torch.full((1,), _DIFFUSION_T, dtype=torch.long, device=ac.device)
+    a, a_prev = ac.index_select(0, t).to(dtype), acp.index_select(0, t).to(dtype)
+    var = ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp_min(1e-20)
+    return (var.sqrt() * (t > 0).to(dtype)).reshape(())
+
+
+def _ddpm_compile_reference(model_output, sample, noise):
+    """What `compile` compiles: the reference's mean (called without noise, so it never asks
+    `int(timestep) > 0` on the host) plus std * noise with the t > 0 test as a tensor."""
+    _, (ac, acp) = _diffusion_tables(model_output.device)
+    mean, x0 = _ddpm_reference(model_output, sample, sample.new_empty(0))
+    return (mean + _ddpm_noise_std(ac, acp, mean.dtype) * noise).to(sample.dtype), x0
+
+
 def _ddpm_fastgen(backend, model_output, sample, noise):
     _, (ac, acp) = _diffusion_tables(model_output.device)
     return fastgen.ops.ddpm_step(model_output, sample, _DIFFUSION_T, ac, acp, noise=noise, backend=backend)
@@ -433,6 +456,7 @@ register_case(Case(
     quick_shapes=[(4, 4, 64, 64)],
     make_inputs=_diffusion_inputs,
     reference=_ddpm_reference,
+    compile_reference=_ddpm_compile_reference,
     fastgen=_ddpm_fastgen,
     peers={"diffusers": _scheduler_peer("diffusers", "DDPMScheduler", {}, seeded=True),
            "fastgen-scheduler": _scheduler_peer("fastgen", "DDPMScheduler", {}, seeded=True)},
@@ -485,16 +509,14 @@ _FLOW_INDEX = 10
 
 
 def _flow_sigmas(device):
-    return _flow_sigmas_on(str(device))
+    key = ("flow", str(device))
+    if key not in _TABLES:  # a dict, not lru_cache: see _diffusion_tables
+        from fastgen import diffusion
 
-
-@functools.lru_cache(maxsize=None)
-def _flow_sigmas_on(device):
-    from fastgen import diffusion
-
-    s = diffusion.FlowMatchEulerDiscreteScheduler(shift=3.0)
-    s.set_timesteps(_DIFFUSION_STEPS, device=device)
-    return s.sigmas
+        s = diffusion.FlowMatchEulerDiscreteScheduler(shift=3.0)
+        s.set_timesteps(_DIFFUSION_STEPS, device=str(device))
+        _TABLES[key] = s.sigmas
+    return _TABLES[key]
 
 
 register_case(Case(
@@ -627,6 +649,17 @@ def _ddpm_philox_reference(model_output, sample):
                                1.0, "epsilon", "fixed_small", True, 1.0, torch.tensor(_PHILOX_SEED), 0)
 
 
+def _ddpm_philox_compile_reference(model_output, sample):
+    """The reference with in-kernel noise, written for torch.compile as in
+    _ddpm_compile_reference (the mean without noise, then std * Philox noise)."""
+    from fastgen.ops import _philox
+
+    _, (ac, acp) = _diffusion_tables(model_output.device)
+    mean, x0 = _ddpm_reference(model_output, sample, sample.new_empty(0))
+    noise = _philox.randn_like(sample, torch.tensor(_PHILOX_SEED), 0)
+    return (mean + _ddpm_noise_std(ac, acp, mean.dtype) * noise.to(mean.dtype)).to(sample.dtype), x0
+
+
 def _ddpm_philox_fastgen(backend, model_output, sample):
     _, (ac, acp) = _diffusion_tables(model_output.device)
     return fastgen.ops.ddpm_step(model_output, sample, _DIFFUSION_T, ac, acp, seed=_PHILOX_SEED, backend=backend)
@@ -673,6 +706,7 @@ register_case(Case(
     quick_shapes=[(4, 4, 64, 64)],
     make_inputs=_ddpm_philox_inputs,
     reference=_ddpm_philox_reference,
+    compile_reference=_ddpm_philox_compile_reference,
     fastgen=_ddpm_philox_fastgen,
     peers={"randn+fused-step": _ddpm_randn_peer, "diffusers": _ddpm_diffusers_peer},
     check=_noisy_step_check,

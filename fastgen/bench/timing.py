@@ -1,0 +1,102 @@
+"""Timing the providers of one (case, shape, mode) group, side by side.
+
+CPU: `torch.utils.benchmark.Timer` per provider (it pins torch's intra-op thread count for the
+measurement and returns a `Measurement`). Each provider is calibrated to a block of calls of
+about BLOCK_S, then the providers are timed ROUND-ROBIN, one block each per round, for at least
+MIN_ROUNDS rounds and about GROUP_BUDGET_S: a burst of load from another process then hits every
+provider of the group alike instead of one of them, and the per-block times give each provider a
+median and an interquartile range (IQR). This is `blocked_autorange`'s method (blocks of
+calls, median of blocks), interleaved across providers; `blocked_autorange` itself times one
+statement to completion before the next, so a burst of load lands on whichever ran then.
+
+GPU: `triton.testing.do_bench` (quantiles 25/50/75 over its repeats) for ops above
+CUDAGRAPH_BELOW_MS, and `do_bench_cudagraph` for the microsecond-scale step ops, whose launch
+overhead would otherwise be what is measured. Providers are again visited round-robin.
+"""
+import statistics
+import time
+
+import torch
+from torch.utils.benchmark import Measurement, Timer
+
+BLOCK_S = 0.01          # calls per block: about 10 ms of work (1 call for slower ops)
+MIN_ROUNDS = 7          # the IQR of fewer than ~7 blocks says little
+MAX_ROUNDS = 40
+GROUP_BUDGET_S = 1.0    # per group, all providers together (after MIN_ROUNDS)
+QUICK_GROUP_BUDGET_S = 0.5
+CUDAGRAPH_BELOW_MS = 0.1
+
+
+def _quartiles(times):
+    if len(times) == 1:
+        return times[0], times[0], times[0]
+    q = statistics.quantiles(times, n=4, method="inclusive")
+    return q[0], statistics.median(times), q[2]
+
+
+def _stats(times_s, number, timer_name, measurement=None):
+    q25, med, q75 = _quartiles(sorted(times_s))
+    if measurement is not None:  # torch's own median of the blocks (the same number)
+        med = measurement.median
+    return {"time_ms": med * 1e3, "q25_ms": q25 * 1e3, "q75_ms": q75 * 1e3,
+            "iqr_pct": 100 * (q75 - q25) / med if med > 0 else 0.0,
+            "samples": len(times_s), "calls_per_sample": number, "timer": timer_name}
+
+
+def time_cpu_group(calls, *, threads=None, budget_s=GROUP_BUDGET_S, block_s=BLOCK_S,
+                   min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS):
+    """{name: stats} for {name: callable()}: medians and quartiles in ms of per-call time, from
+    blocks of calls timed round-robin across the providers."""
+    threads = threads or torch.get_num_threads()
+    timers = {name: Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=name)
+              for name, fn in calls.items()}
+    number = {}
+    for name, timer in timers.items():  # warm-up, then calls per block from the fastest of 3
+        timer.timeit(1)
+        one = min(timer.timeit(1).raw_times[0] for _ in range(3))
+        number[name] = max(1, min(100_000, int(block_s / max(one, 1e-7))))
+    raw = {name: [] for name in timers}
+    names = list(timers)
+    start = time.perf_counter()
+    for r in range(max_rounds):
+        # rotate the order each round: no provider always runs right after the same neighbour
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            raw[name].append(timers[name].timeit(number[name]).raw_times[0])
+        if r + 1 >= min_rounds and time.perf_counter() - start >= budget_s:
+            break
+    out = {}
+    for name, timer in timers.items():
+        m = Measurement(number_per_run=number[name], raw_times=raw[name], task_spec=timer._task_spec)
+        out[name] = _stats(m.times, number[name], "torch.utils.benchmark.Timer round-robin", m)
+    return out
+
+
+def time_gpu_group(calls, *, rounds=3, testing=None):
+    """{name: stats} on CUDA: do_bench quartiles, or do_bench_cudagraph for microsecond ops;
+    `rounds` round-robin passes, each provider's quartiles from its pass with the median median
+    (do_bench already repeats internally; the passes interleave providers in time)."""
+    if testing is None:
+        import triton.testing as testing
+    estimate = {name: testing.do_bench(fn, warmup=5, rep=20, return_mode="median") for name, fn in calls.items()}
+    passes = {name: [] for name in calls}
+    how = {}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            q = None
+            if estimate[name] < CUDAGRAPH_BELOW_MS:
+                try:
+                    q = testing.do_bench_cudagraph(fn, rep=50, quantiles=[0.25, 0.5, 0.75])
+                    how[name] = "triton do_bench_cudagraph"
+                except Exception as exc:  # e.g. a provider that syncs the host: not capturable
+                    how[name] = f"triton do_bench (CUDA graph capture failed: {type(exc).__name__})"
+            if q is None:
+                q = testing.do_bench(fn, warmup=10, rep=100, quantiles=[0.25, 0.5, 0.75])
+                how.setdefault(name, "triton do_bench")
+            passes[name].append(tuple(float(x) for x in q))
+    out = {}
+    for name, qs in passes.items():
+        q25, med, q75 = sorted(qs, key=lambda q: q[1])[len(qs) // 2]
+        out[name] = {"time_ms": med, "q25_ms": q25, "q75_ms": q75,
+                     "iqr_pct": 100 * (q75 - q25) / med if med > 0 else 0.0,
+                     "samples": len(qs), "calls_per_sample": None, "timer": how[name]}
+    return out
