@@ -281,7 +281,12 @@ def sample(model_name, ckpt, *, n=64, out=None, seed=0, device="cpu", force=Fals
     if os.path.exists(out) and not force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     samples = model.sample(n, generator=torch.Generator(device).manual_seed(seed)).cpu()
-    plotting.save_tensor_plot(samples, model.data, out, title=f"{model_name}: {n} samples (seed {seed})")
+    reference = None
+    if model.data.kind == "points2d":  # held-out points drawn lightly under the samples
+        run = state["run_config"]
+        reference = fdata.make(run["data"], split="test", seed=run["seed"], **run["data_options"]).x[:2000]
+    plotting.save_tensor_plot(samples, model.data, out, reference=reference,
+                              title=f"{model_name}, step {state['step']}: {n} samples (seed {seed})")
     torch.save(samples, os.path.splitext(out)[0] + ".pt")
     return out, samples
 
