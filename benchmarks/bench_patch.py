@@ -1,13 +1,15 @@
 """fastgen.patch on users' own models: unpatched vs patched, side by side in one run (the two
 alternate, median of the repeats), ratio = unpatched time / patched time.
 
-    python benchmarks/bench_patch.py [--reps 3] [--only vq,rvq,ddim,torch] [--out benchmarks/results/patch]
+    python benchmarks/bench_patch.py [--reps 3] [--only vq,rvq,ddim,ddim_gn,torch] [--threads N]
+                                     [--out benchmarks/results/patch]
 
 Cases (CPU, fp32):
 - vq:    vector-quantize-pytorch VectorQuantize training step (forward + backward), B = 8 x 1024
          tokens, dim 256, codebook 8192 (EMA codebook, rotation trick: the library's defaults)
 - rvq:   ResidualVQ, 4 quantizers, same tokens and dim, codebook 1024, training step
-- ddim:  diffusers DDIMPipeline with a small UNet2DModel, 50 steps, batch 4
+- ddim:  diffusers DDIMPipeline with a small UNet2DModel, 50 steps, batch 4 (patch.diffusers defaults;
+         ddim_gn: with the opt-in fused resnet GroupNorm+SiLU)
 - torch: a torch model with nn.MultiheadAttention + GroupNorm/SiLU blocks, training step
 The machine's load average is recorded before and after: other jobs share this CPU.
 """
@@ -75,7 +77,7 @@ def case_vq(reps, residual=False):
     return side_by_side(lambda: step(ref), lambda: step(pat), reps, before=off, after=on)
 
 
-def case_ddim(reps):
+def case_ddim(reps, **patch_options):
     import diffusers
 
     torch.manual_seed(0)
@@ -85,7 +87,7 @@ def case_ddim(reps):
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"))
     ref = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
     pat = diffusers.DDIMPipeline(unet=copy.deepcopy(unet), scheduler=diffusers.DDIMScheduler())
-    print(fastgen.patch.diffusers(pat), file=sys.stderr)
+    print(fastgen.patch.diffusers(pat, **patch_options), file=sys.stderr)
     for p in (ref, pat):
         p.set_progress_bar_config(disable=True)
 
@@ -132,7 +134,9 @@ def case_torch(reps):
 CASES = {
     "vq": ("VectorQuantize train step, 8x1024 tokens, dim 256, codebook 8192", lambda r: case_vq(r)),
     "rvq": ("ResidualVQ x4 train step, 8x1024 tokens, dim 256, codebook 1024", lambda r: case_vq(r, residual=True)),
-    "ddim": ("DDIMPipeline, small UNet2DModel (32x32, 32/64 ch), 50 steps, batch 4", case_ddim),
+    "ddim": ("DDIMPipeline, small UNet2DModel (32x32, 32/64 ch), 50 steps, batch 4; patch.diffusers defaults "
+             "(scheduler)", case_ddim),
+    "ddim_gn": ("same, with the opt-in resnet_group_norm_silu=True", lambda r: case_ddim(r, resnet_group_norm_silu=True)),
     "torch": ("torch model: 3 x (conv+GroupNorm+SiLU) + MultiheadAttention, 8x3x32x32, train step", case_torch),
 }
 
@@ -142,12 +146,17 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", default=",".join(CASES))
     ap.add_argument("--out", default="benchmarks/results/patch")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's; 1 is steadier on a shared CPU)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in CASES]
     if unknown:
         ap.error(f"--only: unknown cases {unknown}; known: {list(CASES)}")
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     rows = []
     for name in names:
         what, fn = CASES[name]
@@ -171,7 +180,7 @@ def main():
         except Exception:  # noqa: BLE001 - optional packages
             meta[pkg] = None
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_patch.json"), "w") as f:
+    with open(os.path.join(args.out, f"bench_patch_{torch.get_num_threads()}threads.json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=2)
 
 
