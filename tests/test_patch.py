@@ -1,9 +1,10 @@
 """fastgen.patch: patched and unpatched models give the same indices, outputs and gradients."""
 import copy
 
+import diffusers  # test dependencies (scripts/setup.sh installs both)
 import pytest
 import torch
-import torch.nn.functional as F
+import vector_quantize_pytorch as vqp
 from torch import nn
 
 import fastgen
@@ -114,9 +115,6 @@ def test_taming_patch_matches(legacy):
 
 # -- vector-quantize-pytorch ---------------------------------------------------------------------
 
-vqp = pytest.importorskip("vector_quantize_pytorch")
-
-
 @pytest.fixture
 def vqp_patch():
     """Yields a function running `fn` unpatched and patched; the library is left unpatched."""
@@ -222,9 +220,6 @@ def test_residual_vq_return_all_codes_and_restore(vqp_patch, monkeypatch):
 
 
 # -- diffusers -----------------------------------------------------------------------------------
-
-diffusers = pytest.importorskip("diffusers")
-
 
 def test_diffusers_patch_pipeline_unet_and_vqmodel():
     torch.manual_seed(0)
