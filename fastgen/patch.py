@@ -125,18 +125,14 @@ def _is_taming_quantizer(m):
 
 def _fastgen_quantizer_from(m):
     """fastgen.nn.VectorQuantizer with `m`'s settings, sharing its embedding (and remap table)."""
-    q = VectorQuantizer.__new__(VectorQuantizer)
-    nn.Module.__init__(q)
-    q.n_e, q.e_dim, q.beta, q.legacy = m.n_e, _code_dim(m), m.beta, m.legacy
-    q.embedding = m.embedding
-    q.remap = m.remap
-    if m.remap is None:
-        q.re_embed = m.n_e
-    else:
+    q = VectorQuantizer(m.n_e, _code_dim(m), m.beta, remap=None, sane_index_shape=m.sane_index_shape,
+                        legacy=m.legacy)
+    q.embedding = m.embedding  # the same module and Parameter
+    if m.remap is not None:  # the remap table as loaded (the .npy path may be gone by now)
+        q.remap = m.remap
         q.register_buffer("used", m.used)
         q.re_embed = m.re_embed
         q.unknown_index = m.unknown_index
-    q.sane_index_shape = m.sane_index_shape
     q.train(m.training)
     return q
 
