@@ -206,3 +206,24 @@ def test_compare_reads_the_last_run_of_an_appended_file(tmp_path):
         f.write(g.read())
     rows = compare.load(path)
     assert rows[("bias_act", "fwd", "64x1024", "fastgen-cpu", "float32", "CPU (test)")]["time_ms"] == 0.09
+
+
+def test_cpu_hog_is_seen_as_other_processes():
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cpu_hog", os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "cpu_hog.py"))
+    hog = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hog)
+    procs = hog.start(n=1, seconds=5)
+    try:
+        time.sleep(0.2)
+        with machine.OthersCpu() as o:
+            time.sleep(0.5)
+    finally:
+        hog.stop(procs)
+    assert all(not p.is_alive() for p in procs)
+    # one busy core of machine.cores(): at least most of its share shows up as other processes
+    assert o.fraction is not None and o.fraction > 0.6 / machine.cores()

@@ -84,6 +84,9 @@ register_case(Case(
     peers={"faiss": _faiss_peer, "cdist": _cdist_peer},
     check=_vq_check,
     modes=("fwd",),
+    flops=lambda shape, mode: 2 * shape[0] * shape[1] * shape[2],   # the N x K x D distance dots
+    # eager builds and scans the N x K distance matrix: up to ~300x the fused search at full shapes
+    max_ratio=1000,
 ))
 
 
@@ -101,6 +104,8 @@ register_case(Case(
     reference=lambda z, codebook: reference.vq_quantize(z, codebook, 0.25),
     fastgen=lambda backend, **kw: fastgen.ops.vq_quantize(**kw, beta=0.25, backend=backend),
     grad_inputs=("z", "codebook"),
+    flops=lambda shape, mode: 2 * shape[0] * shape[1] * shape[2],   # the search dominates both modes
+    max_ratio=1000,
 ))
 
 
@@ -138,6 +143,8 @@ register_case(Case(
                                                                 else v for k, v in kw.items()},
                                                              decay=0.99, eps=1e-5, backend=backend),
     modes=("fwd",),
+    # eager is the N x K one-hot matmul most VQ-VAE code writes: 640-970x the fused op at full shapes
+    max_ratio=3000,
     peers={"index_add": lambda device: lambda z, indices, cluster_size, embed_sum:
            fastgen.ops.vq_ema_update(z, indices, cluster_size.clone(), embed_sum.clone(), backend="reference")},
 ))
@@ -170,6 +177,8 @@ register_case(Case(
     fastgen=lambda backend, **kw: fastgen.ops.flash_attention(**kw, causal=True, backend=backend)[0],
     grad_inputs=("q", "k", "v"),
     peers={"sdpa": _sdpa_peer},
+    # causal: half of QK^T and PV; the backward is ~2.5x the forward's matmuls
+    flops=lambda shape, mode: 2 * shape[0] * shape[1] * shape[3] * shape[4] * shape[5] * (1 if mode == "fwd" else 3.5),
 ))
 
 
@@ -201,6 +210,7 @@ register_case(Case(
     fastgen=lambda backend, **kw: fastgen.ops.decode_attention(**kw, backend=backend),
     peers={"sdpa": _sdpa_decode_peer},
     modes=("fwd",),
+    flops=lambda shape, mode: 4 * shape[0] * shape[1] * shape[3] * shape[4] * shape[5],
 ))
 
 
@@ -304,6 +314,7 @@ register_case(Case(
     fastgen=lambda backend, **kw: fastgen.ops.invertible_conv1x1(**kw, backend=backend),
     grad_inputs=("x", "lower", "upper", "log_s"),
     check=_invconv_check,
+    flops=lambda shape, mode: 2 * shape[0] * shape[1] ** 2 * shape[2] * shape[3] * (1 if mode == "fwd" else 3),
 ))
 
 
@@ -628,6 +639,7 @@ register_case(Case(
     fastgen=lambda backend, **kw: fastgen.ops.info_nce_loss(**kw, temperature=0.5, backend=backend),
     grad_inputs=("z1", "z2"),
     check=_info_nce_check,
+    flops=lambda shape, mode: 2 * (2 * shape[0]) ** 2 * shape[1] * (1 if mode == "fwd" else 3),
 ))
 
 
@@ -647,17 +659,6 @@ def _ddpm_philox_reference(model_output, sample):
     empty = sample.new_empty(0)
     return reference.ddpm_step(model_output, sample, empty, torch.tensor(_DIFFUSION_T), ac, acp, empty.float(), empty,
                                1.0, "epsilon", "fixed_small", True, 1.0, torch.tensor(_PHILOX_SEED), 0)
-
-
-def _ddpm_philox_compile_reference(model_output, sample):
-    """The reference with in-kernel noise, written for torch.compile as in
-    _ddpm_compile_reference (the mean without noise, then std * Philox noise)."""
-    from fastgen.ops import _philox
-
-    _, (ac, acp) = _diffusion_tables(model_output.device)
-    mean, x0 = _ddpm_reference(model_output, sample, sample.new_empty(0))
-    noise = _philox.randn_like(sample, torch.tensor(_PHILOX_SEED), 0)
-    return (mean + _ddpm_noise_std(ac, acp, mean.dtype) * noise.to(mean.dtype)).to(sample.dtype), x0
 
 
 def _ddpm_philox_fastgen(backend, model_output, sample):
@@ -706,7 +707,11 @@ register_case(Case(
     quick_shapes=[(4, 4, 64, 64)],
     make_inputs=_ddpm_philox_inputs,
     reference=_ddpm_philox_reference,
-    compile_reference=_ddpm_philox_compile_reference,
+    # compile breaks the graph at the reference's host test `int(timestep) > 0`. A host-sync-free
+    # version (as ddpm_step's compile_reference, plus the Philox noise in the same graph) did
+    # not finish compiling in 400 s with inductor on the 2-core CPU: the baseline stays broken.
+    compile_note="the reference branches on the host (int(timestep) > 0); a sync-free version with the "
+                 "Philox rounds in one graph did not finish compiling in 400 s on a 2-core CPU",
     fastgen=_ddpm_philox_fastgen,
     peers={"randn+fused-step": _ddpm_randn_peer, "diffusers": _ddpm_diffusers_peer},
     check=_noisy_step_check,
