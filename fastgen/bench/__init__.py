@@ -151,7 +151,10 @@ def _run(args, device, cases, wanted, modes, threads):
     timed = [r for r in rows if r["status"] == "ok"]
     noisy = [r for r in timed if r.get("noisy")]
     incoherent = [r for r in timed if "incoherent" in (r.get("flags") or "")]
-    print(f"{len(timed)} rows timed in {time.perf_counter() - started:.0f} s: {sum(map(trusted, timed))}"
+    check_s = sum(r.get("check_s") or 0 for r in rows)
+    timing_s = sum({(r["op"], r["shape"], r["mode"]): r.get("timing_s") or 0 for r in timed}.values())
+    print(f"{len(timed)} rows timed in {time.perf_counter() - started:.0f} s ({check_s:.0f} s checking and "
+          f"compiling, {timing_s:.0f} s timing): {sum(map(trusted, timed))}"
           f" trusted, {len(noisy)} noisy, {len(incoherent)} incoherent (threads {threads}, load average at start "
           f"{facts['load_avg'] if facts['load_avg'] is None else round(facts['load_avg'], 2)})")
     print("results: " + ", ".join(paths))

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,11 +44,11 @@ FASTGEN_BACKENDS = ("cpu", "triton", "cuda")
 FIELDS = ["op", "mode", "provider", "shape", "dtype", "device", "time_ms", "q25_ms", "q75_ms", "iqr_pct",
           "samples", "calls_per_sample", "timer", "speedup_vs_eager", "speedup_lo", "speedup_hi",
           "noisy", "flags", "others_cpu_pct", "load_avg", "threads", "gb_per_s", "gflop_per_s",
-          "pct_roofline", "status", "error", "note", "torch", "triton", "commit", "timestamp", "run_id"]
-# A row whose interquartile range is above this percentage of its median is `noisy`. torch's own
-# Measurement warns at the same point (IQR > 10% of the median); on this project's quiet 2-core
-# machine most rows measure IQRs of 0.2-5% (see benchmarks/results/bench/), so 10% separates a
-# steady measurement from one that was disturbed.
+          "pct_roofline", "status", "error", "note", "check_s", "timing_s", "torch", "triton", "commit", "timestamp", "run_id"]
+# A row whose interquartile range is above this percentage of its median is `noisy`: torch's
+# own Measurement warns at the same point (IQR > 10% of the median). A steady measurement of
+# blocks of ~10 ms stays well under it; a disturbed one (a preempted OpenMP thread, a stray
+# compile worker) spreads its blocks over tens of percent.
 NOISY_IQR_PCT = 10.0
 # A provider this many times slower than the fastest provider of its group is incoherent, unless
 # the case says the gap is real (Case.max_ratio, with a reason).
@@ -314,6 +315,7 @@ def _run_shape_mode(case, live, shape, mode, device, dtype, meta, progress, thre
         row = dict(meta, mode=mode, provider=name, shape=shape_name, note="", flags="", noisy=False)
         log = _TorchLogCapture()
         breaks_before = _graph_break_count() if name == "compile" else 0
+        t0 = time.perf_counter()
         try:
             with log.capture():
                 actual = call()
@@ -324,20 +326,23 @@ def _run_shape_mode(case, live, shape, mode, device, dtype, meta, progress, thre
         else:
             row.update(status="ok", error="")
             calls[name] = call
+        row["check_s"] = round(time.perf_counter() - t0, 3)  # the first call: compiles `compile`
         if name == "compile":
             row["note"] = _compile_note(case, log, _graph_break_count() - breaks_before)
         rows[name] = row
     if progress is not None:
         progress.set_postfix_str(f"{shape_name} {mode} timing {len(calls)} providers", refresh=True)
     if calls:
+        t0 = time.perf_counter()
         with machine.OthersCpu() as others:
             if device == "cuda":
                 stats = timing.time_gpu_group(calls)
             else:
                 stats = timing.time_cpu_group(calls, threads=threads, budget_s=budget_s)
+        timing_s = round(time.perf_counter() - t0, 3)
         for name, s in stats.items():
             row = rows[name]
-            row.update(s)
+            row.update(s, timing_s=timing_s)
             row["others_cpu_pct"] = None if others.fraction is None else round(100 * others.fraction, 1)
             flags = []
             if s["iqr_pct"] > NOISY_IQR_PCT:
