@@ -227,3 +227,16 @@ def test_cpu_hog_is_seen_as_other_processes():
     assert all(not p.is_alive() for p in procs)
     # one busy core of machine.cores(): at least most of its share shows up as other processes
     assert o.fraction is not None and o.fraction > 0.6 / machine.cores()
+
+
+def test_compare_on_the_stored_runs_of_this_machine():
+    """The committed --quick runs (benchmarks/results/bench/cpu-amd-epyc-2core/): the loaded run
+    (a busy loop per core on top) has no row that is outside the first run's spread without
+    being marked noisy, so --fail-on-regression does not fire on noise."""
+    root = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "results", "bench",
+                        "cpu-amd-epyc-2core")
+    first, loaded = (os.path.join(root, d, "results.jsonl") for d in ("shared-load5", "shared-load5-hog"))
+    results, only_old, only_new = compare.compare(compare.load(first), compare.load(loaded))
+    assert len(results) > 100 and not only_old and not only_new
+    assert {r["verdict"] for r in results} <= {"same", "noisy"}
+    assert compare.main(first, loaded, fail_on_regression="10%") == 0
