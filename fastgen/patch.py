@@ -201,6 +201,35 @@ def _fast_path_blocker(codebook, sample_codebook_temp, codebook_transform_fn, to
     return None
 
 
+def _expand_mask(mask, flatten):
+    """(b, n) -> (h, b * heads * n), as the library expands a token mask over its rows."""
+    if mask is None:
+        return None
+    b, n = mask.shape
+    heads = flatten.shape[-2] // (b * n)
+    return mask[:, None, :].expand(b, heads, n).reshape(1, -1).expand(flatten.shape[0], -1)
+
+
+def _codebook_update_indices(self, x, embed_ind, mask=None, ema_update_weight=None, accum_ema_update=False,
+                             ema_update=None):
+    """Codebook.update_indices (the EMA step from given indices, e.g. after a topk search) with
+    the statistics from fastgen.ops.vq_code_sums instead of a one-hot, so it matches the patched
+    forward's EMA step exactly."""
+    if getattr(self, "affine_param", False):
+        return _VQP_ORIGINALS["Codebook.update_indices"](self, x, embed_ind, mask, ema_update_weight,
+                                                         accum_ema_update, ema_update)
+    vqp = _vqp()
+    x = x.float()
+    if x.dim() < 4:
+        x, embed_ind = x.unsqueeze(0), embed_ind.unsqueeze(0)
+    flatten, _ = vqp.pack_one(x, "h * d")
+    embed_ind, _ = vqp.pack_one(embed_ind, "h *")
+    embed_ind = embed_ind.masked_fill(embed_ind == -1, 0)  # padding, as the library treats it
+    self.update_codebook(flatten, _CodeIndices(embed_ind), mask=_expand_mask(mask, flatten),
+                         ema_update_weight=ema_update_weight, accum_ema_update=accum_ema_update,
+                         ema_update=ema_update)
+
+
 def _codebook_forward(self, x, sample_codebook_temp=None, mask=None, freeze_codebook=False,
                       codebook_transform_fn=None, ema_update_weight=None, accum_ema_update=False,
                       ema_update=None, topk=None, update_usage=True):
@@ -226,10 +255,7 @@ def _codebook_forward(self, x, sample_codebook_temp=None, mask=None, freeze_code
         if needs_codebook_dim:
             x = x.unsqueeze(0)
         flatten, unpack_one = vqp.pack_one(x, "h * d")
-        if mask is not None:  # (b, n) -> (h, b * heads * n), as the library expands it
-            b, n = mask.shape
-            heads = flatten.shape[-2] // (b * n)
-            mask = mask[:, None, :].expand(b, heads, n).reshape(1, -1).expand(flatten.shape[0], -1)
+        mask = _expand_mask(mask, flatten)
         self.init_embed_(flatten, mask=mask)
         embed = (self.embed if self.learnable_codebook else self.embed.detach()).to(flatten.dtype)
         metric = "cosine" if self.use_cosine_sim else "l2"
@@ -307,6 +333,8 @@ def _vector_quantize_forward(self, *args, **kwargs):
 _VQP_PATCHES = {
     "Codebook.forward": _codebook_forward,
     "Codebook.track_cluster_size_and_embed_avg": _track_cluster_size_and_embed_avg,
+    "Codebook.update_indices": _codebook_update_indices,
+    "Codebook.update_ema_indices": _codebook_update_indices,  # the library's alias of update_indices
     "VectorQuantize.forward": _vector_quantize_forward,
 }
 

@@ -173,7 +173,7 @@ def test_vector_quantize_patched_matches_unpatched(case, vqp_patch, monkeypatch)
     torch.manual_seed(1)
     expected = _run_vq(ref, x, 2, True, **kwargs)
     report = fastgen.patch.vector_quantize_pytorch()
-    assert len(report.replaced) == 3 and fastgen.patch.vector_quantize_pytorch().replaced == []
+    assert len(report.replaced) == len(fastgen.patch._VQP_PATCHES) and fastgen.patch.vector_quantize_pytorch().replaced == []
     calls = _count_fused(monkeypatch)
     torch.manual_seed(1)
     got = _run_vq(patched, x, 2, True, **kwargs)
@@ -213,7 +213,7 @@ def test_residual_vq_return_all_codes_and_restore(vqp_patch, monkeypatch):
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(patched.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
     restored = fastgen.patch.vector_quantize_pytorch(enable=False)
-    assert len(restored.replaced) == 3
+    assert len(restored.replaced) == len(fastgen.patch._VQP_PATCHES)
     assert vqp.vector_quantize_pytorch.Codebook.forward.__module__.startswith("vector_quantize_pytorch")
     with pytest.raises(TypeError, match="enable must be True or False"):
         fastgen.patch.vector_quantize_pytorch("yes")
@@ -294,3 +294,18 @@ def test_fastgen_vector_quantize_rejects_upstream_only_arguments():
         fastgen.nn.VectorQuantize(8, 16)(torch.randn(1, 3, 8), mask=torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(TypeError, match=r"return_all_codes=True is not supported"):
         fastgen.nn.ResidualVQ(2, 8, 16)(torch.randn(1, 3, 8), return_all_codes=True)
+
+
+def test_vector_quantize_update_indices_matches_forward_ema(vqp_patch):
+    """The library's EMA step from given indices (update_indices / update_ema_indices, e.g.
+    after a topk search) takes the same patched statistics as the patched forward."""
+    fastgen.patch.vector_quantize_pytorch()
+    torch.manual_seed(0)
+    a = vqp.VectorQuantize(dim=16, codebook_size=32).train()
+    b = copy.deepcopy(a)
+    x = torch.randn(1, 40, 16)
+    mask = torch.rand(1, 40) > 0.5
+    _, idx, _ = a(x, mask=mask)
+    b.update_ema_indices(x, idx, mask=mask)
+    for k, v in a.state_dict().items():
+        assert torch.equal(b.state_dict()[k], v), k
