@@ -54,7 +54,7 @@ def test_round_robin_group_reports_quartiles_and_interleaves():
     assert stats["fast"]["calls_per_sample"] > stats["slow"]["calls_per_sample"] >= 1
     # interleaved: after the calibration calls, one block of each per round (the order rotates:
     # AB BA AB ...), so the providers switch at least once per round, never all of one first
-    timed = order[8:]  # 4 calibration calls each
+    timed = order[8:]  # 4 calibration calls each (Timer.timeit(1) warms up with 2 more; the sequence starts later)
     switches = sum(a != b for a, b in zip(timed, timed[1:]))
     assert switches >= 7
 
@@ -240,3 +240,23 @@ def test_compare_on_the_stored_runs_of_this_machine():
     assert len(results) > 100 and not only_old and not only_new
     assert {r["verdict"] for r in results} <= {"same", "noisy"}
     assert compare.main(first, loaded, fail_on_regression="10%") == 0
+
+
+def test_a_stalling_provider_does_not_blow_the_group_budget(monkeypatch):
+    """Calibrated fast, then every call stalls (a preempted thread): blocks shrink and the group
+    stops at its hard cap instead of running hundreds of stalled calls per block."""
+    calls = {"n": 0}
+
+    def stalls_after_calibration():
+        calls["n"] += 1
+        if calls["n"] > 6:  # the warm-up and calibration calls are fast
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.004:
+                pass
+
+    monkeypatch.setattr(timing, "HARD_CAP_X", 1.0)
+    t0 = time.perf_counter()
+    stats = timing.time_cpu_group({"p": stalls_after_calibration}, budget_s=0.2, block_s=0.01, min_rounds=7)
+    assert time.perf_counter() - t0 < 4.0  # without the shrink: 7 blocks of ~2500 stalled calls, 70 s
+    s = stats["p"]
+    assert s["samples"] >= timing.MIN_ROUNDS_CAPPED and s["time_ms"] > 2.0

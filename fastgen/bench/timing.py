@@ -18,12 +18,21 @@ import time
 
 import torch
 from torch.utils.benchmark import Measurement, Timer
+from torch.utils.benchmark.utils.common import set_torch_threads
 
 BLOCK_S = 0.01          # calls per block: about 10 ms of work (1 call for slower ops)
 MIN_ROUNDS = 7          # the IQR of fewer than ~7 blocks says little
 MAX_ROUNDS = 40
 GROUP_BUDGET_S = 1.0    # per group, all providers together (after MIN_ROUNDS)
 QUICK_GROUP_BUDGET_S = 0.5
+# On a busy machine a call calibrated at 20 us can take 4-12 ms (a preempted OpenMP thread), so
+# a block planned at 10 ms took seconds and a --quick run 4-12 minutes. A block that overruns
+# BLOCK_OVERRUN x its plan shrinks for the next rounds, and a group stops after
+# max(HARD_CAP_X * budget, 2 s) with at least MIN_ROUNDS_CAPPED rounds (such a row has fewer
+# samples and is in any case flagged noisy by the busy-machine check).
+BLOCK_OVERRUN = 4.0
+HARD_CAP_X = 4.0
+MIN_ROUNDS_CAPPED = 3
 CUDAGRAPH_BELOW_MS = 0.1
 
 
@@ -43,31 +52,57 @@ def _stats(times_s, number, timer_name, measurement=None):
             "samples": len(times_s), "calls_per_sample": number, "timer": timer_name}
 
 
+def _block(timer, number):
+    """Seconds for `number` calls. Timer.timeit(n) first runs max(n // 100, 2) warm-up calls,
+    which would triple the cost of every 1-call block of a slow op; the providers are warmed up
+    once before the rounds instead, so the rounds use the Timer's un-warmed inner loop."""
+    inner = getattr(timer, "_timeit", None)
+    return inner(number) if inner is not None else timer.timeit(number).raw_times[0]
+
+
 def time_cpu_group(calls, *, threads=None, budget_s=GROUP_BUDGET_S, block_s=BLOCK_S,
                    min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS):
     """{name: stats} for {name: callable()}: medians and quartiles in ms of per-call time, from
     blocks of calls timed round-robin across the providers."""
     threads = threads or torch.get_num_threads()
+    with set_torch_threads(threads):
+        return _time_cpu_group(calls, threads, budget_s, block_s, min_rounds, max_rounds)
+
+
+def _time_cpu_group(calls, threads, budget_s, block_s, min_rounds, max_rounds):
     timers = {name: Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=name)
               for name, fn in calls.items()}
     number = {}
-    for name, timer in timers.items():  # warm-up, then calls per block from the fastest of 3
+    for name, timer in timers.items():  # warm-up, then calls per block from the median of 3
         timer.timeit(1)
-        one = min(timer.timeit(1).raw_times[0] for _ in range(3))
-        number[name] = max(1, min(100_000, int(block_s / max(one, 1e-7))))
-    raw = {name: [] for name in timers}
+        one = sorted(_block(timer, 1) for _ in range(3))[1]
+        n = max(1, min(100_000, int(block_s / max(one, 1e-7))))
+        probe = min(n, 10)  # a short block checks the estimate before a long one trusts it
+        per_call = _block(timer, probe) / probe
+        number[name] = max(1, min(n, int(block_s / max(per_call, 1e-7))))
+    per_call = {name: [] for name in timers}  # per-call time of each block
+    used = {name: number[name] for name in timers}
     names = list(timers)
     start = time.perf_counter()
+    hard_cap = max(HARD_CAP_X * budget_s, 2.0)
     for r in range(max_rounds):
         # rotate the order each round: no provider always runs right after the same neighbour
         for name in names[r % len(names):] + names[:r % len(names)]:
-            raw[name].append(timers[name].timeit(number[name]).raw_times[0])
-        if r + 1 >= min_rounds and time.perf_counter() - start >= budget_s:
+            block = _block(timers[name], number[name])
+            per_call[name].append(block / number[name])
+            used[name] = number[name]
+            if block > BLOCK_OVERRUN * block_s and number[name] > 1:  # calibrated in a quiet moment
+                number[name] = max(1, int(number[name] * block_s / block))
+        elapsed = time.perf_counter() - start
+        if r + 1 >= min_rounds and elapsed >= budget_s:
+            break
+        if r + 1 >= min(min_rounds, MIN_ROUNDS_CAPPED) and elapsed >= hard_cap:
             break
     out = {}
     for name, timer in timers.items():
-        m = Measurement(number_per_run=number[name], raw_times=raw[name], task_spec=timer._task_spec)
-        out[name] = _stats(m.times, number[name], "torch.utils.benchmark.Timer round-robin", m)
+        # blocks may differ in length after an overrun: the Measurement holds per-call times
+        m = Measurement(number_per_run=1, raw_times=per_call[name], task_spec=timer._task_spec)
+        out[name] = _stats(m.times, used[name], "torch.utils.benchmark.Timer round-robin", m)
     return out
 
 
