@@ -123,7 +123,7 @@ def test_cli_rejects_out_of_range_arguments_before_any_work(argv, name, expected
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"steps": 0}, "steps must be an integer >= 1"), ({"steps": -1}, "steps must be an integer >= 1"),
+    ({"steps": -1}, "steps must be an integer >= 0"),
     ({"batch": 0}, "batch must be an integer >= 1"), ({"lr": 0.0}, "lr must be a finite number > 0"),
     ({"lr": float("inf")}, "lr must be a finite number > 0"), ({"steps": 2.5}, "steps must be an integer"),
 ])
