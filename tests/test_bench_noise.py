@@ -235,7 +235,7 @@ def test_compare_on_the_stored_runs_of_this_machine():
     being marked noisy, so --fail-on-regression does not fire on noise."""
     root = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "results", "bench",
                         "cpu-amd-epyc-2core")
-    first, loaded = (os.path.join(root, d, "results.jsonl") for d in ("shared-load5", "shared-load5-hog"))
+    first, loaded = (os.path.join(root, d, "results.jsonl") for d in ("shared-load4", "shared-load5-hog"))
     results, only_old, only_new = compare.compare(compare.load(first), compare.load(loaded))
     assert len(results) > 100 and not only_old and not only_new
     assert {r["verdict"] for r in results} <= {"same", "noisy"}
