@@ -100,7 +100,8 @@ def _machine_header(device, dtype):
     if warnings and device == "cpu":
         print("fastgen bench: WARNING: the machine is busy (" + "; ".join(warnings) + "): CPU timings will be "
               "noisy. Rows measured while other processes took the CPU are marked noisy; rerun on a quiet "
-              "machine for numbers to keep.", file=sys.stderr, flush=True)
+              "machine for numbers to keep (--threads 1 at least avoids multi-threaded ops stalling at their "
+              "OpenMP barriers while a core is taken away).", file=sys.stderr, flush=True)
     return facts, ceilings
 
 
