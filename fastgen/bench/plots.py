@@ -62,8 +62,8 @@ def plot_op(rows, path):
         ax.set_yscale("log")
     ax.set_ylabel("speedup vs eager (higher is better)")
     first = rows[0] if rows else {"op": "", "dtype": "", "device": ""}
-    ax.set_title(f"{first['op']} [{first['dtype']}] on {first['device']}  (hatched: noisy or incoherent;"
-                 f" bars: IQR)", fontsize=8)
+    ax.set_title(f"{first['op']} [{first['dtype']}] on {first['device']}\n(error bars: IQR; hatched: noisy or"
+                 f" incoherent, not a result)", fontsize=8)
     if providers:
         ax.legend(fontsize=8)
     fig.tight_layout()
