@@ -382,8 +382,20 @@ def compile_key(launch, arch, signature, constexprs, attrs, options):
     cache key), the specialization, the options, the arch and the Triton version."""
     import triton
     text = repr((launch.fn.cache_key, sorted(signature.items()), sorted(constexprs.items()),
-                 sorted(attrs.items()), sorted(options.__dict__.items()), arch, triton.__version__))
+                 sorted(attrs.items()), _portable_options(options), arch, triton.__version__))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _portable_options(options):
+    """The compile options without this machine's paths: `extern_libs` names libdevice by its
+    path inside the environment's site-packages, which differs per clone and venv (a clean CI
+    clone would miss every key). The library itself comes with the Triton version, in the key."""
+    out = []
+    for name, value in sorted(options.__dict__.items()):
+        if name == "extern_libs" and value:
+            value = tuple((lib, os.path.basename(path)) for lib, path in value)
+        out.append((name, value))
+    return out
 
 
 def load_cache(path):
