@@ -539,3 +539,24 @@ def test_schedulers_work_without_diffusers():
         for t in s.timesteps:
             x = s.step(torch.tanh(x), t, x, generator=g).prev_sample
         assert torch.equal(torch.tensor(values), x.flatten()), name
+
+
+@pytest.mark.parametrize("with_x0", [True, False])
+def test_fast_step_output_is_the_same_object_as_the_constructors(with_x0):
+    """make_output skips diffusers' __post_init__ for speed; the output must not differ."""
+    import pickle
+
+    from fastgen.diffusion._config import make_output
+    from fastgen.diffusion.schedulers import DDIMSchedulerOutput
+
+    prev, x0 = torch.randn(2, 3), (torch.randn(2, 3) if with_x0 else None)
+    fast = make_output(DDIMSchedulerOutput, prev_sample=prev, pred_original_sample=x0)
+    slow = DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+    assert type(fast) is type(slow)
+    assert list(fast.keys()) == list(slow.keys())
+    assert fast.prev_sample is prev and fast.pred_original_sample is x0
+    assert fast[0] is prev and fast["prev_sample"] is prev
+    assert len(fast.to_tuple()) == len(slow.to_tuple()) == (2 if with_x0 else 1)
+    assert all(a is b for a, b in zip(fast.to_tuple(), slow.to_tuple()))
+    back = pickle.loads(pickle.dumps(fast))
+    assert type(back) is type(slow) and torch.equal(back.prev_sample, prev)

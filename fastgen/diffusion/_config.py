@@ -11,6 +11,7 @@ Without diffusers, the small part of that API scheduler users touch is provided 
 `from_pretrained` of a local scheduler_config.json, `compatibles`, and dict-like outputs.
 Configs written by either load in the other.
 """
+import collections
 import dataclasses
 import functools
 import inspect
@@ -196,3 +197,25 @@ else:
     SchedulerBase = _FallbackSchedulerBase
     register_to_config = _fallback_register_to_config
     BaseOutput = _FallbackBaseOutput
+
+
+def make_output(cls, **values):
+    """`cls(**values)` for a step's output, without diffusers' per-instance __post_init__ (field
+    reflection and a Python __setattr__ / __setitem__ per field: ~7 us of a ~50 us DDIM step on
+    this CPU). The object is the same: an OrderedDict holding the fields that are not None, in
+    field order, with every field also an attribute."""
+    if not HAVE_DIFFUSERS or not issubclass(cls, _DiffusersBaseOutput):
+        return cls(**values)
+    out = cls.__new__(cls)
+    collections.OrderedDict.__init__(out)
+    for name in _field_names(cls):
+        value = values.get(name)
+        object.__setattr__(out, name, value)
+        if value is not None:
+            collections.OrderedDict.__setitem__(out, name, value)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls):
+    return tuple(f.name for f in dataclasses.fields(cls))

@@ -21,7 +21,7 @@ import torch
 from .. import ops
 from ..ops import _philox, reference
 from . import schedules
-from ._config import HAVE_DIFFUSERS, KARRAS_COMPATIBLES, BaseOutput, SchedulerBase, register_to_config
+from ._config import HAVE_DIFFUSERS, KARRAS_COMPATIBLES, BaseOutput, SchedulerBase, make_output, register_to_config
 
 if HAVE_DIFFUSERS:
     # diffusers' own output classes; SchedulerMixin in this module's namespace is what a
@@ -356,7 +356,7 @@ class DDPMScheduler(_DiscreteScheduler):
             prev = (prev + std * noise).to(prev.dtype)
         if not return_dict:
             return prev, x0
-        return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return make_output(DDPMSchedulerOutput, prev_sample=prev, pred_original_sample=x0)
 
 
 class DDIMScheduler(_DiscreteScheduler):
@@ -424,7 +424,7 @@ class DDIMScheduler(_DiscreteScheduler):
                                  **self._step_kwargs())
         if not return_dict:
             return prev, x0
-        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return make_output(DDIMSchedulerOutput, prev_sample=prev, pred_original_sample=x0)
 
 
 class FlowMatchEulerDiscreteScheduler(SchedulerBase):
@@ -645,4 +645,4 @@ class FlowMatchEulerDiscreteScheduler(SchedulerBase):
         prev = prev.to(out_dtype)
         if not return_dict:
             return (prev,)
-        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev)
+        return make_output(FlowMatchEulerDiscreteSchedulerOutput, prev_sample=prev)
