@@ -73,26 +73,21 @@ def _eval(args) -> int:
     return 0
 
 
-def _count(text):
-    """argparse type: an integer >= 1 (checked before any work starts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _int_at_least(minimum, note=""):
+    """argparse type: an integer >= minimum (checked before any work starts)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{note}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{note}, got {value}")
+        return value
+    return parse
 
 
-def _count_or_zero(text):
-    """argparse type: an integer >= 0 (0 turns the feature off)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (0: off), got {value}")
-    return value
+_count = _int_at_least(1)
+_count_or_zero = _int_at_least(0, " (0: off)")
 
 
 def _learning_rate(text):
