@@ -7,14 +7,13 @@ Prints a table and appends rows to <out>/diffusion_loop.csv.
 import argparse
 import csv
 import os
-import statistics
-import time
 
 import torch
 
 import fastgen
 from fastgen import diffusion
 from fastgen._info import device_name
+from fastgen.bench.machine import median_seconds
 
 
 def trivial_model(x, t):
@@ -23,16 +22,7 @@ def trivial_model(x, t):
 
 
 def _time(fn, device, repeats):
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, device, repeats) * 1e3
 
 
 def main():

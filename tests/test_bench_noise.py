@@ -13,24 +13,10 @@ import torch
 
 from fastgen import bench
 from fastgen.bench import compare, harness, machine, timing
+# the real case shrunk to one tiny shape, and the argument helper: test_bench.py's
+from test_bench import OP, _args, tiny_case  # noqa: F401  (tiny_case is a fixture)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "data", "bench")
-OP = "gaussian_reparam_kl"
-
-
-def _args(out, *extra):
-    parser = bench.add_arguments(argparse.ArgumentParser())
-    return parser.parse_args(["--quick", "--device", "cpu", "--out", str(out), *extra])
-
-
-@pytest.fixture
-def tiny_case(monkeypatch):
-    case = bench.CASES[OP]
-    monkeypatch.setattr(case, "quick_shapes", [(3, 37)])
-    monkeypatch.setattr(case, "peers", dict(case.peers))
-    monkeypatch.setattr(timing, "QUICK_GROUP_BUDGET_S", 0.05)
-    monkeypatch.setattr(timing, "BLOCK_S", 0.001)
-    return case
 
 
 def test_round_robin_group_reports_quartiles_and_interleaves():

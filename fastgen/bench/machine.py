@@ -117,7 +117,8 @@ def busy_report():
     return facts, warnings
 
 
-def _median_seconds(fn, device, repeats=5):
+def median_seconds(fn, device, repeats=5):
+    """Median wall time of `fn` over `repeats` calls after one warm-up, synchronizing CUDA."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     fn()
     sync()
@@ -136,7 +137,7 @@ def copy_bandwidth(device, nbytes=None):
     nbytes = nbytes or (1 << 30 if device == "cuda" else 64 << 20)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    seconds = _median_seconds(lambda: dst.copy_(src), device)
+    seconds = median_seconds(lambda: dst.copy_(src), device)
     return 2 * src.numel() * 4 / seconds
 
 
@@ -147,5 +148,5 @@ def matmul_flops(device, dtype=torch.float32, n=None):
         dtype = torch.float32  # CPU half matmuls are not the peak the ops are held to
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = _median_seconds(lambda: a @ b, device)
+    seconds = median_seconds(lambda: a @ b, device)
     return 2 * n ** 3 / seconds
