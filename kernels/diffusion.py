@@ -37,14 +37,17 @@ def _load_index(ptr, value, FROM_PTR: tl.constexpr):
 # -- add_noise / get_velocity: out = c_a[b] * a + c_b[b] * b ------------------------------------
 
 @jit
-def _mix_by_timestep_kernel(a_ptr, b_ptr, t_ptr, table_ptr, out_ptr, n, cols, t_stride,
+def _mix_by_timestep_kernel(a_ptr, b_ptr, t_ptr, table_ptr, out_ptr, n, cols, t_stride, table_len,
                             VELOCITY: tl.constexpr, BLOCK: tl.constexpr):
     math_t = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < n
     row = idx // cols
     t = tl.load(t_ptr + row * t_stride, mask=mask, other=0).to(tl.int64)
-    abar = tl.load(table_ptr + t, mask=mask, other=1.0).to(math_t)
+    # device timesteps are not range-checked on the host (a sync): one outside the table reads
+    # nothing and gives NaN, as the reference and the CUDA kernel do
+    t_ok = (t >= 0) & (t < table_len)
+    abar = tl.load(table_ptr + t, mask=mask & t_ok, other=float("nan")).to(math_t)
     sa = tl.sqrt(abar)
     sb = tl.sqrt(1.0 - abar)
     a = tl.load(a_ptr + idx, mask=mask, other=0.0).to(math_t)
@@ -67,7 +70,7 @@ def _mix(a, b, timesteps, table, velocity):
     t_stride = 0 if timesteps.numel() == 1 else 1
     grid = (triton_cdiv(n, _BLOCK),)
     _mix_by_timestep_kernel[grid](a, b, timesteps.reshape(-1).contiguous(), table.contiguous(), out,
-                                  n, cols, t_stride, VELOCITY=velocity, BLOCK=_BLOCK)
+                                  n, cols, t_stride, table.shape[0], VELOCITY=velocity, BLOCK=_BLOCK)
     return out
 
 
@@ -169,7 +172,10 @@ def _denoise_step_kernel(m_ptr, u_ptr, x_ptr, noise_ptr, t_ptr, t_value, table_p
         x0 = tl.minimum(tl.maximum(x0, -s), s) / s
     elif CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip_range), clip_range)
-    prev = A * x0 + B * x + C * m
+    if DDPM or USE_CLIPPED:  # C = 0 by construction: no 0 * m term (0 * inf = NaN after clipping)
+        prev = A * x0 + B * x
+    else:
+        prev = A * x0 + B * x + C * m
     if GEN_NOISE:  # in-kernel noise: element idx gets randn(seed, seed_offset + idx), any tiling
         seed = _load_index(seed_ptr, seed_value, SEED_FROM_PTR)
         z = tl.randn(seed, seed_offset + idx).to(math_t)

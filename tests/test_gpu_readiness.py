@@ -125,9 +125,10 @@ def test_fp32_dot_precision_follows_torch():
                                             pytest.param(("cuda", "cuda"), marks=pytest.mark.gpu)],
                          ids=lambda p: "-".join(p))
 def test_decode_lengths_past_the_cache(device_backend):
-    """cache_seqlens beyond the cache length: keys past the cache do not exist, queries keep
-    their positions (bottom-right aligned); the same on every backend (the Triton kernel read
-    past the cache before)."""
+    """cache_seqlens beyond the cache length: an error for host tensors; on a GPU (not read on
+    the host: a sync) keys past the cache do not exist, queries keep their positions
+    (bottom-right aligned), the same on every backend (the Triton kernel read past the cache
+    before)."""
     device, backend = device_backend
     require_backend("decode_attention", device, backend)
     g = torch.Generator().manual_seed(3)
@@ -135,6 +136,10 @@ def test_decode_lengths_past_the_cache(device_backend):
     k = torch.randn(3, 1, 70, 32, generator=g).to(device)
     v = torch.randn(3, 1, 70, 32, generator=g).to(device)
     lens = torch.tensor([70, 75, 400], device=device)
+    if device == "cpu":
+        with pytest.raises(ValueError, match=r"cache_seqlens must be in \[0, 71\), got 400"):
+            fastgen.ops.decode_attention(q, k, v, lens, backend=backend)
+        return
     out = fastgen.ops.decode_attention(q, k, v, lens, backend=backend)
     ref = reference.decode_attention(q, k, v, lens)
     assert_close(out, ref, dtype=torch.float32, backend=backend)

@@ -182,7 +182,7 @@ def test_bad_inputs_name_the_argument():
         fastgen.ops.flash_attention(q, k, k, key_padding_mask=torch.zeros(1, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="head dim must be in"):
         fastgen.ops.flash_attention(torch.randn(1, 1, 2, 300), torch.randn(1, 1, 2, 300), torch.randn(1, 1, 2, 300))
-    with pytest.raises(ValueError, match="scale must be positive"):
+    with pytest.raises(ValueError, match="scale must be a finite positive number"):
         fastgen.ops.flash_attention(q, k, k, scale=-1.0)
     from fastgen.kernels import attention as triton_attention
 

@@ -4,6 +4,7 @@
 // device; the CUDA kernels add their own limits (head dim, unit last stride) on top.
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <optional>
 
 #include "common/checks.h"
@@ -32,6 +33,7 @@ inline void check_attention(const at::Tensor& q, const at::Tensor& k, const at::
 inline void check_attention_options(const at::Tensor& q, const at::Tensor& k,
                                     const std::optional<at::Tensor>& key_padding_mask, double dropout_p,
                                     const std::optional<at::Tensor>& seed) {
+  TORCH_CHECK_VALUE(dropout_p >= 0 && dropout_p <= 1, "fastgen: dropout_p must be in [0, 1], got ", dropout_p);
   if (key_padding_mask.has_value()) {
     const auto& m = *key_padding_mask;
     TORCH_CHECK_VALUE(m.scalar_type() == at::kBool && m.dim() == 2 && m.size(0) == q.size(0) &&
@@ -63,6 +65,12 @@ inline void check_attention_backward(const at::Tensor& grad_out, const at::Tenso
   per_row(lse, "lse");
 }
 
+// scale = None (1 / sqrt(Dh)) or a finite positive number.
+inline void check_scale(const std::optional<double>& scale) {
+  TORCH_CHECK_VALUE(!scale.has_value() || (*scale > 0 && *scale < std::numeric_limits<double>::infinity()),
+                    "fastgen: scale must be a finite positive number, got ", *scale);
+}
+
 inline void check_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                          const at::Tensor& cache_seqlens) {
   check_attention(q, k_cache, v_cache, "k_cache", "v_cache");
@@ -71,6 +79,13 @@ inline void check_decode(const at::Tensor& q, const at::Tensor& k_cache, const a
                     "fastgen: cache_seqlens must be an int32/int64 tensor of shape (", q.size(0), ",), got ",
                     cache_seqlens.scalar_type(), " of shape ", cache_seqlens.sizes());
   check_same_device(q, "q", cache_seqlens, "cache_seqlens");
+  // lengths in [0, Lmax]: checked for host tensors only (on a GPU reading them would be a sync)
+  if (cache_seqlens.device().is_cpu() && cache_seqlens.numel() > 0) {
+    const auto [lo_t, hi_t] = at::aminmax(cache_seqlens);
+    const int64_t lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>(), lmax = k_cache.size(2);
+    TORCH_CHECK_VALUE(lo >= 0 && hi <= lmax, "fastgen: cache_seqlens must be in [0, ", lmax + 1, "), got ",
+                      lo < 0 ? lo : hi);
+  }
 }
 
 }  // namespace fastgen

@@ -10,7 +10,7 @@
 //   diffusers' division, which clipping then bounds, instead of inf - inf = NaN)
 //   eps  = EX x + EM m           (the noise the prediction implies, before any clipping)
 //   x0  <- clamp(x0, -s, s) / s  (dynamic threshold, per sample) or clamp(x0, -r, r) (clip)
-//   prev = A x0 + B x + C m + D noise
+//   prev = A x0 + B x + C m + D noise  (no C m term where C = 0 by construction: uses_m)
 // DDPM (posterior q(x_prev | x_t, x0)): alpha = a / a_prev, beta = 1 - alpha,
 //   A = sqrt(a_prev) beta / (1-a), B = sqrt(alpha) (1-a_prev) / (1-a), C = 0,
 //   D = std for t > 0 else 0, std from variance_type (posterior variance clamped at 1e-20, or beta).
@@ -34,6 +34,9 @@ FASTGEN_HD double dlog(double x) { return ::log(x); }
 template <typename T>
 struct StepCoeffs {
   T X, M, S, A, B, C, D;
+  // C m is left out where C is 0 by construction (DDPM; DDIM with use_clipped_model_output), as
+  // the reference has no such term: 0 * inf would turn an infinite m that clipping bounded into NaN.
+  bool uses_m;
 };
 
 template <typename T>
@@ -41,6 +44,7 @@ FASTGEN_HD StepCoeffs<T> denoise_coeffs(bool ddpm, int prediction, int variance,
                                         long long t, T eta, bool use_clipped) {
   const T b = T(1) - a, sa = dsqrt(a), sb = dsqrt(b);
   StepCoeffs<T> c;
+  c.uses_m = !ddpm && !use_clipped;
   T EX, EM;
   if (prediction == kEpsilon) {
     c.X = T(1); c.M = -sb; c.S = T(1) / sa; EX = T(0); EM = T(1);

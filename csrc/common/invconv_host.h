@@ -9,11 +9,42 @@
 #include <ATen/ATen.h>
 
 #include <tuple>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/flow_host.h"
 
 namespace fastgen {
+
+// W = P L U must be invertible: perm a permutation matrix, sign +-1 (diag(U) = sign * exp(log_s)).
+// Host tensors only: on a GPU reading the values would be a sync. Same words as fastgen/ops/flow.py.
+inline void check_invconv_values(const at::Tensor& perm, const at::Tensor& sign) {
+  if (!perm.device().is_cpu() || !sign.device().is_cpu()) return;
+  const auto s = sign.to(at::kDouble).contiguous(), p = perm.to(at::kDouble).contiguous();
+  const double* ps = s.const_data_ptr<double>();
+  const int64_t c = s.numel();
+  for (int64_t i = 0; i < c; ++i)
+    TORCH_CHECK_VALUE(ps[i] == 1 || ps[i] == -1, "fastgen: sign must hold +1 or -1 (the signs of W's diagonal), got ",
+                      ps[i], " at channel ", i);
+  const double* pp = p.const_data_ptr<double>();
+  std::vector<int64_t> col_ones(c, 0);
+  bool ok = true;
+  for (int64_t i = 0; i < c; ++i) {
+    int64_t row_ones = 0;
+    for (int64_t j = 0; j < c; ++j) {
+      const double v = pp[i * c + j];
+      if (v == 1) {
+        ++row_ones;
+        ++col_ones[j];
+      } else if (v != 0) {
+        ok = false;
+      }
+    }
+    ok = ok && row_ones == 1;
+  }
+  for (int64_t j = 0; j < c; ++j) ok = ok && col_ones[j] == 1;
+  TORCH_CHECK_VALUE(ok, "fastgen: perm must be a permutation matrix (0/1 entries, one 1 in each row and column)");
+}
 
 inline void check_invconv(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lower,
                           const at::Tensor& upper, const at::Tensor& sign, const at::Tensor& log_s) {
@@ -37,6 +68,7 @@ inline void check_invconv(const at::Tensor& x, const at::Tensor& perm, const at:
   check_param(lower, "lower", true);
   check_param(upper, "upper", true);
   check_param(sign, "sign", false);
+  check_invconv_values(perm, sign);
 }
 
 inline void check_invconv_grads(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x) {

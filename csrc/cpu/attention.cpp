@@ -120,8 +120,12 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_dropout_cpu(const at::Tensor&
     const auto denom = e.sum(-1, true);
     const auto p = e / denom.clamp_min(std::numeric_limits<float>::min());
     lse.narrow(2, i0, rows).copy_(at::where(denom > 0, m + denom.log(), -inf).squeeze(-1));
-    const auto mult = dropout_multiplier(b * h, lq, i0, rows, lk, dropout_p, seed, q.options()).view(p.sizes());
-    out.narrow(2, i0, rows).copy_(at::matmul(p * mult, vm));
+    if (dropout_p > 0) {
+      const auto mult = dropout_multiplier(b * h, lq, i0, rows, lk, dropout_p, seed, q.options()).view(p.sizes());
+      out.narrow(2, i0, rows).copy_(at::matmul(p * mult, vm));
+    } else {
+      out.narrow(2, i0, rows).copy_(at::matmul(p, vm));
+    }
   }
   return {out.to(q.scalar_type()).contiguous(), lse};
 }
@@ -165,6 +169,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q_in, c
                                                        double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_attention(q_in, k_in, v_in);
   check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
+  check_scale(scale);
   const auto q = head_dim_contiguous(q_in), k = head_dim_contiguous(k_in), v = head_dim_contiguous(v_in);
   const int64_t group = q.size(1) / k.size(1);
   const auto math = opmath_dtype(q.scalar_type());
@@ -172,9 +177,12 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q_in, c
     return {at::zeros(q.sizes(), q.options()),
             at::full({q.size(0), q.size(1), q.size(2)}, -std::numeric_limits<double>::infinity(), q.options().dtype(math))};
   }
-  if (dropout_p > 0) {
+  // torch's CPU kernel gives a query whose scores are NaN out 0 and lse 0; the blocked math path
+  // propagates the NaN as the reference does (one pass over q and k to find such input)
+  if (dropout_p > 0 || at::isnan(q).any().item<bool>() || at::isnan(k).any().item<bool>()) {
     const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-    return flash_attention_dropout_cpu(q, k, v, causal, s, key_padding_mask, dropout_p, seed_value(seed));
+    return flash_attention_dropout_cpu(q, k, v, causal, s, key_padding_mask, dropout_p,
+                                       dropout_p > 0 ? seed_value(seed) : 0);
   }
   auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(
       q, expand_heads(k, group), expand_heads(v, group), 0.0, causal, additive_mask(key_padding_mask, q), scale);
@@ -191,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
     const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_attention(q_in, k_in, v_in);
   check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
+  check_scale(scale);
   check_attention_backward(grad_out, grad_lse, q_in, out, lse);
   const auto q = head_dim_contiguous(q_in), k = head_dim_contiguous(k_in), v = head_dim_contiguous(v_in);
   const int64_t group = q.size(1) / k.size(1);
@@ -231,6 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
 at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& cache_seqlens, c10::optional<double> scale) {
   check_decode(q, k_cache, v_cache, cache_seqlens);
+  check_scale(scale);
   const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3);
   const int64_t hkv = k_cache.size(1), lmax = k_cache.size(2), group = h / hkv, rows = group * lq;
   if (q.numel() == 0 || lmax == 0) return at::zeros(q.sizes(), q.options());

@@ -204,7 +204,8 @@ void denoise_span(const scalar_t* m, const scalar_t* u, const scalar_t* x, const
       VecM x0 = (vX * vx[p] + vM * vm[p]) * vS;
       if constexpr (kLimit == kClip) x0 = at::vec::clamp(x0, lo, hi);
       if constexpr (kLimit == kThreshold) x0 = at::vec::clamp(x0, lo, hi) / hi;
-      VecM out = vA * x0 + vB * vx[p] + vC * vm[p];
+      VecM out = vA * x0 + vB * vx[p];
+      if (c.uses_m) out = out + vC * vm[p];
       if constexpr (kNoise) out = out + vD * vz[p];
       p0[p] = x0;
       pp[p] = out;
@@ -222,7 +223,8 @@ void denoise_span(const scalar_t* m, const scalar_t* u, const scalar_t* x, const
     opmath_t x0 = (c.X * xx + c.M * xm) * c.S;
     if constexpr (kLimit == kClip) x0 = clamp_range(x0, -bound, bound);
     if constexpr (kLimit == kThreshold) x0 = clamp_range(x0, -bound, bound) / bound;
-    opmath_t out = c.A * x0 + c.B * xx + c.C * xm;
+    opmath_t out = c.A * x0 + c.B * xx;
+    if (c.uses_m) out += c.C * xm;
     if constexpr (kNoise) out += c.D * static_cast<opmath_t>(z[i]);
     prev[i] = static_cast<scalar_t>(out);
     x0_out[i] = static_cast<scalar_t>(x0);

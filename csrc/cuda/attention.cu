@@ -272,6 +272,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
                                                         double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_attention(q_in, k_in, v_in);
   check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
+  check_scale(scale);
   const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
@@ -308,6 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
     const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_attention(q_in, k_in, v_in);
   check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
+  check_scale(scale);
   check_attention_backward(grad_out, grad_lse, q_in, out, lse);
   const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
@@ -347,6 +349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
 at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                  const at::Tensor& cache_seqlens, c10::optional<double> scale) {
   check_decode(q_in, k_in, v_in, cache_seqlens);
+  check_scale(scale);
   const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);

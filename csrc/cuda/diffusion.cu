@@ -108,10 +108,12 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 mix_kernel(const scalar_t* __restrict__ first, const scalar_t* __restrict__ noise,
            const int64_t* __restrict__ timesteps, int64_t t_stride, const acc_t* __restrict__ table,
-           scalar_t* __restrict__ out, int64_t n, int64_t cols, bool velocity) {
+           scalar_t* __restrict__ out, int64_t n, int64_t cols, int64_t table_len, bool velocity) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const acc_t a = table[timesteps[(i / cols) * t_stride]];
+    // device timesteps are not range-checked on the host (a sync): out of range reads nothing, gives NaN
+    const int64_t ti = timesteps[(i / cols) * t_stride];
+    const acc_t a = ti >= 0 && ti < table_len ? table[ti] : static_cast<acc_t>(NAN);
     const acc_t sa = dsqrt(a), sb = dsqrt(acc_t(1) - a);
     const acc_t f = static_cast<acc_t>(first[i]), z = static_cast<acc_t>(noise[i]);
     out[i] = static_cast<scalar_t>(velocity ? sa * z - sb * f : sa * f + sb * z);
@@ -144,7 +146,7 @@ at::Tensor mix_cuda(const at::Tensor& first_in, const at::Tensor& noise_in, cons
     mix_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
         first.const_data_ptr<scalar_t>(), noise.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
         t.numel() == 1 ? 0 : 1, table.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n,
-        n / rows, velocity);
+        n / rows, table.size(0), velocity);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -200,7 +202,8 @@ denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ u, a
     } else if (cfg.clip) {
       x0 = clamp_range(x0, -clip_range, clip_range);
     }
-    acc_t out = c.A * x0 + c.B * vx + c.C * vm;
+    acc_t out = c.A * x0 + c.B * vx;
+    if (c.uses_m) out += c.C * vm;
     if (kNoise == 1) out += c.D * static_cast<acc_t>(z[i]);
     if (kNoise == 2) out += c.D * static_cast<acc_t>(philox::randn(key, static_cast<uint64_t>(seed_offset + i)));
     prev[i] = static_cast<scalar_t>(out);

@@ -39,3 +39,18 @@ def per_sample(ref_name, ref, name, t):
         raise ValueError(f"fastgen: {name} must have shape ({ref.shape[0]},), got {tuple(t.shape)}")
     if t.device != ref.device:
         raise ValueError(f"fastgen: {name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def host_readable(t):
+    """True when t's values can be read here for free: a real CPU tensor (not a fake or
+    functional tensor being traced, and no device tensor, which would cost a host sync)."""
+    return type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu"
+
+
+def in_range(name, t, low, high):
+    """Every value of the integer tensor t lies in [low, high) (checked where host_readable)."""
+    if t.numel() and host_readable(t):
+        lo, hi = t.aminmax()
+        lo, hi = int(lo), int(hi)
+        if lo < low or hi >= high:
+            raise ValueError(f"fastgen: {name} must be in [{low}, {high}), got {lo if lo < low else hi}")

@@ -32,8 +32,8 @@ def _check(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0
             raise TypeError(f"fastgen: {name} has dtype {t.dtype} but q has {q.dtype}")
         if t.device != q.device:
             raise ValueError(f"fastgen: {name} is on {t.device} but q is on {q.device}")
-    if scale is not None and not scale > 0:
-        raise ValueError(f"fastgen: scale must be positive, got {scale}")
+    if scale is not None and not 0 < scale < float("inf"):
+        raise ValueError(f"fastgen: scale must be a finite positive number, got {scale}")
     if key_padding_mask is not None:
         _checks.tensor("key_padding_mask", key_padding_mask)
         if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (b, k.shape[2]):
@@ -42,8 +42,7 @@ def _check(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0
                              f"{tuple(key_padding_mask.shape)}")
         if key_padding_mask.device != q.device:
             raise ValueError(f"fastgen: key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
-    if not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"fastgen: dropout_p must be in [0, 1], got {dropout_p}")
+    _check_dropout_p(dropout_p)
     if dropout_p > 0:
         if seed is None:
             raise ValueError("fastgen: dropout_p > 0 needs a seed (an int64 tensor with one value)")
@@ -53,6 +52,11 @@ def _check(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0
                              f"shape {tuple(seed.shape)}")
         if seed.device != q.device:
             raise ValueError(f"fastgen: seed is on {seed.device} but q is on {q.device}")
+
+
+def _check_dropout_p(dropout_p):
+    if not 0.0 <= dropout_p <= 1.0:  # NaN too
+        raise ValueError(f"fastgen: dropout_p must be in [0, 1], got {dropout_p}")
 
 
 def _fake(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, seed=None):
@@ -142,6 +146,7 @@ def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, dr
         passes without atomics, so it is deterministic.
     """
     dropout_p = float(dropout_p)
+    _check_dropout_p(dropout_p)  # before the no-dropout shortcut below drops it
     seed = _dropout_seed(q, dropout_p, generator, seed)
     if seed is None:  # the schema's defaults: the same op call as before dropout existed
         return _op(q, k, v, bool(causal), None if scale is None else float(scale), key_padding_mask,
@@ -172,6 +177,7 @@ def _check_decode(q, k_cache, v_cache, cache_seqlens, scale=None):
                          f"{cache_seqlens.dtype} of shape {tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != q.device:
         raise ValueError(f"fastgen: cache_seqlens is on {cache_seqlens.device} but q is on {q.device}")
+    _checks.in_range("cache_seqlens", cache_seqlens, 0, k_cache.shape[2] + 1)
 
 
 def _fake_decode(q, k_cache, v_cache, cache_seqlens, scale=None):
@@ -197,28 +203,50 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None, *, backend=
         scale: default 1/sqrt(Dh).
 
     Query i of sequence b sits at position cache_seqlens[b] - Lq + i and sees keys up to its own.
-    A length past the cache (cache_seqlens[b] > Lmax) is not checked (that would be a host sync):
-    every backend then reads the Lmax keys there are, with the queries at the positions the
-    length gives; a query that sees no key returns 0.
+    A length outside [0, Lmax] raises a ValueError for CPU tensors. On CUDA tensors it is not
+    checked (that would be a host sync): the kernels then read only the Lmax keys there are, with
+    the queries at the positions the length gives; a query that sees no key returns 0.
     Triton splits the keys over programs ("flash-decoding") and merges the partial softmaxes.
     """
     return _decode(q, k_cache, v_cache, cache_seqlens, None if scale is None else float(scale), backend=backend)
 
 
-@torch.no_grad()
-def kv_cache_append(k_cache, v_cache, cache_seqlens, k_new, v_new):
-    """Write k_new, v_new (B, Hkv, T, Dh) into the caches at positions cache_seqlens[b] + t and
-    advance cache_seqlens by T, all in place and on the device (no host sync). The caller keeps
-    cache_seqlens + T <= Lmax (positions past the end are an error on CPU)."""
+def _check_kv_append(k_cache, v_cache, cache_seqlens, k_new, v_new):
+    for name, t in (("k_new", k_new), ("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _checks.float_tensor(name, t)  # no silent cast of int / bool / complex values
+        if t.dim() != 4:
+            raise ValueError(f"fastgen: {name} must have shape (B, Hkv, {'T' if name.endswith('new') else 'Lmax'}, "
+                             f"Dh), got {tuple(t.shape)}")
     b, hkv, t, d = k_new.shape
     if k_cache.shape[:2] != (b, hkv) or k_cache.shape[3] != d or v_cache.shape != k_cache.shape:
         raise ValueError(f"fastgen: k_cache/v_cache must have shape ({b}, {hkv}, Lmax, {d}), got "
                          f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     if v_new.shape != k_new.shape:
         raise ValueError(f"fastgen: v_new has shape {tuple(v_new.shape)} but k_new has {tuple(k_new.shape)}")
-    if cache_seqlens.device.type == "cpu" and t and int(cache_seqlens.max()) + t > k_cache.shape[2]:
-        raise ValueError(f"fastgen: appending {t} tokens overflows the cache (Lmax={k_cache.shape[2]}, "
-                         f"longest sequence {int(cache_seqlens.max())})")
+    _checks.tensor("cache_seqlens", cache_seqlens)
+    if cache_seqlens.dtype not in (torch.int32, torch.int64) or tuple(cache_seqlens.shape) != (b,):
+        raise ValueError(f"fastgen: cache_seqlens must be an int32/int64 tensor of shape ({b},), got "
+                         f"{cache_seqlens.dtype} of shape {tuple(cache_seqlens.shape)}")
+    for name, x in (("v_cache", v_cache), ("cache_seqlens", cache_seqlens), ("k_new", k_new), ("v_new", v_new)):
+        if x.device != k_cache.device:
+            raise ValueError(f"fastgen: {name} is on {x.device} but k_cache is on {k_cache.device}")
+    if t and _checks.host_readable(cache_seqlens):
+        lo, hi = (int(x) for x in cache_seqlens.aminmax())
+        if lo < 0:
+            raise ValueError(f"fastgen: cache_seqlens must be >= 0, got {lo}")
+        if hi + t > k_cache.shape[2]:
+            raise ValueError(f"fastgen: appending {t} tokens overflows the cache (Lmax={k_cache.shape[2]}, "
+                             f"longest sequence {hi})")
+
+
+@torch.no_grad()
+def kv_cache_append(k_cache, v_cache, cache_seqlens, k_new, v_new):
+    """Write k_new, v_new (B, Hkv, T, Dh) into the caches at positions cache_seqlens[b] + t and
+    advance cache_seqlens by T, all in place and on the device (no host sync). The caller keeps
+    0 <= cache_seqlens and cache_seqlens + T <= Lmax (checked for CPU tensors; on a GPU that
+    would be a host sync)."""
+    _check_kv_append(k_cache, v_cache, cache_seqlens, k_new, v_new)
+    b, hkv, t, d = k_new.shape
     pos = (cache_seqlens.long()[:, None] + torch.arange(t, device=k_new.device)[None, :])  # [B, T]
     index = pos[:, None, :, None].expand(b, hkv, t, d)
     k_cache.scatter_(2, index, k_new.to(k_cache.dtype))

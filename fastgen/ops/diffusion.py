@@ -78,6 +78,8 @@ def _check_mix(first_name):
         if timesteps.device != first.device:
             raise ValueError(f"fastgen: timesteps is on {timesteps.device} but {first_name} is on {first.device}")
         _check_table("alphas_cumprod", alphas_cumprod, first)
+        # host values here, like the cpu kernel; on a GPU the kernels give NaN for a t out of range
+        _checks.in_range("timesteps", timesteps, 0, alphas_cumprod.shape[0])
     return check
 
 

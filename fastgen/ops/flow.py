@@ -244,6 +244,24 @@ def _check_invconv(x, perm, lower, upper, sign, log_s, inverse=False):
             raise ValueError(f"fastgen: {name} is on {p.device} but x is on {x.device}")
     if not isinstance(inverse, bool):
         raise TypeError(f"fastgen: inverse must be a bool, got {type(inverse).__name__}")
+    _check_invconv_values(perm, sign)
+
+
+def _check_invconv_values(perm, sign):
+    """W = P L U must be invertible: P a permutation and diag(U) = sign * exp(log_s) nonzero.
+    Host tensors only (on a GPU reading the values would be a sync); the C++ check is the same."""
+    if _checks.host_readable(sign):
+        bad = ((sign != 1) & (sign != -1)).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            raise ValueError(f"fastgen: sign must hold +1 or -1 (the signs of W's diagonal), got "
+                             f"{float(sign[i]):g} at channel {i}")
+    if _checks.host_readable(perm) and perm.numel():
+        ones = perm == 1
+        if not (bool(((perm == 0) | ones).all()) and bool((ones.sum(0) == 1).all())
+                and bool((ones.sum(1) == 1).all())):
+            raise ValueError("fastgen: perm must be a permutation matrix (0/1 entries, one 1 in each "
+                             "row and column)")
 
 
 def _fake_invconv(x, perm, lower, upper, sign, log_s, inverse=False):

@@ -186,8 +186,11 @@ def flash_attention(q, k, v, causal=False, scale=None, key_padding_mask=None, dr
     valid = attention_valid(q.shape[2], k.shape[2], causal, key_padding_mask, q.device)
     s = s.masked_fill(~valid, float("-inf"))
     # softmax spelled out so that a query with no visible key gives 0 (and no NaN gradients)
-    m = s.amax(-1, keepdim=True).detach()
-    m = m.masked_fill(m == float("-inf"), 0)
+    if s.shape[-1]:
+        m = s.amax(-1, keepdim=True).detach()
+        m = m.masked_fill(m == float("-inf"), 0)
+    else:  # no keys (Lk = 0): every query sees nothing
+        m = s.new_zeros(s.shape[:-1] + (1,))
     e = torch.exp(s - m)
     denom = e.sum(-1, keepdim=True)
     tiny = torch.finfo(t).tiny
@@ -471,7 +474,11 @@ def _per_sample(values, like):
 
 def _timestep_alphas(timesteps, alphas_cumprod, like):
     t = math_dtype(like.dtype)
-    a = alphas_cumprod.to(t)[timesteps.to(alphas_cumprod.device).reshape(-1).long()]
+    i = timesteps.to(alphas_cumprod.device).reshape(-1).long()
+    n = alphas_cumprod.shape[0]
+    # a t outside [0, T) gives NaN (the op's check rejects host values first; device values are
+    # not read on the host, and the kernels give NaN for them too)
+    a = alphas_cumprod.to(t)[i.clamp(0, n - 1)].masked_fill((i < 0) | (i >= n), float("nan"))
     return _per_sample(a, like)
 
 

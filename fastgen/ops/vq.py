@@ -59,8 +59,8 @@ def vq_nearest(z, codebook, metric="l2", *, backend=None):
 
 def _check_quantize(z, codebook, beta=0.25, legacy=True):
     _check_nearest(z, codebook)
-    if not isinstance(beta, (int, float)) or beta != beta:
-        raise ValueError(f"fastgen: beta must be a real number, got {beta!r}")
+    if not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
+        raise ValueError(f"fastgen: beta must be a finite number >= 0, got {beta!r}")
 
 
 def _fake_quantize(z, codebook, beta=0.25, legacy=True):
@@ -189,6 +189,9 @@ def _check_ema(z, indices, cluster_size, embed_sum, decay=0.99, eps=1e-5):
     if embed_sum.shape[1] != z.shape[1]:
         raise ValueError(f"fastgen: embed_sum has D={embed_sum.shape[1]} but z has D={z.shape[1]}")
     _checks.float_tensor("cluster_size", cluster_size)
+    if cluster_size.dtype != embed_sum.dtype:
+        raise TypeError(f"fastgen: cluster_size has dtype {cluster_size.dtype} but embed_sum has "
+                        f"{embed_sum.dtype} (they must share one float dtype)")
     if cluster_size.shape != embed_sum.shape[:1]:
         raise ValueError(f"fastgen: cluster_size must have shape ({embed_sum.shape[0]},), got "
                          f"{tuple(cluster_size.shape)}")

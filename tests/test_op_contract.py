@@ -1,0 +1,268 @@
+"""The op contract: what every backend of an op must agree on.
+
+Bad input (issue 18's sweep): each case either raises the same clear error on every backend,
+naming the argument and what was expected, or returns the same values as the reference. The
+C++ entry points (the CPU kernels here; the CUDA ones share the host checks in csrc/common/)
+are also called directly, so their own words are checked, not only the Python layer's.
+"""
+import math
+
+import pytest
+import torch
+
+import fastgen
+from fastgen.ops import reference
+from fastgen.testing import assert_close
+
+from conftest import require_backend
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _native(name):
+    from fastgen import _ext
+    if _ext.NATIVE is None:
+        pytest.skip(_ext.NATIVE_ERROR)
+    return getattr(torch.ops.fastgen, f"{name}_native").default
+
+
+def _same_with_nan(got, want, backend, name):
+    """Equal where finite, and NaN / inf at the same places."""
+    assert torch.equal(got.isnan(), want.isnan()), f"{backend} {name}: NaN positions differ"
+    assert_close(got, want, dtype=torch.float32, backend=backend, name=name)
+
+
+# -- flash_attention -----------------------------------------------------------------------------
+
+def _qkv(lk=5):
+    g = torch.Generator().manual_seed(18)
+    return (torch.randn(1, 2, 3, 8, generator=g), torch.randn(1, 2, lk, 8, generator=g),
+            torch.randn(1, 2, lk, 8, generator=g))
+
+
+def test_flash_attention_nan_in_q_propagates(device_backend):
+    device, backend = device_backend
+    require_backend("flash_attention", device, backend)
+    if backend in ("cuda", "cuda_emu"):
+        pytest.xfail("the CUDA kernels' running max (fmax / s > m) skips NaN scores: out 0, lse -inf "
+                     "for a NaN query; csrc/cuda/attention*.cu (issue 17 was editing them), see issue 18's note")
+    q, k, v = (t.to(device) for t in _qkv())
+    q[0, 0, 1, 2] = NAN
+    out, lse = fastgen.ops.flash_attention(q, k, v, backend=backend)
+    out_ref, lse_ref = reference.flash_attention(q, k, v)
+    assert out[0, 0, 1].isnan().all() and out[0, 1].isfinite().all()
+    _same_with_nan(out.cpu(), out_ref.cpu(), backend, "out")
+    _same_with_nan(lse.cpu(), lse_ref.cpu(), backend, "lse")
+
+
+@pytest.mark.parametrize("scale", [INF, NAN, 0.0, -1.0])
+def test_flash_attention_rejects_bad_scale(device_backend, scale):
+    device, backend = device_backend
+    require_backend("flash_attention", device, backend)
+    q, k, v = (t.to(device) for t in _qkv())
+    with pytest.raises(ValueError, match="fastgen: scale must be a finite positive number"):
+        fastgen.ops.flash_attention(q, k, v, scale=scale, backend=backend)
+    with pytest.raises(ValueError, match="fastgen: scale must be a finite positive number"):
+        fastgen.ops.decode_attention(q, k, v, torch.tensor([5], device=device), scale=scale, backend=backend)
+
+
+@pytest.mark.parametrize("dropout_p", [NAN, -0.1, 1.5])
+def test_flash_attention_rejects_bad_dropout_p(device_backend, dropout_p):
+    device, backend = device_backend
+    require_backend("flash_attention", device, backend)
+    q, k, v = (t.to(device) for t in _qkv())
+    with pytest.raises(ValueError, match=r"fastgen: dropout_p must be in \[0, 1\]"):
+        fastgen.ops.flash_attention(q, k, v, dropout_p=dropout_p, seed=1, backend=backend)
+
+
+def test_flash_attention_without_keys(device_backend):
+    """Lk = 0: every query sees no key, out 0 and lse -inf, the reference included."""
+    device, backend = device_backend
+    require_backend("flash_attention", device, backend)
+    q, k, v = (t.to(device) for t in _qkv(lk=0))
+    out, lse = fastgen.ops.flash_attention(q, k, v, backend=backend)
+    out_ref, lse_ref = reference.flash_attention(q, k, v)
+    assert (out == 0).all() and (lse == -INF).all()
+    assert torch.equal(out.cpu(), out_ref.cpu()) and torch.equal(lse.cpu(), lse_ref.cpu())
+
+
+def test_native_attention_checks_scale_dropout_and_lengths():
+    """The C++ entry points (host checks shared with the CUDA kernels) in the same words."""
+    fa, dec = _native("flash_attention"), _native("decode_attention")
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="fastgen: scale must be a finite positive number"):
+        fa(q, k, v, False, INF, None, 0.0, None)
+    with pytest.raises(ValueError, match=r"fastgen: dropout_p must be in \[0, 1\]"):
+        fa(q, k, v, False, None, None, NAN, None)
+    with pytest.raises(ValueError, match=r"fastgen: cache_seqlens must be in \[0, 6\), got 6"):
+        dec(q, k, v, torch.tensor([6]), None)
+
+
+# -- decode_attention ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [7, 2 ** 40, -1])
+def test_decode_attention_rejects_lengths_outside_the_cache(device_backend, bad):
+    device, backend = device_backend
+    require_backend("decode_attention", device, backend)
+    if device != "cpu":
+        pytest.skip("lengths on a GPU are not read on the host (a sync); see test_gpu_readiness")
+    q, kc = torch.randn(2, 2, 1, 8), torch.randn(2, 2, 6, 8)
+    with pytest.raises(ValueError, match=rf"fastgen: cache_seqlens must be in \[0, 7\), got {bad}"):
+        fastgen.ops.decode_attention(q, kc, kc, torch.tensor([bad, 3]), backend=backend)
+
+
+# -- add_noise / get_velocity ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["add_noise", "get_velocity"])
+@pytest.mark.parametrize("bad", [-1, 10, 2 ** 40])
+def test_timesteps_outside_the_table_raise(device_backend, op, bad):
+    device, backend = device_backend
+    require_backend(op, device, backend)
+    x, n = torch.randn(3, 4, device=device), torch.randn(3, 4, device=device)
+    table = torch.linspace(0.99, 0.1, 10, device=device)
+    if device != "cpu":
+        pytest.skip("device timesteps are not read on the host: NaN there (test_device_timesteps_out_of_range)")
+    with pytest.raises(ValueError, match=rf"fastgen: timesteps must be in \[0, 10\), got {bad}"):
+        getattr(fastgen.ops, op)(x, n, torch.tensor([0, bad, 1]), table, backend=backend)
+
+
+@pytest.mark.parametrize("velocity", [False, True])
+def test_device_timesteps_out_of_range_give_nan(velocity):
+    """Where timesteps are not read on the host (a GPU), the kernels read nothing out of the table
+    and give NaN for those rows, as the reference does. The Triton launcher is called directly
+    (the op's check rejects these host values first)."""
+    from fastgen.kernels import _compat
+    from fastgen.kernels import diffusion as triton_diffusion
+    if _compat.TRITON_ERROR or not _compat.INTERPRET:
+        pytest.skip("needs the Triton interpreter")
+    x, n = torch.randn(4, 5), torch.randn(4, 5)
+    table = torch.linspace(0.99, 0.1, 10)
+    t = torch.tensor([0, -1, 10, 2 ** 40])
+    name = "get_velocity" if velocity else "add_noise"
+    got = getattr(triton_diffusion, name)(x, n, t, table)
+    want = getattr(reference, name)(x, n, t, table)
+    assert got[1:].isnan().all() and got[0].isfinite().all()
+    _same_with_nan(got, want, "triton", name)
+
+
+# -- ddpm_step -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["ddpm_step", "ddim_step"])
+def test_step_with_infinite_model_output_and_clipping(device_backend, op):
+    """clip_sample bounds the x0 an infinite model output implies (torch.clamp(inf) is finite),
+    so the DDPM mean is finite, as in diffusers; every backend gives the reference's values."""
+    device, backend = device_backend
+    require_backend(op, device, backend)
+    g = torch.Generator().manual_seed(1)
+    mo, s = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
+    mo[0, 0], mo[1, 2] = INF, -INF
+    ac = torch.linspace(0.99, 0.1, 10)
+    acp = torch.cat([torch.ones(1), ac[:-1]])
+    mo, s, ac, acp = (t.to(device) for t in (mo, s, ac, acp))
+    prev, x0 = getattr(fastgen.ops, op)(mo, s, 5, ac, acp, clip_sample=True, backend=backend)
+    prev_ref, x0_ref = getattr(fastgen.ops, op)(mo, s, 5, ac, acp, clip_sample=True, backend="reference")
+    assert x0.abs().max() <= 1
+    if op == "ddpm_step":
+        assert prev.isfinite().all()
+    _same_with_nan(prev.cpu(), prev_ref.cpu(), backend, "prev_sample")
+    _same_with_nan(x0.cpu(), x0_ref.cpu(), backend, "pred_original_sample")
+
+
+# -- kv_cache_append -------------------------------------------------------------------------------
+
+def _cache():
+    return torch.zeros(2, 2, 6, 4), torch.zeros(2, 2, 6, 4), torch.tensor([1, 2])
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64], ids=str)
+def test_kv_cache_append_rejects_non_float_values(dtype):
+    kc, vc, lens = _cache()
+    new = torch.ones(2, 2, 1, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=f"fastgen: k_new must be float16, bfloat16, float32 or float64, got {dtype}"):
+        fastgen.ops.kv_cache_append(kc, vc, lens, new, torch.ones(2, 2, 1, 4))
+    assert (kc == 0).all() and lens.tolist() == [1, 2]
+
+
+def test_kv_cache_append_rejects_bad_rank_and_lengths():
+    kc, vc, lens = _cache()
+    with pytest.raises(ValueError, match=r"fastgen: k_new must have shape \(B, Hkv, T, Dh\), got \(2, 1, 4\)"):
+        fastgen.ops.kv_cache_append(kc, vc, lens, torch.ones(2, 1, 4), torch.ones(2, 1, 4))
+    with pytest.raises(ValueError, match=r"fastgen: k_cache must have shape \(B, Hkv, Lmax, Dh\)"):
+        fastgen.ops.kv_cache_append(kc[0], vc, lens, torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4))
+    with pytest.raises(ValueError, match="fastgen: cache_seqlens must be >= 0, got -3"):
+        fastgen.ops.kv_cache_append(kc, vc, torch.tensor([-3, 0]), torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4))
+    with pytest.raises(ValueError, match=r"fastgen: cache_seqlens must be an int32/int64 tensor of shape \(2,\)"):
+        fastgen.ops.kv_cache_append(kc, vc, torch.tensor([1.0, 2.0]), torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4))
+    assert (kc == 0).all() and lens.tolist() == [1, 2]
+
+
+# -- invertible_conv1x1 ----------------------------------------------------------------------------
+
+def _invconv(device, c=3):
+    x = torch.randn(2, c, 2, 2, device=device)
+    eye = torch.eye(c, device=device)
+    return x, eye[[2, 0, 1]], eye.clone(), torch.zeros(c, c, device=device), torch.ones(c, device=device), \
+        torch.zeros(c, device=device)
+
+
+@pytest.mark.parametrize("case", ["sign0", "sign_half", "perm_ones", "perm_scaled", "perm_repeated_row"])
+def test_invconv_rejects_singular_or_non_permutation(device_backend, case):
+    device, backend = device_backend
+    require_backend("invertible_conv1x1", device, backend)
+    if device != "cpu":
+        pytest.skip("perm / sign values on a GPU are not read on the host (a sync)")
+    x, perm, lower, upper, sign, log_s = _invconv(device)
+    if case.startswith("sign"):
+        sign[1] = 0.0 if case == "sign0" else 0.5
+        match = r"fastgen: sign must hold \+1 or -1 \(the signs of W's diagonal\), got (0|0\.5) at channel 1"
+    else:
+        perm = {"perm_ones": torch.ones(3, 3), "perm_scaled": 0.5 * torch.eye(3),
+                "perm_repeated_row": torch.eye(3)[[0, 0, 1]]}[case].to(device)
+        match = r"fastgen: perm must be a permutation matrix \(0/1 entries, one 1 in each row and column\)"
+    for inverse in (False, True):
+        with pytest.raises(ValueError, match=match):
+            fastgen.ops.invertible_conv1x1(x, perm, lower, upper, sign, log_s, inverse, backend=backend)
+    if backend == "cpu":  # the C++ entry point itself, in the same words
+        with pytest.raises(ValueError, match=match):
+            _native("invertible_conv1x1")(x, perm, lower, upper, sign, log_s, False)
+
+
+def test_invconv_takes_a_real_permutation_and_signs():
+    x, perm, lower, upper, sign, log_s = _invconv("cpu")
+    sign[0] = -1
+    y, _ = fastgen.ops.invertible_conv1x1(x, perm, lower, upper, sign, log_s)
+    y_ref, _ = reference.invertible_conv1x1(x, perm, lower, upper, sign, log_s)
+    assert_close(y, y_ref)
+
+
+# -- vector quantization ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("beta", [-0.5, NAN, INF])
+def test_vq_quantize_rejects_bad_beta(device_backend, beta):
+    device, backend = device_backend
+    require_backend("vq_quantize", device, backend)
+    z, cb = torch.randn(5, 3, device=device), torch.randn(4, 3, device=device)
+    with pytest.raises(ValueError, match="fastgen: beta must be a finite number >= 0"):
+        fastgen.ops.vq_quantize(z, cb, beta=beta, backend=backend)
+
+
+def test_vq_ema_update_rejects_buffer_dtype_mismatch(device_backend):
+    device, backend = device_backend
+    require_backend("vq_ema_update", device, backend)
+    z, idx = torch.randn(5, 3, device=device), torch.tensor([0, 1, 2, 3, 0], device=device)
+    cluster_size = torch.ones(4, dtype=torch.float64, device=device)
+    embed_sum = torch.randn(4, 3, device=device)
+    before = embed_sum.clone()
+    with pytest.raises(TypeError, match="fastgen: cluster_size has dtype torch.float64 but embed_sum has torch.float32"):
+        fastgen.ops.vq_ema_update(z, idx, cluster_size, embed_sum, backend=backend)
+    assert torch.equal(embed_sum, before) and (cluster_size == 1).all()
+
+
+def test_bad_input_errors_are_one_line():
+    """A sample of the messages above: fastgen's own words, one line, no torch internals."""
+    q, k, v = _qkv()
+    for call in (lambda: fastgen.ops.flash_attention(q, k, v, scale=math.inf),
+                 lambda: fastgen.ops.kv_cache_append(*_cache(), torch.ones(2, 1, 4), torch.ones(2, 1, 4))):
+        with pytest.raises((ValueError, TypeError)) as info:
+            call()
+        assert str(info.value).startswith("fastgen: ") and "\n" not in str(info.value)
