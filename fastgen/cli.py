@@ -111,6 +111,8 @@ def build_parser(bench_arguments: bool = True) -> argparse.ArgumentParser:
     """The CLI's parser. The bench's own options need fastgen.bench (and torch.utils.benchmark)
     imported; other commands build the parser without them (`fastgen info` stays fast)."""
     parser = argparse.ArgumentParser(prog="fastgen", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of every error, user errors included")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, device, and which backends are live per op")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -165,13 +167,15 @@ def main(argv=None) -> int:
     args = build_parser(bench_arguments=argv[:1] == ["bench"]).parse_args(argv)
     if getattr(args, "device", "unset") is None:
         args.device = _device_default()
+    from fastgen.errors import UserError
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
-        if args.command in ("train", "sample", "eval"):  # user errors: one line, no traceback
-            print(f"fastgen {args.command}: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except UserError as exc:  # what the user asked for: one line; anything else keeps its traceback
+        if args.debug:
+            raise
+        print(f"fastgen {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ import torch.distributed as dist
 
 from . import data as fdata
 from . import plotting
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, RunLock, load_checkpoint,  # noqa: F401
+                         load_optimizer_states, save_checkpoint, write_atomic)
+from .errors import BadArgument, BadOption, MissingFile, OutputExists, UserError
 from .models import DataSpec, get_model
-
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_NAME = "checkpoint.pt"
+from .models.base import model_from_checkpoint  # noqa: F401  (fastgen.train's API before checkpoint.py)
 
 
 # -- distributed --------------------------------------------------------------------------------
@@ -55,60 +56,6 @@ def parameter_digest(model) -> str:
     return h.hexdigest()
 
 
-# -- checkpoints --------------------------------------------------------------------------------
-
-def save_checkpoint(path, *, model, optimizer, step, run_config, history):
-    """`optimizer`: one optimizer, or a list (one state dict is stored as before; more as a list)."""
-    optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-    opt_states = [o.state_dict() for o in optimizers]
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "fastgen_version": __import__("fastgen").__version__,
-        "model": model.name,
-        "model_config": model.config,
-        "data_spec": model.data.to_dict(),
-        "run_config": run_config,
-        "step": step,
-        "model_state": model.state_dict(),
-        "optimizer_state": opt_states[0] if len(opt_states) == 1 else opt_states,
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "history": history,
-    }
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint
-
-
-def load_checkpoint(path, model_name=None, map_location="cpu"):
-    """The checkpoint dict; a clear error if it is missing, not fastgen's, or another model's."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable fastgen checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or "format" not in state or "model" not in state:
-        raise ValueError(f"{path} is not a fastgen checkpoint")
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} has checkpoint format {state['format']} (fastgen "
-                         f"{state.get('fastgen_version')}); this fastgen reads format {CHECKPOINT_FORMAT}")
-    if model_name is not None and state["model"] != model_name:
-        raise ValueError(f"{path} is a checkpoint of model {state['model']!r}, not {model_name!r}")
-    return state
-
-
-def load_optimizer_states(optimizers, state):
-    """Restore every optimizer from a checkpoint (a single state dict or a list of them)."""
-    saved = state["optimizer_state"]
-    saved = list(saved) if isinstance(saved, (list, tuple)) else [saved]
-    if len(saved) != len(optimizers):
-        raise ValueError(f"checkpoint holds {len(saved)} optimizer state(s), the model has "
-                         f"{len(optimizers)} optimizer(s)")
-    for opt, sd in zip(optimizers, saved):
-        opt.load_state_dict(sd)
-
-
 def _owns_step(model):
     return hasattr(model, "configure_optimizers") and hasattr(model, "training_step")
 
@@ -131,18 +78,9 @@ def _average_gradients_before_step(optimizer, world):
     optimizer.register_step_pre_hook(hook)
 
 
-def model_from_checkpoint(state, device="cpu"):
-    cls = get_model(state["model"])
-    model = cls(DataSpec(**{**state["data_spec"], "shape": tuple(state["data_spec"]["shape"])}),
-                **state["model_config"]).to(device)
-    model.load_state_dict(state["model_state"])
-    model.eval()
-    return model
-
-
 def _check_count(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise BadArgument(f"{name} must be an integer >= 1, got {value!r}")
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -155,15 +93,16 @@ def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu"
     untrained model (a baseline), which the CLI does not offer."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         # 0 evaluates the untrained model (the baseline the tests compare against); the CLI asks >= 1
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        raise BadArgument(f"steps must be an integer >= 0, got {steps!r}")
     _check_count("batch", batch)
     for name, every in (("log_every", log_every), ("ckpt_every", ckpt_every)):
         _check_count(name, every)
     if plot_every:
         _check_count("plot_every", plot_every)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    model_cls = get_model(model_name)
+        raise BadArgument(f"lr must be a finite number > 0, got {lr!r}")
+    with _user_input("model"):
+        model_cls = get_model(model_name)
     data_options, model_options = dict(data_options or {}), dict(model_options or {})
     out = out or os.path.join("runs", f"{model_name}-{data_name}")
     rank, world, device = _init_distributed(device)
@@ -173,11 +112,30 @@ def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu"
                   "seed": seed, "world_size": world, "data_options": data_options,
                   "model_options": model_options}
     if rank == 0:
-        _prepare_out_dir(out, ckpt_path, force=force, resume=resume)
+        _check_out_dir(out, ckpt_path, force=force, resume=resume)  # creates nothing yet
 
-    holdout = fdata.make(data_name, split="test", seed=seed, **data_options)
+    # names and options first: a typo must not leave an empty run folder behind
+    with _user_input(f"data {data_name!r}"):
+        holdout = fdata.make(data_name, split="test", seed=seed, **data_options)
     torch.manual_seed(seed)  # identical initial weights on every rank
-    model = model_cls(DataSpec.of(holdout), **model_options).to(device)
+    with _user_input(f"model {model_name!r}"):
+        model = model_cls(DataSpec.of(holdout), **model_options).to(device)
+    lock = _open_run_folder(out, ckpt_path, force=force, resume=resume) if rank == 0 else None
+    try:
+        return _fit(model, holdout, lr=lr, model_name=model_name, data_name=data_name,
+                    steps=steps, batch=batch, device=device, out=out, seed=seed, resume=resume,
+                    log_every=log_every, plot_every=plot_every, ckpt_every=ckpt_every,
+                    data_options=data_options, progress=progress, rank=rank, world=world,
+                    ckpt_path=ckpt_path, run_config=run_config)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(model, holdout, *, lr, model_name, data_name, steps, batch, device, out, seed,
+         resume, log_every, plot_every, ckpt_every, data_options, progress, rank, world, ckpt_path,
+         run_config):
+    """The training loop of `train`, in the locked run folder."""
     owns_step = _owns_step(model)
     optimizers = (list(model.configure_optimizers(lr)) if owns_step
                   else [torch.optim.Adam(model.parameters(), lr=lr)])
@@ -242,27 +200,60 @@ def train(model_name, data_name, *, steps=2000, batch=256, lr=1e-3, device="cpu"
         result["parameter_digests"] = digests
     if rank == 0:
         result["eval"] = model.evaluate(holdout, generator=torch.Generator(device).manual_seed(seed))
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        write_atomic(os.path.join(out, "metrics.json"), lambda f: f.write(json.dumps(result, indent=2).encode()))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return result
 
 
-def _prepare_out_dir(out, ckpt_path, *, force, resume):
+class _user_input:
+    """Turns a ValueError (or a missing file) raised while resolving `what` from the user's names
+    and options into a one-line user error; other exceptions, and anything raised later in
+    training, keep their type and traceback."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, UserError):
+            return False
+        if isinstance(exc, FileNotFoundError):
+            raise MissingFile(f"{self.what}: {exc}") from exc
+        if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):  # a model option
+            raise BadOption(f"{self.what}: {exc}") from exc
+        if isinstance(exc, ValueError):
+            raise BadArgument(f"{self.what}: {exc}" if self.what not in str(exc) else str(exc)) from exc
+        return False
+
+
+def _check_out_dir(out, ckpt_path, *, force, resume):
     if resume:
         if not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+            raise MissingFile(f"--resume: no checkpoint at {ckpt_path}")
         return
     if os.path.exists(ckpt_path) and not force:
-        raise FileExistsError(f"{out} already holds a run; pass --force to overwrite it or "
-                              f"--resume to continue it")
-    os.makedirs(out, exist_ok=True)
-    if force:
-        for name in os.listdir(out):
-            if name == CHECKPOINT_NAME or name == "metrics.json" or name.startswith("samples_"):
-                os.remove(os.path.join(out, name))
+        raise OutputExists(f"{out} already holds a run; pass --force to overwrite it or "
+                           f"--resume to continue it")
+
+
+def _open_run_folder(out, ckpt_path, *, force, resume):
+    """Create the run folder, check it is writable and lock it (RunLock); then, under the lock,
+    check it again (another run may have started) and clear an old run's files for --force."""
+    lock = RunLock(out)
+    try:
+        _check_out_dir(out, ckpt_path, force=force, resume=resume)
+        if force and not resume:
+            for name in os.listdir(out):
+                if name == CHECKPOINT_NAME or name == "metrics.json" or name.startswith("samples_"):
+                    os.remove(os.path.join(out, name))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _progress(it, *, enabled, **kwargs):
@@ -282,7 +273,7 @@ def sample(model_name, ckpt, *, n=64, out=None, seed=0, device="cpu", force=Fals
     model = model_from_checkpoint(state, device)
     out = out or os.path.join(os.path.dirname(os.path.abspath(ckpt)), f"sample_n{n}_seed{seed}.png")
     if os.path.exists(out) and not force:
-        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+        raise OutputExists(f"{out} exists; pass --force to overwrite it")
     samples = model.sample(n, generator=torch.Generator(device).manual_seed(seed)).cpu()
     reference = None
     if model.data.kind == "points2d":  # held-out points drawn lightly under the samples

@@ -12,6 +12,8 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import BadOption
+
 KINDS = ("points2d", "image", "binary", "sequence")
 SPLITS = ("train", "test")
 DATASETS = {}
@@ -99,12 +101,12 @@ class DatasetBuilder:
         unknown = [k for k in kwargs if k not in self.options]
         if unknown:
             valid = ", ".join(sorted(self.options)) or "(none)"
-            raise TypeError(f"dataset {self.name!r} got unknown option {unknown[0]!r}; "
+            raise BadOption(f"dataset {self.name!r} got unknown option {unknown[0]!r}; "
                             f"valid options: {valid}")
         opts = {k: kwargs.get(k, default) for k, default in self.options.items()}
         missing = [k for k, v in opts.items() if v is _REQUIRED]
         if missing:
-            raise TypeError(f"dataset {self.name!r} needs the option {missing[0]!r} "
+            raise BadOption(f"dataset {self.name!r} needs the option {missing[0]!r} "
                             f"(e.g. {missing[0]}=...)")
         if self.check is not None:
             self.check(opts)

@@ -39,6 +39,16 @@ def get_model(name):
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}") from None
 
 
+def model_from_checkpoint(state, device="cpu"):
+    """The model a checkpoint dict (fastgen.checkpoint.load_checkpoint) holds, in eval mode."""
+    cls = get_model(state["model"])
+    model = cls(DataSpec(**{**state["data_spec"], "shape": tuple(state["data_spec"]["shape"])}),
+                **state["model_config"]).to(device)
+    model.load_state_dict(state["model_state"])
+    model.eval()
+    return model
+
+
 class GenerativeModel(nn.Module, abc.ABC):
     """Base class of the reference models.
 

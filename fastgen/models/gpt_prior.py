@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..checkpoint import load_checkpoint
 from ..nn import KVCache
-from .base import GenerativeModel, register
+from .base import GenerativeModel, model_from_checkpoint, register
 
 
 class CausalSelfAttention(nn.Module):
@@ -145,8 +146,6 @@ class GPTPrior(GenerativeModel):
         if vqgan is None:
             raise ValueError("gpt_prior needs a trained VQGAN: train one with `fastgen train vqgan --data "
                              f"{data.name}` and pass --model-opt vqgan=<run>/checkpoint.pt")
-        from ..train import load_checkpoint, model_from_checkpoint
-
         state = load_checkpoint(vqgan, "vqgan")
         if tuple(state["data_spec"]["shape"]) != tuple(data.shape):
             raise ValueError(f"gpt_prior: the VQGAN at {vqgan} was trained on images of shape "

@@ -29,8 +29,9 @@ S = E_sigma E_z ||(z - x_0) - v(x_sigma, sigma)||^2 along the model's own Euler 
 import torch
 
 from .. import metrics, ops
+from ..checkpoint import load_checkpoint
 from ..diffusion.schedulers import randn
-from .base import GenerativeModel, register
+from .base import GenerativeModel, model_from_checkpoint, register
 from .ddpm import MLPDenoiser
 
 SOLVERS = ("euler", "heun")
@@ -121,8 +122,6 @@ class RectifiedFlow(GenerativeModel):
 
     @staticmethod
     def _load_teacher(path, data):
-        from ..train import load_checkpoint, model_from_checkpoint
-
         if not isinstance(path, str):
             raise ValueError(f"rectified_flow: reflow_from must be the path of a rectified_flow checkpoint, "
                              f"got {path!r}")
