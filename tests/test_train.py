@@ -132,3 +132,18 @@ def test_train_api_rejects_out_of_range_arguments(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         train.train("vae", "moons", out=str(out), progress=False, **kwargs)
     assert not out.exists()  # no metrics.json for an untrained model
+
+
+def test_adam_is_fused_where_torch_supports_the_device_else_foreach():
+    cpu = train.adam([torch.zeros(3, requires_grad=True), torch.zeros(2, 2, dtype=torch.float64)], 1e-3)
+    assert cpu.defaults["fused"] and not cpu.defaults["foreach"]
+    meta = train.adam([torch.zeros(3, device="meta", requires_grad=True)], 1e-3)  # no fused kernel there
+    assert not meta.defaults["fused"] and meta.defaults["foreach"]
+    # same update as the for-loop Adam to rounding
+    p1, p2 = (torch.linspace(-1, 1, 7, dtype=torch.float64).requires_grad_() for _ in range(2))
+    o1, o2 = train.adam([p1], 1e-2), torch.optim.Adam([p2], lr=1e-2, foreach=False)
+    for k in range(5):
+        for p, o in ((p1, o1), (p2, o2)):
+            p.grad = torch.cos(p.detach() * (k + 1))
+            o.step()
+    torch.testing.assert_close(p1, p2, rtol=1e-12, atol=1e-12)
