@@ -8,6 +8,8 @@ Environment switches (see README):
                              PTX that newer GPUs -- B200, RTX 50xx -- JIT-compile at first use).
                              Recorded in the extension: fastgen._C.CUDA_ARCHS, `fastgen info`.
   CUDA_HOME                  the CUDA toolkit's own folder (the one whose lib64 holds libcudart)
+  CFLAGS, CXXFLAGS, LDFLAGS  added after fastgen's own C++ compile / link flags, so they can
+                             override them (scripts/sanitize.sh: -fsanitize=address,undefined -O1)
 """
 import glob
 import os
@@ -20,6 +22,13 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _env_flags(*names):
+    """The flags in the named environment variables (shell words), in order."""
+    import shlex
+
+    return [f for name in names for f in shlex.split(os.environ.get(name, ""))]
 
 
 def _cuda_home():
@@ -102,7 +111,8 @@ def _extensions():
 
     sources = ["csrc/fastgen.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-    cxx = ["-O3", "-fopenmp"] + _cpu_simd_flags()
+    cxx = ["-O3", "-fopenmp"] + _cpu_simd_flags() + _env_flags("CFLAGS", "CXXFLAGS")
+    link = ["-fopenmp"] + _env_flags("LDFLAGS")
     include_dirs = [os.path.join(ROOT, "csrc")]
 
     with_cuda = False
@@ -136,12 +146,12 @@ def _extensions():
             "fastgen._C", sources + cuda_sources, include_dirs=include_dirs,
             # a string literal; torch's ninja build shell-quotes each flag
             define_macros=[("FASTGEN_WITH_CUDA", "1"), ("FASTGEN_CUDA_ARCHS", f'"{archs}"')],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
     else:
         print("fastgen: building CPU kernels only")
         ext = cpp_extension.CppExtension(
             "fastgen._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+            extra_compile_args={"cxx": cxx}, extra_link_args=link)
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
     return [ext], {"build_ext": build_ext}
 
