@@ -292,5 +292,14 @@ def vq_ema_update(z, indices, cluster_size, embed_sum, decay=0.99, eps=1e-5):
     _no_fp64("vq_ema_update", z, cluster_size, embed_sum)
     k = embed_sum.shape[0]
     counts, _ = _segment_sums(_rows(z), indices, k, ema=(cluster_size, embed_sum, decay))
-    from fastgen.ops.reference import vq_ema_finish  # lazy: fastgen.ops imports this module
-    return vq_ema_finish(counts, cluster_size, embed_sum, eps)
+    return _ema_codebook(counts, cluster_size, embed_sum, eps)
+
+
+def _ema_codebook(counts, cluster_size, embed_sum, eps):
+    """The codebook from the updated EMA buffers (Laplace-smoothed counts) and the perplexity of
+    this step's code usage. Written here, not imported from fastgen.ops (kernels depend on nothing
+    above them; the tests compare it with the reference's vq_ema_finish)."""
+    n = cluster_size.sum()
+    smoothed = (cluster_size + eps) / (n + cluster_size.shape[0] * eps) * n
+    p = counts / counts.sum().clamp_min(1)
+    return embed_sum / smoothed.to(embed_sum.dtype).unsqueeze(1), torch.exp(-torch.sum(p * torch.log(p + 1e-10)))

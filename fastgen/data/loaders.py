@@ -1,74 +1,9 @@
 """make(): a fixed split as a FastgenDataset; stream(): endless fresh batches; batches(): endless
 shuffled batches of a FastgenDataset. All deterministic, all sharded by rank."""
-import operator
-
 import torch
 
-from .base import SPLITS, FastgenDataset, generator, get_builder
-
-CHUNK = 4096  # procedural items generated per call inside make() (bounds peak memory)
-
-
-def _int(value, what, lo):
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be an int, got {value!r}") from None
-    if v < lo:
-        raise ValueError(f"{what} must be >= {lo}, got {v}")
-    return v
-
-
-def _generate(builder, count, g, opts):
-    x, y = builder.generate(count, g, opts)
-    return x.to(torch.float32).contiguous(), y.to(torch.int64).contiguous()
-
-
-def _fixed_split(name, num_items, test_fraction, split):
-    """Indices of `split` in a loaded dataset: a fixed share (the same for every seed) is test."""
-    if num_items < 2 or test_fraction == 0:
-        return torch.arange(num_items)
-    n_test = min(max(1, round(num_items * test_fraction)), num_items - 1)
-    perm = torch.randperm(num_items, generator=generator(name, "split", num_items))
-    return perm[:n_test].sort().values if split == "test" else perm[n_test:].sort().values
-
-
-def make(name, *, n=None, seed=0, split="train", **kwargs) -> FastgenDataset:
-    """A fixed split of dataset `name` with `n` items (default: the dataset's default_n, e.g.
-    10000 for toys / shapes / binary / bars, 512 for action_streams; all items of the split for
-    folder / npz). Same (name, n, seed, split, options) -> identical data; "train" and "test"
-    draw from different seeds. kwargs are the dataset's options (see DATASETS[name].options).
-
-    For folder / npz the data is loaded, a fixed `test_fraction` held out as "test", and the
-    split's items returned in an order shuffled by `seed` (`n` takes the first n of them)."""
-    builder = get_builder(name)
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
-    seed = _int(seed, "seed", -(1 << 62))
-    opts = builder.resolve(kwargs)
-    if n is not None:
-        n = _int(n, "n", 0)
-    if builder.procedural:
-        n = builder.default_n if n is None else n
-        g = generator(name, "make", split, seed)
-        parts = [_generate(builder, min(CHUNK, n - i), g, opts) for i in range(0, max(n, 1), CHUNK)]
-        x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        num_classes, class_names = builder.info(opts)
-        kind = builder.kind
-    else:
-        loaded = builder.load(opts)
-        idx = _fixed_split(name, loaded["x"].shape[0], opts["test_fraction"], split)
-        idx = idx[torch.randperm(len(idx), generator=generator(name, "make", split, seed))]
-        if n is not None:
-            if n > len(idx):
-                raise ValueError(f"dataset {name!r}: asked for n={n} items but the {split} split of "
-                                 f"{opts['path']} has only {len(idx)}")
-            idx = idx[:n]
-        x, y = loaded["x"][idx].contiguous(), loaded["y"][idx].contiguous()
-        num_classes, class_names, kind = loaded["num_classes"], loaded["class_names"], loaded["kind"]
-    return FastgenDataset(name, kind, x, y, num_classes, class_names=class_names, options=opts,
-                          split=split, seed=seed)
-
+# make() lives with the dataset builders (a builder called is make()); imported here as before
+from .base import FastgenDataset, _generate, _int, generator, get_builder, make  # noqa: F401
 
 def _check_ranks(batch_size, rank, world_size):
     batch_size = _int(batch_size, "batch_size", 1)
