@@ -1,4 +1,5 @@
 #pragma once
+#include <cmath>
 // Argument checks of the bias_act and group_norm_silu entry points, shared by the CPU and CUDA
 // kernels (direct torch.ops.fastgen.*_native callers get an error that names the argument).
 #include <ATen/ATen.h>
@@ -10,7 +11,11 @@
 
 namespace fastgen {
 
-inline void check_bias_act(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim) {
+// Complete: the Python layer skips its own checks on the cpu / cuda backends (native_checks).
+inline void check_bias_act(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim, double alpha,
+                           double gain) {
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && std::isfinite(gain), "fastgen: alpha and gain must be finite, got alpha=",
+                    alpha, ", gain=", gain);
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
                    x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() >= 1, "fastgen: x must have at least one dim");
@@ -43,6 +48,10 @@ inline void check_group_norm(const at::Tensor& x, const std::optional<at::Tensor
                      " but x has ", x.scalar_type());
     check_same_device(x, "x", t, name);
   }
+}
+
+inline void check_group_norm_eps(double eps) {
+  TORCH_CHECK_VALUE(eps > 0 && std::isfinite(eps), "fastgen: eps must be a positive finite float, got ", eps);
 }
 
 // The backward's saved statistics: the forward's (N, num_groups) mean and rstd in the math dtype.

@@ -147,7 +147,7 @@ constexpr int64_t kRowsPerTask = 64;    // (N, C) layout: samples per dbias part
 
 at::Tensor bias_act_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& bias, c10::string_view act,
                         double alpha, double gain, int64_t dim) {
-  check_bias_act(x_in, bias, dim);
+  check_bias_act(x_in, bias, dim, alpha, gain);
   const auto x = x_in.contiguous();
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return out;
@@ -183,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cpu(const at::Tensor& grad_
                                                          const std::optional<at::Tensor>& bias,
                                                          c10::string_view act, double alpha, double gain,
                                                          int64_t dim) {
-  check_bias_act(x_in, bias, dim);
+  check_bias_act(x_in, bias, dim, alpha, gain);
   check_same_float_tensor(x_in, "x", grad_in, "grad");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -202,15 +202,18 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cpu(const at::Tensor& grad_
     dispatch_act(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
       if (v.inner == 1) {
-        // Fixed blocks of kRowsPerTask samples, each with its own per-channel partial.
+        // Fixed blocks of `rows_per_task` samples, each with its own per-channel partial. The block
+        // depends on the shape only (dbias is the same for any thread count), and is small enough
+        // that a (64, 1024) activation still spreads over the cores.
         const int64_t len = v.channels;
-        const int64_t tasks = (v.outer + kRowsPerTask - 1) / kRowsPerTask;
+        const int64_t rows_per_task = std::clamp<int64_t>(kWork / len, 1, kRowsPerTask);
+        const int64_t tasks = (v.outer + rows_per_task - 1) / rows_per_task;
         std::vector<opmath_t> partial(want_db ? tasks * len : 0, opmath_t(0));
-        at::parallel_for(0, tasks, std::max<int64_t>(1, kWork / (len * kRowsPerTask)), [&](int64_t t0, int64_t t1) {
+        at::parallel_for(0, tasks, std::max<int64_t>(1, kWork / (len * rows_per_task)), [&](int64_t t0, int64_t t1) {
           for (int64_t t = t0; t < t1; ++t) {
             opmath_t* acc = want_db ? partial.data() + t * len : nullptr;
             std::vector<opmath_t> scratch(want_db ? 0 : len);
-            for (int64_t r = t * kRowsPerTask; r < std::min(v.outer, (t + 1) * kRowsPerTask); ++r)
+            for (int64_t r = t * rows_per_task; r < std::min(v.outer, (t + 1) * rows_per_task); ++r)
               act_row<A, true, true, scalar_t>(pg + r * len, px + r * len, pd + r * len, len, b.data(), a, g,
                                                acc ? acc : scratch.data());
           }
@@ -238,6 +241,23 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cpu(const at::Tensor& grad_
 
 
 // ---- group_norm_silu ---------------------------------------------------------------------------
+// SiLU of the normalized values with ATen's exp_u20 (a degree-5 polynomial, <= 20 ulp in fp32)
+// instead of Sleef's 1-ulp exp: the exp is most of this op's time at UNet shapes, and 20 ulp of
+// exp(-y) moves silu(y) = y / (1 + exp(-y)) by < 2.4e-6 relative, far inside fp32's tolerance
+// (fp16 / bf16 outputs round it away). exp_u20 clamps its argument to the finite range, so
+// +-inf inputs would not give silu's NaN / inf -- but an inf in x makes its group's statistics
+// NaN, so y is finite or NaN here (NaN still propagates through y itself). fp64 keeps exp().
+template <typename V>
+inline V gn_exp(const V& v) {
+  if constexpr (std::is_same_v<V, at::vec::Vectorized<float>>) return v.exp_u20(); else return v.exp();
+}
+template <typename V>
+inline V gn_silu(const V& y) { return y / (V(1) + gn_exp(V(0) - y)); }
+template <typename V>
+inline V gn_silu_slope(const V& y) {
+  const V s = V(1) / (V(1) + gn_exp(V(0) - y));
+  return s * (V(1) + y * (V(1) - s));
+}
 // One task per (sample, group): its Cg * HW elements are contiguous and (for UNet shapes) fit
 // in L2, so the statistics pass, the centred-variance pass and the output pass read memory
 // once. The backward keeps gy = dL/dy (through SiLU) of the group in a scratch buffer between
@@ -303,6 +323,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Ten
                                                                    const std::optional<at::Tensor>& bias,
                                                                    int64_t num_groups, double eps, bool act) {
   check_group_norm(x_in, weight, bias, num_groups);
+  check_group_norm_eps(eps);
   const auto x = x_in.contiguous();
   const GroupView v(x, num_groups);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -341,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Ten
             L::load(xr + i, r);
             for (int p = 0; p < L::parts; ++p) {
               r[p] = at::vec::fmadd(r[p], vscale, vshift);
-              if (act) r[p] = act_forward<Act::kSilu>(r[p], VecM(opmath_t(0)));
+              if (act) r[p] = gn_silu(r[p]);
             }
             L::store(yr + i, r);
           }
@@ -404,7 +425,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cpu(
             L::load(xs + o + i, xv);
             L::load(gs + o + i, gv);
             for (int p = 0; p < L::parts; ++p) {
-              if (act) gv[p] = gv[p] * act_slope<Act::kSilu>(at::vec::fmadd(xv[p], vscale, vshift), VecM(opmath_t(0)));
+              if (act) gv[p] = gv[p] * gn_silu_slope(at::vec::fmadd(xv[p], vscale, vshift));
               gv[p].store(gy + o + i + p * VecM::size());
               acc_a = at::vec::fmadd(gv[p], xv[p] - vmu, acc_a);
               acc_b = acc_b + gv[p];
@@ -450,14 +471,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cpu(
       }
     });
   });
-  // dweight[c] = sum_n rstd[n, g] * sa[n, c], dbias[c] = sum_n sb[n, c]: fixed order
+  // dweight[c] = sum_n rstd[n, g] * sa[n, c], dbias[c] = sum_n sb[n, c]: fixed order (n ascending;
+  // a few ATen ops here cost ~50 us at UNet shapes)
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   auto dw = at::empty({0}, x.options()), db = at::empty({0}, x.options());
+  std::vector<double> acc(v.c);
   if (weight.has_value()) {
-    const auto r = rstd.to(at::kDouble).repeat_interleave(v.cg, 1);
-    dw = (at::from_blob(sa.data(), {v.n, v.c}, f64) * r).sum(0).to(weight->scalar_type());
+    const auto r = rstd.to(at::kDouble).contiguous();
+    const double* pr = r.const_data_ptr<double>();
+    for (int64_t c = 0; c < v.c; ++c) {
+      acc[c] = 0;
+      for (int64_t n = 0; n < v.n; ++n) acc[c] += pr[n * v.groups + c / v.cg] * sa[n * v.c + c];
+    }
+    dw = at::from_blob(acc.data(), {v.c}, f64).to(weight->scalar_type(), false, /*copy=*/true);
   }
-  if (bias.has_value()) db = at::from_blob(sb.data(), {v.n, v.c}, f64).sum(0).to(bias->scalar_type());
+  if (bias.has_value()) {
+    for (int64_t c = 0; c < v.c; ++c) {
+      acc[c] = 0;
+      for (int64_t n = 0; n < v.n; ++n) acc[c] += sb[n * v.c + c];
+    }
+    db = at::from_blob(acc.data(), {v.c}, f64).to(bias->scalar_type(), false, /*copy=*/true);
+  }
   return {dx, dw, db};
 }
 

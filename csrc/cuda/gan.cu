@@ -117,7 +117,7 @@ bias_act_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
 
 at::Tensor bias_act_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in, c10::string_view act,
                          double alpha, double gain, int64_t dim) {
-  check_bias_act(x_in, bias_in, dim);
+  check_bias_act(x_in, bias_in, dim, alpha, gain);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous();
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -145,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
                                                           const std::optional<at::Tensor>& bias_in,
                                                           c10::string_view act, double alpha, double gain,
                                                           int64_t dim) {
-  check_bias_act(x_in, bias_in, dim);
+  check_bias_act(x_in, bias_in, dim, alpha, gain);
   check_same_float_tensor(x_in, "x", grad_in, "grad");
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
@@ -286,6 +286,7 @@ group_norm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __
     const acc_t gy = group_norm_gy<kAct, scalar_t, acc_t>(gs[i], xv * scale + shift);
     dx[t * m + i] = static_cast<scalar_t>(scale * gy + k1 * (xv - mu) + k2);
   }
+  check_group_norm_eps(eps);
 }
 
 const void* opt_ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }

@@ -90,16 +90,30 @@ def _fake_like_first(first, *rest):
 def _mix_backward(velocity):
     # d/d first and d/d noise are the per-sample coefficients times the incoming gradient;
     # plain torch ops here (training backward, not the sampling hot path).
+    # Only the gradients autograd asks for (a diffusion loss needs d/d x0 alone), each one
+    # broadcast multiply by a per-sample coefficient in the math dtype.
     def backward(ctx, grad):
         first, timesteps, table = ctx.saved_tensors
-        a = reference._timestep_alphas(timesteps, table, first)
-        t = reference.math_dtype(first.dtype)
-        g = grad.to(t)
-        sa, sb = a.sqrt(), (1 - a).sqrt()
-        d_first = (-sb * g if velocity else sa * g).to(first.dtype)
-        d_noise = (sa * g if velocity else sb * g).to(first.dtype)
+        a = _saved_alphas(timesteps, table, first)
+        d_first = d_noise = None
+        if ctx.needs_input_grad[0]:
+            d_first = (grad * (-(1 - a).sqrt() if velocity else a.sqrt())).to(first.dtype)
+        if ctx.needs_input_grad[1]:
+            d_noise = (grad * (a.sqrt() if velocity else (1 - a).sqrt())).to(first.dtype)
         return d_first, d_noise, None, None
     return backward
+
+
+def _saved_alphas(timesteps, table, like):
+    """abar[t] per sample, shaped (B, 1, ...) in the math dtype, for the backward. Host timesteps
+    were range-checked by the forward, so one index_select does (~25 us less than the reference's
+    clamp-and-mask gather, which device timesteps still take: their NaN rule is the kernels')."""
+    if timesteps.device.type != "cpu" or table.device.type != "cpu":
+        return reference._timestep_alphas(timesteps, table, like)
+    i = timesteps.reshape(-1)
+    a = table.index_select(0, i if i.dtype in (torch.int32, torch.int64) else i.long())
+    t = reference.math_dtype(like.dtype)
+    return (a if a.dtype == t else a.to(t)).view((-1,) + (1,) * (like.dim() - 1))
 
 
 def _mix_setup_context(ctx, inputs, keyword_only_inputs, output):

@@ -4,7 +4,6 @@ import math
 
 import torch
 
-from .. import _backend
 from ..kernels import gan as _triton_gan
 from . import _checks, reference
 from ._registry import FusedOp
@@ -75,7 +74,7 @@ def _bias_act_double_backward(ctx, gg_x, gg_bias):
         cot = cot + _channel_view(gg_bias, x, dim).to(cot.dtype)
     d_grad = d_x = d_bias = None
     if ctx.needs_input_grad[0]:
-        d_grad = _bias_act_backward_op.op(cot, x, bias, act, alpha, gain, dim, backend=ctx.backend)[0]
+        d_grad = _bias_act_backward_op(cot, x, bias, act, alpha, gain, dim, backend=ctx.backend)[0]
     if (ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])) and \
             act in ("silu", "gelu"):
         t = reference.math_dtype(x.dtype)
@@ -93,7 +92,7 @@ _bias_act_backward_op = FusedOp(
     "int dim=1", "(Tensor, Tensor)",
     reference=reference.bias_act_backward, fake=_fake_bias_act_backward,
     check=_check_bias_act_backward, triton=_triton_gan.bias_act_backward, native=True,
-    autograd=(_bias_act_double_backward, _bias_act_backward_setup))
+    native_checks=True, autograd=(_bias_act_double_backward, _bias_act_backward_setup))
 
 
 def _bias_act_setup(ctx, inputs, keyword_only_inputs, output):
@@ -107,8 +106,7 @@ def _bias_act_backward(ctx, grad):
     x, bias = ctx.saved_tensors
     if not (ctx.needs_input_grad[0] or (bias is not None and ctx.needs_input_grad[1])):
         return None, None, None, None, None, None
-    # .op, not the FusedOp call: that one rejects bias=None as a non-tensor
-    dx, dbias = _bias_act_backward_op.op(grad, x, bias, *ctx.args, backend=ctx.backend)
+    dx, dbias = _bias_act_backward_op(grad, x, bias, *ctx.args, backend=ctx.backend)
     return dx, (dbias if bias is not None else None), None, None, None, None
 
 
@@ -116,7 +114,8 @@ _bias_act_op = FusedOp(
     "bias_act", "Tensor x, Tensor? bias, str act='leaky_relu', float alpha=0.2, float gain=1.0, "
     "int dim=1", "Tensor",
     reference=reference.bias_act, fake=_fake_bias_act, check=_check_bias_act,
-    triton=_triton_gan.bias_act, native=True, autograd=(_bias_act_backward, _bias_act_setup))
+    triton=_triton_gan.bias_act, native=True, native_checks=True,
+    autograd=(_bias_act_backward, _bias_act_setup))
 
 
 def bias_act(x, bias=None, act="leaky_relu", alpha=0.2, gain=1.0, dim=1, *, backend=None):
@@ -144,8 +143,7 @@ def bias_act(x, bias=None, act="leaky_relu", alpha=0.2, gain=1.0, dim=1, *, back
         _checks.float_tensor("bias", bias)
         if bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
-    return _bias_act_op.op(x, bias, act, float(alpha), float(gain), int(dim),
-                           backend=_backend.resolve(backend))
+    return _bias_act_op(x, bias, act, float(alpha), float(gain), int(dim), backend=backend)
 
 
 # -- group_norm_silu ---------------------------------------------------------------------------
@@ -200,7 +198,8 @@ _group_norm_silu_backward_op = FusedOp(
     "Tensor grad, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, int num_groups, "
     "bool act=True", "(Tensor, Tensor, Tensor)",
     reference=reference.group_norm_silu_backward, fake=_fake_group_norm_silu_backward,
-    check=_check_group_norm_silu_backward, triton=_triton_gan.group_norm_silu_backward, native=True)
+    check=_check_group_norm_silu_backward, triton=_triton_gan.group_norm_silu_backward, native=True,
+    native_checks=True)
 
 
 def _group_norm_silu_setup(ctx, inputs, keyword_only_inputs, output):
@@ -216,8 +215,8 @@ def _group_norm_silu_backward(ctx, grad, _grad_mean, _grad_rstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
     if grad is None or not any(ctx.needs_input_grad[:3]):
         return None, None, None, None, None, None
-    dx, dw, db = _group_norm_silu_backward_op.op(grad, x, weight, bias, mean, rstd, *ctx.args,
-                                                 backend=ctx.backend)
+    dx, dw, db = _group_norm_silu_backward_op(grad, x, weight, bias, mean, rstd, *ctx.args,
+                                              backend=ctx.backend)
     return (dx if ctx.needs_input_grad[0] else None, dw if weight is not None else None,
             db if bias is not None else None, None, None, None)
 
@@ -227,7 +226,7 @@ _group_norm_silu_op = FusedOp(
     "Tensor x, Tensor? weight, Tensor? bias, int num_groups, float eps=1e-05, bool act=True",
     "(Tensor, Tensor, Tensor)",
     reference=reference.group_norm_silu, fake=_fake_group_norm_silu, check=_check_group_norm_silu,
-    triton=_triton_gan.group_norm_silu, native=True,
+    triton=_triton_gan.group_norm_silu, native=True, native_checks=True,
     autograd=(_group_norm_silu_backward, _group_norm_silu_setup))
 
 
@@ -252,8 +251,8 @@ def group_norm_silu(x, weight, bias, num_groups, eps=1e-5, act=True, *, backend=
     _checks.float_tensor("x", x)
     weight = _cast_param("weight", weight, x)
     bias = _cast_param("bias", bias, x)
-    return _group_norm_silu_op.op(x, weight, bias, int(num_groups), float(eps), bool(act),
-                                  backend=_backend.resolve(backend))[0]
+    return _group_norm_silu_op(x, weight, bias, int(num_groups), float(eps), bool(act),
+                               backend=backend)[0]
 
 
 def _cast_param(name, p, x):
