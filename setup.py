@@ -4,6 +4,9 @@ Environment switches (see README):
   FASTGEN_SKIP_EXT=1         build nothing native (pure Python + Triton still work)
   FASTGEN_SKIP_CUDA_BUILD=1  build the CPU kernels only
   FASTGEN_FORCE_CUDA=1       build the CUDA kernels even with no GPU visible (CI does this)
+  FASTGEN_CUDA_EMU=1         also build ``fastgen._C_emu``: the CUDA kernels (csrc/cuda/*.cu) compiled
+                             as host C++ against the CPU execution model in csrc/emu/, the
+                             `cuda_emu` backend (CPU tensors; a test build, slow)
   TORCH_CUDA_ARCH_LIST       CUDA architectures, default "8.0;9.0+PTX" (SASS for A100 and H100, and
                              PTX that newer GPUs -- B200, RTX 50xx -- JIT-compile at first use).
                              Recorded in the extension: fastgen._C.CUDA_ARCHS, `fastgen info`.
@@ -153,7 +156,28 @@ def _extensions():
             "fastgen._C", sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx}, extra_link_args=link)
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
-    return [ext], {"build_ext": build_ext}
+    return [ext] + _emu_extensions([os.path.join(ROOT, "csrc")]), {"build_ext": build_ext}
+
+
+def _emu_extensions(include_dirs):
+    """fastgen._C_emu under FASTGEN_CUDA_EMU=1: every csrc/cuda/<family>.cu through its one-line
+    csrc/emu/<family>.cpp, plus the schemas (csrc/emu/module.cpp), as host C++."""
+    if not _flag("FASTGEN_CUDA_EMU"):
+        return []
+    from torch.utils import cpp_extension
+
+    families = [os.path.splitext(os.path.basename(p))[0] for p in sorted(glob.glob("csrc/cuda/*.cu"))]
+    missing = [f for f in families if not os.path.exists(f"csrc/emu/{f}.cpp")]
+    if missing:
+        raise RuntimeError(f"fastgen: FASTGEN_CUDA_EMU=1 but csrc/emu/ has no wrapper for {missing}: add "
+                           f"csrc/emu/<family>.cpp with the line #include \"cuda/<family>.cu\"")
+    print(f"fastgen: building the cuda_emu extension (CUDA kernels on the CPU execution model): {families}")
+    return [cpp_extension.CppExtension(
+        "fastgen._C_emu", ["csrc/emu/module.cpp"] + [f"csrc/emu/{f}.cpp" for f in families],
+        include_dirs=include_dirs, define_macros=[("FASTGEN_CUDA_EMU", "1")],
+        # -O1: the model's fibers and per-lane WMMA tiles gain little from -O3 and it compiles faster;
+        # -Bsymbolic: inline helpers that differ from fastgen._C's (device_guard) bind in this library
+        extra_compile_args={"cxx": ["-O1", "-g0"]}, extra_link_args=["-Wl,-Bsymbolic"])]
 
 
 ext_modules, cmdclass = _extensions()

@@ -5,10 +5,23 @@
 #include <Python.h>
 #include <torch/library.h>
 
+// FASTGEN_CUDA_EMU (csrc/emu/module.cpp): the same schemas in the `fastgen_emu` namespace, for
+// fastgen._C_emu, the CUDA kernels built against the CPU execution model (backend "cuda_emu").
+#ifdef FASTGEN_CUDA_EMU
+#define FASTGEN_MODULE_INIT PyInit__C_emu
+#define FASTGEN_MODULE_NAME "_C_emu"
+#define FASTGEN_SCHEMA_NAMESPACE fastgen_emu
+#else
+#define FASTGEN_MODULE_INIT PyInit__C
+#define FASTGEN_MODULE_NAME "_C"
+#define FASTGEN_SCHEMA_NAMESPACE fastgen
+#endif
+#define FASTGEN_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+
 extern "C" {
 // A real Python module so `import fastgen._C` loads this library (and runs the registrations).
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastgen native kernels",
+PyObject* FASTGEN_MODULE_INIT(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, FASTGEN_MODULE_NAME, "fastgen native kernels",
                                           -1, nullptr};
   PyObject* m = PyModule_Create(&module_def);
   if (m == nullptr) return nullptr;
@@ -35,7 +48,7 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(fastgen, m) {
+FASTGEN_TORCH_LIBRARY(FASTGEN_SCHEMA_NAMESPACE, m) {
   // gaussian_reparam_kl: z = mu + exp(logvar/2) * eps, kl[b] = -1/2 sum(1 + logvar - mu^2 - exp(logvar))
   m.def("gaussian_reparam_kl_native(Tensor mu, Tensor logvar, Tensor eps) -> (Tensor, Tensor)");
   m.def("gaussian_reparam_kl_backward_native(Tensor grad_z, Tensor grad_kl, Tensor mu, "
@@ -43,6 +56,12 @@ TORCH_LIBRARY(fastgen, m) {
   // vq_nearest: per row of z [N, D], the nearest of codebook [K, D] -> (indices int64 [N],
   // squared distances [N]); metric "l2" or "cosine"; never builds the N x K matrix.
   m.def("vq_nearest_native(Tensor z, Tensor codebook, str metric) -> (Tensor, Tensor)");
+  // vq_nearest_search: the same search with the CPU stage-1 mode named ('auto', 'exact', 'bf16',
+  // 'bf16_emulated'; cpu/vq_certified.cpp) -> (indices, distances, per-row candidate count,
+  // -1 where the row fell back to the exact kernel, 0 where the whole call ran it).
+  m.def("vq_nearest_search_native(Tensor z, Tensor codebook, str metric, str mode) -> (Tensor, Tensor, Tensor)");
+  // vq_cpu_bf16_isa: 0 none, 1 AVX512-BF16, 2 AMX-BF16 (what `auto` runs stage 1 on).
+  m.def("vq_cpu_bf16_isa(Tensor like) -> int");
   // vq_quantize: nearest code, taming's straight-through value and loss -> (z_q, loss, indices);
   // backward -> (dz, dcodebook), dcodebook summed per code in a fixed order (no float atomics).
   m.def("vq_quantize_native(Tensor z, Tensor codebook, float beta, bool legacy) -> (Tensor, Tensor, Tensor)");

@@ -8,7 +8,9 @@ Any other name is a request: if it cannot run the tensors at hand, the op raises
 import contextlib
 import os
 
-BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
+BACKENDS = ("auto", "triton", "cuda", "cpu", "reference", "cuda_emu")
+# "cuda_emu": the CUDA C++ kernels run on CPU tensors by the CPU execution model (csrc/emu/,
+# fastgen._C_emu, built with FASTGEN_CUDA_EMU=1); only on request, never chosen by "auto".
 
 
 def _validate(name, what):

@@ -13,6 +13,18 @@ except ImportError as exc:
     NATIVE_ERROR = (f"native extension fastgen._C not built ({exc}); "
                     "install with `pip install -e . --no-build-isolation`")
 
+# fastgen._C_emu: the CUDA kernels compiled as host C++ against the CPU execution model
+# (csrc/emu/, built with FASTGEN_CUDA_EMU=1); its kernels are torch.ops.fastgen_emu.<name>_native
+# on the CPU key, the "cuda_emu" backend. A test build: absent from normal installs.
+try:
+    from fastgen import _C_emu as EMU
+
+    EMU_ERROR = None
+except ImportError as exc:
+    EMU = None
+    EMU_ERROR = (f"CUDA-emulation extension fastgen._C_emu not built ({exc}); build it with "
+                 "FASTGEN_CUDA_EMU=1 python scripts/build_ext.py")
+
 WITH_CUDA = bool(NATIVE is not None and getattr(NATIVE, "WITH_CUDA", 0))
 CPU_SIMD = getattr(NATIVE, "CPU_SIMD", "none") if NATIVE is not None else None
 # The CUDA architectures the kernels were compiled for, e.g. "8.0;9.0+PTX" (setup.py records

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 STAMP = os.path.join(BUILD, "fastgen_ext.stamp")
 LOG = os.path.join(BUILD, "build.log")
-SWITCHES = ("FASTGEN_SKIP_EXT", "FASTGEN_SKIP_CUDA_BUILD", "FASTGEN_FORCE_CUDA", "TORCH_CUDA_ARCH_LIST",
+SWITCHES = ("FASTGEN_SKIP_EXT", "FASTGEN_CUDA_EMU", "FASTGEN_SKIP_CUDA_BUILD", "FASTGEN_FORCE_CUDA", "TORCH_CUDA_ARCH_LIST",
             "FASTGEN_CPU_SIMD", "CUDA_HOME", "CXX", "CC")
 # rough cost of one translation unit on one core of a 2-core AVX2 box (seconds): the first
 # estimate, before any file has finished

@@ -9,7 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$FASTGEN_ROOT"
 export TRITON_INTERPRET="${TRITON_INTERPRET:-$(.venv/bin/python -c 'import torch; print(0 if torch.cuda.is_available() else 1)')}"
 # A backend that should be live but is not fails the run instead of skipping.
-export FASTGEN_TEST_REQUIRE="${FASTGEN_TEST_REQUIRE:-cpu,triton}"
+# (cuda_emu: the CUDA kernels on the CPU execution model, built by setup.sh unless FASTGEN_CUDA_EMU=0)
+export FASTGEN_TEST_REQUIRE="${FASTGEN_TEST_REQUIRE:-cpu,triton$([ "${FASTGEN_CUDA_EMU:-0}" = 1 ] && echo ,cuda_emu)}"
 export FASTGEN_TEST_REQUIRE_CUDA_BUILD="${FASTGEN_TEST_REQUIRE_CUDA_BUILD:-$FASTGEN_FORCE_CUDA}"
 WORKERS="${FASTGEN_TEST_WORKERS:-2}"
 if [ "$WORKERS" -gt 1 ]; then set -- -n "$WORKERS" "$@"; fi

@@ -23,6 +23,8 @@ DEVICE_BACKENDS = [
     pytest.param(("cpu", "reference"), id="cpu-reference"),
     pytest.param(("cpu", "cpu"), id="cpu-cpu"),
     pytest.param(("cpu", "triton"), id="cpu-triton_interpreter"),
+    # the CUDA C++ kernels on CPU tensors, run by the CPU execution model (csrc/emu/, fastgen._C_emu)
+    pytest.param(("cpu", "cuda_emu"), id="cpu-cuda_emu", marks=pytest.mark.cuda_emu),
     pytest.param(("cuda", "reference"), id="cuda-reference", marks=pytest.mark.gpu),
     pytest.param(("cuda", "triton"), id="cuda-triton", marks=pytest.mark.gpu),
     pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=pytest.mark.gpu),

@@ -36,7 +36,7 @@ def test_every_op_has_a_cuda_kernel_when_built_with_cuda():
 
 def _cuda_function_bodies():
     """{function name: body} of the functions defined in csrc/cuda/*.cu, and the names the
-    TORCH_LIBRARY_IMPL(fastgen, CUDA, m) blocks register."""
+    TORCH_LIBRARY_IMPL(fastgen, CUDA, m) / FASTGEN_CUDA_LIBRARY_IMPL(m) blocks register."""
     import pathlib
     import re
 
@@ -52,7 +52,9 @@ def _cuda_function_bodies():
                     break
                 i += 1
             bodies.setdefault(m.group(1), src[start:i + 1])
-        for block in re.findall(r"TORCH_LIBRARY_IMPL\(fastgen, CUDA, m\) \{(.*?)\n\}", src, re.S):
+        # (FASTGEN_CUDA_LIBRARY_IMPL: csrc/cuda/launch.h's spelling, the CUDA key in the CUDA build)
+        for block in re.findall(r"(?:TORCH_LIBRARY_IMPL\(fastgen, CUDA, m\)|FASTGEN_CUDA_LIBRARY_IMPL\(m\)) \{(.*?)\n\}",
+                                src, re.S):
             registered += re.findall(r'm\.impl\("(\w+)", &(\w+)\)', block)
     return bodies, registered
 
@@ -138,7 +140,7 @@ def test_info_reports_every_op_and_backend():
     assert report["torch"] == torch.__version__
     for name in EXPECTED_OPS:
         backends = report["ops"][name]
-        assert set(backends) == {"reference", "cpu", "triton", "cuda"}
+        assert set(backends) == {"reference", "cpu", "triton", "cuda", "cuda_emu"}
         assert backends["reference"]["live"]
         for b in backends.values():
             assert b["note"]

@@ -8,8 +8,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -22,6 +20,7 @@
 #include "common/philox.h"
 #include "attention_mma.cuh"
 #include "cuda/device_guard.h"
+#include "cuda/launch.h"
 
 namespace fastgen {
 namespace {
@@ -110,9 +109,9 @@ __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k
 #pragma unroll
   for (int t = 0; t < kMaxPerLane; ++t) {
     const int64_t c = threadIdx.x % 32 + 32 * t;
-    if (c < g.d) orow[c] = static_cast<T>(l > 0 ? acc[t] / l : A(0));
+    if (c < g.d) orow[c] = static_cast<T>(l != 0 ? acc[t] / l : A(0));  // l == 0: no key seen; NaN propagates
   }
-  if (threadIdx.x % 32 == 0) lse[row] = l > 0 ? m + log(l) : static_cast<A>(-INFINITY);
+  if (threadIdx.x % 32 == 0) lse[row] = l > 0 ? m + log(l) : static_cast<A>(-INFINITY);  // NaN l: -inf, as the reference
 }
 
 // One warp per key row j of kv head hk: dV_j = sum_i p_ij dO_i, dK_j = scale * sum_i dS_ij q_i over
@@ -252,7 +251,7 @@ void launch_mma(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, c
   auto kernel = mm::attn_fwd_mma_kernel<T, D>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   const dim3 grid(static_cast<unsigned>(g.b * g.h), static_cast<unsigned>((g.lq + mm::kRows - 1) / mm::kRows));
-  kernel<<<grid, mm::kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(prm);
+  FASTGEN_LAUNCH(grid, mm::kThreads, bytes, at::cuda::getCurrentCUDAStream(), mm::attn_fwd_mma_kernel<T, D>)(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -295,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
   }
   FASTGEN_DISPATCH_FLOATS(q.scalar_type(), "flash_attention_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
-    attn_fwd_kernel<scalar_t, A><<<warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream()>>>(
+    FASTGEN_LAUNCH(warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream(), attn_fwd_kernel<scalar_t, A>)(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), pad, nullptr,
         out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<A>(), g, static_cast<A>(s), causal, drop);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -330,12 +329,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
   const Dropout drop = dropout_args(dropout_p, seed);
   FASTGEN_DISPATCH_FLOATS(q.scalar_type(), "flash_attention_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
-    attn_bwd_dkdv_kernel<scalar_t, A><<<warp_blocks(g.b * g.hkv * g.lk), 32 * kWarps, 0, stream>>>(
+    FASTGEN_LAUNCH(warp_blocks(g.b * g.hkv * g.lk), 32 * kWarps, 0, stream, attn_bwd_dkdv_kernel<scalar_t, A>)(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), pad,
         dout.const_data_ptr<scalar_t>(), lse_m.const_data_ptr<A>(), delta.const_data_ptr<A>(),
         dk.mutable_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(), g, static_cast<A>(s), causal, drop);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attn_bwd_dq_kernel<scalar_t, A><<<warp_blocks(g.b * g.h * g.lq), 32 * kWarps, 0, stream>>>(
+    FASTGEN_LAUNCH(warp_blocks(g.b * g.h * g.lq), 32 * kWarps, 0, stream, attn_bwd_dq_kernel<scalar_t, A>)(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), pad,
         dout.const_data_ptr<scalar_t>(), lse_m.const_data_ptr<A>(), delta.const_data_ptr<A>(),
         dq.mutable_data_ptr<scalar_t>(), g, static_cast<A>(s), causal, drop);
@@ -361,7 +360,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(g.d));
   FASTGEN_DISPATCH_FLOATS(q.scalar_type(), "decode_attention_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
-    attn_fwd_kernel<scalar_t, A><<<warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream()>>>(
+    FASTGEN_LAUNCH(warp_blocks(rows), 32 * kWarps, 0, at::cuda::getCurrentCUDAStream(), attn_fwd_kernel<scalar_t, A>)(
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), nullptr,
         seqlens.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<A>(), g,
         static_cast<A>(s), false, Dropout{nullptr, 0.f, 1.f});
@@ -372,7 +371,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+FASTGEN_CUDA_LIBRARY_IMPL(m) {
   m.impl("decode_attention_native", &decode_attention_cuda);
   m.impl("flash_attention_native", &flash_attention_cuda);
   m.impl("flash_attention_backward_native", &flash_attention_backward_cuda);

@@ -12,13 +12,18 @@
 // mask of every backend) scales or zeroes P before the P V product; the sums l stay undropped.
 #pragma once
 
+#ifdef FASTGEN_CUDA_EMU
+#include "emu/cuda_emu.h"  // __half, __nv_bfloat16 and nvcuda::wmma of the CPU execution model
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+#endif
 
 #include <cstdint>
 
 #include "common/philox.h"
+#include "cuda/launch.h"
 
 namespace fastgen {
 namespace mma_attention {
@@ -98,7 +103,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) attn_fwd_mma_kernel(Params prm) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   using S = Smem<D>;
-  extern __shared__ __align__(128) unsigned char smem[];
+  FASTGEN_EXTERN_SHARED(unsigned char, smem);
   uint16_t* q_s = reinterpret_cast<uint16_t*>(smem);
   uint16_t* k_s = reinterpret_cast<uint16_t*>(smem + S::q);
   uint16_t* v_s = reinterpret_cast<uint16_t*>(smem + S::q + S::kv);
@@ -208,7 +213,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_mma_kernel(Params prm) {
   for (int idx = lane; idx < 16 * D; idx += 32) {
     const int rr = idx / D, c = idx % D;
     const float l_rr = __shfl_sync(0xffffffffu, l, 2 * rr);
-    if (q0 + warp * 16 + rr < prm.lq) out[idx] = from_float<T>(l_rr > 0.f ? o_w[rr * S::ldo + c] / l_rr : 0.f);
+    // l == 0: the row saw no key (output 0, lse -inf); a NaN score makes l NaN: output NaN, lse
+    // -inf (the reference's where(denom > 0, ...))
+    if (q0 + warp * 16 + rr < prm.lq) out[idx] = from_float<T>(l_rr != 0.f ? o_w[rr * S::ldo + c] / l_rr : 0.f);
   }
   if (half == 0 && i < prm.lq) prm.lse[bh * prm.lq + i] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
 #else

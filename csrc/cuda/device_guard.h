@@ -6,14 +6,27 @@
 // the dispatcher chose the CUDA kernel for an argument the checks skip (an empty placeholder),
 // and that is reported here by name instead of by the guard's internal assert.
 #include <ATen/core/Tensor.h>
+#ifndef FASTGEN_CUDA_EMU
 #include <c10/cuda/CUDAGuard.h>
+#endif
 
 namespace fastgen {
+
+#ifdef FASTGEN_CUDA_EMU
+// The CPU execution model (csrc/emu/): the kernels run on CPU tensors; nothing to guard.
+struct EmuDeviceGuard {};
+inline EmuDeviceGuard device_guard(const at::Tensor& main, const char* name) {
+  TORCH_CHECK_VALUE(main.is_cpu(), "fastgen: ", name, " is on ", main.device(),
+                    " but the cuda_emu backend runs CPU tensors");
+  return {};
+}
+#else
 
 inline c10::cuda::CUDAGuard device_guard(const at::Tensor& main, const char* name) {
   TORCH_CHECK_VALUE(main.is_cuda(), "fastgen: ", name, " is on ", main.device(),
                     " but another argument is on a CUDA device");
   return c10::cuda::CUDAGuard(main.device());
 }
+#endif
 
 }  // namespace fastgen

@@ -5,8 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -18,6 +16,7 @@
 #include "common/diffusion.h"
 #include "common/philox.h"
 #include "cuda/device_guard.h"
+#include "cuda/launch.h"
 
 namespace fastgen {
 namespace {
@@ -143,7 +142,7 @@ at::Tensor mix_cuda(const at::Tensor& first_in, const at::Tensor& noise_in, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "mix_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto table = table_as(table_in, c10::CppTypeToScalarType<acc_t>::value);
-    mix_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
+    FASTGEN_LAUNCH(blocks_for(n), kThreads, 0, stream, mix_kernel<scalar_t, acc_t>)(
         first.const_data_ptr<scalar_t>(), noise.const_data_ptr<scalar_t>(), t.const_data_ptr<int64_t>(),
         t.numel() == 1 ? 0 : 1, table.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n,
         n / rows, table.size(0), velocity);
@@ -265,8 +264,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
     const auto thr = thresholding ? table_as(threshold_in, acc) : table;
     const int64_t cols = n / x.size(0);
     auto launch = [&](auto thr_flag, auto noise_flag) {
-      denoise_kernel<scalar_t, acc_t, decltype(thr_flag)::value, decltype(noise_flag)::value>
-          <<<blocks_for(n), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(blocks_for(n), kThreads, 0, stream, denoise_kernel<scalar_t, acc_t, decltype(thr_flag)::value, decltype(noise_flag)::value>)(
               m.const_data_ptr<scalar_t>(), guided ? u.const_data_ptr<scalar_t>() : nullptr,
               static_cast<acc_t>(guidance), x.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), seed,
               seed_offset, t,
@@ -363,7 +361,7 @@ at::Tensor flow_cuda(const at::Tensor& v_in, const at::Tensor* v2_in, const at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "flow_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto sigmas = table_as(sigmas_in, c10::CppTypeToScalarType<acc_t>::value);
-    flow_kernel<scalar_t, acc_t><<<blocks_for(n), kThreads, 0, stream>>>(
+    FASTGEN_LAUNCH(blocks_for(n), kThreads, 0, stream, flow_kernel<scalar_t, acc_t>)(
         v.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
         guided ? un.const_data_ptr<scalar_t>() : nullptr, static_cast<acc_t>(guidance), i,
         sigmas.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, v2_in != nullptr, stochastic);
@@ -386,7 +384,7 @@ at::Tensor flow_heun_step_cuda(const at::Tensor& model_output, const at::Tensor&
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+FASTGEN_CUDA_LIBRARY_IMPL(m) {
   m.impl("add_noise_native", &add_noise_cuda);
   m.impl("get_velocity_native", &get_velocity_cuda);
   m.impl("ddim_step_native", &ddim_step_cuda);

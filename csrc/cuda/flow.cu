@@ -5,8 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -15,37 +13,24 @@
 #include "common/flow_host.h"
 #include "common/invconv_host.h"
 #include "cuda/device_guard.h"
+#include "cuda/launch.h"
+#include "cuda/reduce.cuh"
 
 namespace fastgen {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMinChunk = 8192;  // elements per block
-constexpr int64_t kMaxGridY = 65535;
 
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {
-  __shared__ T warp_sums[kThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : T(0);
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
+  return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
 }
 
-struct Launch {
-  int64_t rows, cols, chunk, chunks;
-  explicit Launch(const at::Tensor& t) {
-    rows = t.size(0);
-    cols = rows == 0 ? 0 : t.numel() / rows;
-    chunk = std::max(kMinChunk, (cols + kMaxGridY - 1) / kMaxGridY);
-    chunks = std::max<int64_t>(1, (cols + chunk - 1) / chunk);
-    TORCH_CHECK_VALUE(rows <= INT32_MAX, "fastgen: batch size ", rows, " exceeds 2^31-1");
+// grid (sample, chunk): csrc/cuda/reduce.cuh
+struct Launch : reduce::RowTiling {
+  explicit Launch(const at::Tensor& t) : reduce::RowTiling(t.size(0), t.numel()) {
+    TORCH_CHECK_VALUE(fits(), "fastgen: batch size ", rows, " exceeds 2^31-1");
   }
-  dim3 grid() const { return dim3(static_cast<unsigned>(rows), static_cast<unsigned>(chunks)); }
 };
 
 // -- affine coupling ----------------------------------------------------------------------------
@@ -110,8 +95,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_coupling(fn, inverse, [&](auto fn_c, auto inv_c) {
-      coupling_forward_kernel<decltype(fn_c)::value, decltype(inv_c)::value, scalar_t, acc_t>
-          <<<l.grid(), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, coupling_forward_kernel<decltype(fn_c)::value, decltype(inv_c)::value, scalar_t, acc_t>)(
               x.const_data_ptr<scalar_t>(), t.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(),
               y.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), l.cols, l.chunk,
               static_cast<acc_t>(clamp));
@@ -141,8 +125,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(
     using acc_t = at::opmath_type<scalar_t>;
     const auto gl = gl_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     dispatch_coupling(fn, inverse, [&](auto fn_c, auto inv_c) {
-      coupling_backward_kernel<decltype(fn_c)::value, decltype(inv_c)::value, scalar_t, acc_t>
-          <<<l.grid(), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, coupling_backward_kernel<decltype(fn_c)::value, decltype(inv_c)::value, scalar_t, acc_t>)(
               gy.const_data_ptr<scalar_t>(), gl.const_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(),
               t.const_data_ptr<scalar_t>(), r.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
               dr.mutable_data_ptr<scalar_t>(), l.cols, l.chunk, static_cast<acc_t>(clamp));
@@ -186,8 +169,7 @@ actnorm_channel_sums_kernel(const scalar_t* __restrict__ g, const scalar_t* __re
     agx += gv * static_cast<acc_t>(x[i]);
   }
   ag = block_sum(ag);
-  __syncthreads();  // block_sum's shared buffer is reused
-  agx = block_sum(agx);
+  agx = block_sum(agx);  // (block_sum begins with a barrier: no other needed between the two)
   if (threadIdx.x == 0) {
     part_g[blockIdx.y * c + ch] = ag;
     part_gx[blockIdx.y * c + ch] = agx;
@@ -212,8 +194,7 @@ std::tuple<at::Tensor, at::Tensor> actnorm_cuda(const at::Tensor& x_in, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto launch = [&](auto inv_c) {
-      actnorm_elementwise_kernel<decltype(inv_c)::value, false, scalar_t, acc_t>
-          <<<elementwise_blocks(x.numel()), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(elementwise_blocks(x.numel()), kThreads, 0, stream, actnorm_elementwise_kernel<decltype(inv_c)::value, false, scalar_t, acc_t>)(
               x.const_data_ptr<scalar_t>(), loc.const_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
               y.mutable_data_ptr<scalar_t>(), x.numel(), sh.c, sh.s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -243,20 +224,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
     TORCH_CHECK_VALUE(sh.c <= INT32_MAX, "fastgen: channel count ", sh.c, " exceeds 2^31-1");
     const auto scale = actnorm_channel_params(loc_in, ls_in, inverse).first;
     const int64_t per_channel = sh.n * sh.s;
-    const int64_t chunk = std::max(kMinChunk, (per_channel + kMaxGridY - 1) / kMaxGridY);
-    const int64_t chunks = (per_channel + chunk - 1) / chunk;
+    const reduce::RowTiling tiling(sh.c, sh.c * per_channel);  // grid (channel, chunk)
+    const int64_t chunk = tiling.chunk, chunks = tiling.chunks;
     auto part_g = at::empty({chunks, sh.c}, x.options().dtype(math_t));
     auto part_gx = at::empty({chunks, sh.c}, x.options().dtype(math_t));
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      actnorm_elementwise_kernel<false, true, scalar_t, acc_t>
-          <<<elementwise_blocks(x.numel()), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(elementwise_blocks(x.numel()), kThreads, 0, stream, actnorm_elementwise_kernel<false, true, scalar_t, acc_t>)(
               gy.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
               dx.mutable_data_ptr<scalar_t>(), x.numel(), sh.c, sh.s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      actnorm_channel_sums_kernel<scalar_t, acc_t>
-          <<<dim3(static_cast<unsigned>(sh.c), static_cast<unsigned>(chunks)), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(dim3(static_cast<unsigned>(sh.c), static_cast<unsigned>(chunks)), kThreads, 0, stream, actnorm_channel_sums_kernel<scalar_t, acc_t>)(
               gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), part_g.mutable_data_ptr<acc_t>(),
               part_gx.mutable_data_ptr<acc_t>(), sh.c, sh.s, per_channel, chunk);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -317,7 +296,7 @@ at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       dispatch_prior(prior, [&](auto prior_c) {
-        prior_terms_kernel<decltype(prior_c)::value, scalar_t, acc_t><<<l.grid(), kThreads, 0, stream>>>(
+        FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, prior_terms_kernel<decltype(prior_c)::value, scalar_t, acc_t>)(
             z.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), l.cols, l.chunk);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -343,7 +322,7 @@ at::Tensor flow_nll_backward_cuda(const at::Tensor& g_in, const at::Tensor& z_in
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_prior(prior, [&](auto prior_c) {
-      prior_grad_kernel<decltype(prior_c)::value, scalar_t, acc_t><<<l.grid(), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, prior_grad_kernel<decltype(prior_c)::value, scalar_t, acc_t>)(
           g.const_data_ptr<acc_t>(), z.const_data_ptr<scalar_t>(), dz.mutable_data_ptr<scalar_t>(), l.cols,
           l.chunk);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -375,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backward_cuda
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+FASTGEN_CUDA_LIBRARY_IMPL(m) {
   m.impl("invertible_conv1x1_native", &invconv_cuda);
   m.impl("invertible_conv1x1_backward_native", &invconv_backward_cuda);
   m.impl("affine_coupling_native", &affine_coupling_cuda);

@@ -7,8 +7,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -20,6 +18,8 @@
 #include "common/gan_host.h"
 #include "common/info_nce.h"
 #include "cuda/device_guard.h"
+#include "cuda/launch.h"
+#include "cuda/reduce.cuh"
 
 namespace fastgen {
 namespace {
@@ -39,16 +39,7 @@ void dispatch_act(c10::string_view act, F&& f) {
 // Sum of v over the block; the result is valid in thread 0.
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {
-  __shared__ T warp_sums[kThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();  // warp_sums may still be read by a previous call
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : T(0);
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
+  return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
 }
 
 struct ChannelView {
@@ -131,7 +122,7 @@ at::Tensor bias_act_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_act(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
-      bias_act_forward_kernel<A, scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(blocks, kThreads, 0, stream, bias_act_forward_kernel<A, scalar_t, acc_t>)(
           x.const_data_ptr<scalar_t>(), bias ? bias->const_data_ptr<scalar_t>() : nullptr,
           out.mutable_data_ptr<scalar_t>(), x.numel(), v.channels, v.inner, static_cast<acc_t>(alpha),
           static_cast<acc_t>(gain));
@@ -170,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
     dispatch_act(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
       const auto launch = [&](auto planes_tag) {
-        bias_act_backward_kernel<A, decltype(planes_tag)::value, scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+        FASTGEN_LAUNCH(grid, kThreads, 0, stream, bias_act_backward_kernel<A, decltype(planes_tag)::value, scalar_t, acc_t>)(
             grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
             bias ? bias->const_data_ptr<scalar_t>() : nullptr, dx.mutable_data_ptr<scalar_t>(),
             want_db ? partial.mutable_data_ptr<acc_t>() : nullptr, v.outer, v.channels, v.inner, rows_per_block,
@@ -286,7 +277,6 @@ group_norm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __
     const acc_t gy = group_norm_gy<kAct, scalar_t, acc_t>(gs[i], xv * scale + shift);
     dx[t * m + i] = static_cast<scalar_t>(scale * gy + k1 * (xv - mu) + k2);
   }
-  check_group_norm_eps(eps);
 }
 
 const void* opt_ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
@@ -296,6 +286,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
                                                                     const std::optional<at::Tensor>& bias_in,
                                                                     int64_t num_groups, double eps, bool act) {
   check_group_norm(x_in, weight_in, bias_in, num_groups);
+  check_group_norm_eps(eps);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous();
   const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
@@ -312,8 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto launch = [&](auto act_tag) {
-      group_norm_forward_kernel<decltype(act_tag)::value, scalar_t, acc_t>
-          <<<static_cast<unsigned>(n * num_groups), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(static_cast<unsigned>(n * num_groups), kThreads, 0, stream, group_norm_forward_kernel<decltype(act_tag)::value, scalar_t, acc_t>)(
               x.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(opt_ptr(weight)),
               static_cast<const scalar_t*>(opt_ptr(bias)), y.mutable_data_ptr<scalar_t>(),
               mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), num_groups, cg, hw,
@@ -349,8 +339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto launch = [&](auto act_tag) {
-        group_norm_backward_kernel<decltype(act_tag)::value, scalar_t, acc_t>
-            <<<static_cast<unsigned>(n * num_groups), kThreads, 0, stream>>>(
+        FASTGEN_LAUNCH(static_cast<unsigned>(n * num_groups), kThreads, 0, stream, group_norm_backward_kernel<decltype(act_tag)::value, scalar_t, acc_t>)(
                 grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                 static_cast<const scalar_t*>(opt_ptr(weight)), static_cast<const scalar_t*>(opt_ptr(bias)),
                 mean.const_data_ptr<acc_t>(), rstd.const_data_ptr<acc_t>(), dx.mutable_data_ptr<scalar_t>(),
@@ -371,16 +360,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
 
 template <typename T>
 __device__ __forceinline__ T block_max(T v) {
-  __shared__ T warp_max[kThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  __syncthreads();
-  if (lane == 0) warp_max[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? warp_max[threadIdx.x] : -std::numeric_limits<T>::infinity();
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
-  return v;
+  return reduce::block_max<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
 }
 
 template <typename T>
@@ -414,7 +394,7 @@ struct CudaInfoNceEpilogue {
   void lse_update(const at::Tensor& s, at::Tensor& running) const {
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "info_nce_lse_cuda", [&] {
-      info_nce_lse_kernel<scalar_t><<<static_cast<unsigned>(s.size(0)), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(static_cast<unsigned>(s.size(0)), kThreads, 0, stream, info_nce_lse_kernel<scalar_t>)(
           s.const_data_ptr<scalar_t>(), running.mutable_data_ptr<scalar_t>(), s.size(1));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -423,7 +403,7 @@ struct CudaInfoNceEpilogue {
     auto p = at::empty_like(s);
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "info_nce_weights_cuda", [&] {
-      info_nce_weights_kernel<scalar_t><<<static_cast<unsigned>(s.size(0)), kThreads, 0, stream>>>(
+      FASTGEN_LAUNCH(static_cast<unsigned>(s.size(0)), kThreads, 0, stream, info_nce_weights_kernel<scalar_t>)(
           s.const_data_ptr<scalar_t>(), lse_rows.const_data_ptr<scalar_t>(), lse_cols.const_data_ptr<scalar_t>(),
           p.mutable_data_ptr<scalar_t>(), s.size(1));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -451,7 +431,7 @@ std::tuple<at::Tensor, at::Tensor> info_nce_loss_backward_cuda(const at::Tensor&
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+FASTGEN_CUDA_LIBRARY_IMPL(m) {
   m.impl("bias_act_native", &bias_act_cuda);
   m.impl("bias_act_backward_native", &bias_act_backward_cuda);
   m.impl("group_norm_silu_native", &group_norm_silu_cuda);

@@ -4,32 +4,22 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
 #include "common/vae.h"
 #include "cuda/device_guard.h"
+#include "cuda/launch.h"
+#include "cuda/reduce.cuh"
 
 namespace fastgen {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMinChunk = 8192;     // elements per block
-constexpr int64_t kMaxGridY = 65535;
 
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {
-  __shared__ T warp_sums[kThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : T(0);
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
+  return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
 }
 
 template <typename scalar_t, typename acc_t>
@@ -72,15 +62,11 @@ reparam_kl_backward_kernel(const scalar_t* __restrict__ gz, const acc_t* __restr
   }
 }
 
-struct Launch {
-  int64_t rows, cols, chunk, chunks;
-  explicit Launch(const at::Tensor& t) {
-    rows = t.size(0);
-    cols = rows == 0 ? 0 : t.numel() / rows;
-    chunk = std::max(kMinChunk, (cols + kMaxGridY - 1) / kMaxGridY);
-    chunks = std::max<int64_t>(1, (cols + chunk - 1) / chunk);
+// grid (sample, chunk): csrc/cuda/reduce.cuh
+struct Launch : reduce::RowTiling {
+  explicit Launch(const at::Tensor& t) : reduce::RowTiling(t.size(0), t.numel()) {
+    TORCH_CHECK_VALUE(fits(), "fastgen: batch size ", rows, " exceeds 2^31-1");
   }
-  dim3 grid() const { return dim3(static_cast<unsigned>(rows), static_cast<unsigned>(chunks)); }
 };
 
 std::tuple<at::Tensor, at::Tensor> reparam_kl_cuda(const at::Tensor& mu_in, const at::Tensor& lv_in,
@@ -99,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_cuda(const at::Tensor& mu_in, cons
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparam_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    reparam_kl_forward_kernel<scalar_t, acc_t><<<l.grid(), kThreads, 0, stream>>>(
+    FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, reparam_kl_forward_kernel<scalar_t, acc_t>)(
         mu.const_data_ptr<scalar_t>(), lv.const_data_ptr<scalar_t>(), eps.const_data_ptr<scalar_t>(),
         z.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), l.cols, l.chunk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -132,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_backward_cuda(const at::Tensor& gz
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparam_kl_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto gkl = gkl_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    reparam_kl_backward_kernel<scalar_t, acc_t><<<l.grid(), kThreads, 0, stream>>>(
+    FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, reparam_kl_backward_kernel<scalar_t, acc_t>)(
         gz.const_data_ptr<scalar_t>(), gkl.const_data_ptr<acc_t>(), mu.const_data_ptr<scalar_t>(),
         lv.const_data_ptr<scalar_t>(), eps.const_data_ptr<scalar_t>(),
         dmu.mutable_data_ptr<scalar_t>(), dlv.mutable_data_ptr<scalar_t>(), l.cols, l.chunk);
@@ -143,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_backward_cuda(const at::Tensor& gz
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+FASTGEN_CUDA_LIBRARY_IMPL(m) {
   m.impl("gaussian_reparam_kl_native", &reparam_kl_cuda);
   m.impl("gaussian_reparam_kl_backward_native", &reparam_kl_backward_cuda);
 }

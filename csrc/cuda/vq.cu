@@ -7,14 +7,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cfloat>
 
 #include "common/vq.h"
 #include "cuda/device_guard.h"
+#include "cuda/launch.h"
 
 namespace fastgen {
 namespace {
@@ -119,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cuda(const at::Tensor& z_in, const
   const dim3 grid(static_cast<unsigned>((n + kRowsPerBlock - 1) / kRowsPerBlock));
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "vq_nearest_cuda", [&] {
-    vq_nearest_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    FASTGEN_LAUNCH(grid, kThreads, 0, stream, vq_nearest_kernel<scalar_t>)(
         z.const_data_ptr<scalar_t>(), e.const_data_ptr<scalar_t>(), enorm.const_data_ptr<scalar_t>(),
         n, k, d, best.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -175,13 +174,16 @@ __global__ void vq_dz_kernel(const T* __restrict__ g, const T* __restrict__ z, c
 // Per-code sums over rows grouped by code (order/starts from a stable sort): block (32, 8) per
 // (code, 32 columns); thread (x, y) sums rows y, y + 8, ... of the group, then the 8 partials
 // are added in a fixed order. MODE 0: out = sums; 1: out = sums of (z - e[code]); 2: EMA of the
-// buffers out (embed_sum) and cs (cluster_size) with the sums and counts.
+// buffers out (embed_sum) and cs (cluster_size) with the sums and counts. The sums are in A (z's
+// math type), the EMA in the buffers' math type E, as the reference (sums of z, then the update
+// in the buffers' dtype): an fp32 z with fp64 buffers sums in fp32, updates in fp64.
 constexpr int kSegCols = 32, kSegRows = 8;
 
 template <typename T, typename A, typename O, int MODE>
 __global__ void vq_segment_kernel(const T* __restrict__ z, const T* __restrict__ e, const int64_t* __restrict__ order,
                                   const int64_t* __restrict__ starts, O* __restrict__ out, O* __restrict__ cs,
-                                  int64_t d, A decay) {
+                                  int64_t d, double decay) {
+  using E = std::conditional_t<std::is_same_v<O, double>, double, float>;
   __shared__ A part[kSegRows][kSegCols];
   const int64_t code = blockIdx.x;
   const int64_t col = static_cast<int64_t>(blockIdx.y) * kSegCols + threadIdx.x;
@@ -197,9 +199,10 @@ __global__ void vq_segment_kernel(const T* __restrict__ z, const T* __restrict__
   A total = 0;
   for (int y = 0; y < kSegRows; ++y) total += part[y][threadIdx.x];
   if (MODE == 2) {
-    out[code * d + col] = static_cast<O>(vq_ema<A>(static_cast<A>(out[code * d + col]), total, decay));
+    out[code * d + col] = static_cast<O>(vq_ema<E>(static_cast<E>(out[code * d + col]), static_cast<E>(total),
+                                                   static_cast<E>(decay)));
     if (blockIdx.y == 0 && threadIdx.x == 0)
-      cs[code] = static_cast<O>(vq_ema<A>(static_cast<A>(cs[code]), static_cast<A>(hi - lo), decay));
+      cs[code] = static_cast<O>(vq_ema<E>(static_cast<E>(cs[code]), static_cast<E>(hi - lo), static_cast<E>(decay)));
   } else {
     out[code * d + col] = static_cast<O>(total);
   }
@@ -218,8 +221,8 @@ void launch_segment(const T* z, const T* e, const at::Tensor& order, const at::T
                     int64_t k, int64_t d, double decay) {
   if (k == 0 || d == 0) return;
   const dim3 grid(static_cast<unsigned>(k), static_cast<unsigned>((d + kSegCols - 1) / kSegCols));
-  vq_segment_kernel<T, A, O, MODE><<<grid, dim3(kSegCols, kSegRows), 0, at::cuda::getCurrentCUDAStream()>>>(
-      z, e, order.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(), out, cs, d, static_cast<A>(decay));
+  FASTGEN_LAUNCH(grid, dim3(kSegCols, kSegRows), 0, at::cuda::getCurrentCUDAStream(), vq_segment_kernel<T, A, O, MODE>)(
+      z, e, order.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(), out, cs, d, decay);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -235,8 +238,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_quantize_cuda(const at::Tensor
   if (n > 0) {
     FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "vq_quantize_cuda", [&] {
       using A = at::opmath_type<scalar_t>;
-      vq_gather_st_kernel<scalar_t, A><<<blocks_for(n, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
-                                         at::cuda::getCurrentCUDAStream()>>>(
+      FASTGEN_LAUNCH(blocks_for(n, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
+                                         at::cuda::getCurrentCUDAStream(), vq_gather_st_kernel<scalar_t, A>)(
           z.const_data_ptr<scalar_t>(), e.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
           zq.mutable_data_ptr<scalar_t>(), sq.mutable_data_ptr<A>(), n, d);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -269,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> vq_quantize_backward_cuda(const at::Tensor& g
   FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "vq_quantize_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     if (n * d > 0) {
-      vq_dz_kernel<scalar_t, A><<<blocks_for(n * d, 256), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      FASTGEN_LAUNCH(blocks_for(n * d, 256), 256, 0, at::cuda::getCurrentCUDAStream(), vq_dz_kernel<scalar_t, A>)(
           gzq.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), e.const_data_ptr<scalar_t>(),
           idx.const_data_ptr<int64_t>(), gl.const_data_ptr<A>(), static_cast<A>(scale * w_z),
           dz.mutable_data_ptr<scalar_t>(), n, d, k);
@@ -312,7 +315,7 @@ std::tuple<at::Tensor, at::Tensor> vq_ema_update_cuda(const at::Tensor& z_in, co
   FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "vq_ema_update_cuda", [&] {
     using T = scalar_t;
     FASTGEN_DISPATCH_FLOATS(embed_sum.scalar_type(), "vq_ema_update_cuda_buffers", [&] {
-      using A = at::opmath_type<scalar_t>;
+      using A = at::opmath_type<T>;  // the sums in z's math type; the EMA in the buffers' (kernel)
       launch_segment<2, T, A, scalar_t>(z.const_data_ptr<T>(), nullptr, order, starts,
                                         embed_sum.mutable_data_ptr<scalar_t>(),
                                         cluster_size.mutable_data_ptr<scalar_t>(), k, z.size(1), decay);
@@ -324,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor> vq_ema_update_cuda(const at::Tensor& z_in, co
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgen, CUDA, m) {
+FASTGEN_CUDA_LIBRARY_IMPL(m) {
   m.impl("vq_nearest_native", &vq_nearest_cuda);
   m.impl("vq_quantize_native", &vq_quantize_cuda);
   m.impl("vq_quantize_backward_native", &vq_quantize_backward_cuda);

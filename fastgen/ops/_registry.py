@@ -232,6 +232,8 @@ class FusedOp:
             return self.reference
         if backend == "triton":
             return _triton.on_device(self.triton)
+        if backend == "cuda_emu":  # the CUDA kernels on the CPU execution model (fastgen._C_emu)
+            return getattr(torch.ops.fastgen_emu, f"{self.name}_native").default
         namespace, name = self.native_qualname.split("::")
         return getattr(getattr(torch.ops, namespace), name).default
 
@@ -243,6 +245,8 @@ class FusedOp:
             if device != backend:
                 return f"the {backend} backend runs {backend} tensors only"
             return self._native_missing(_DEVICE_KEYS[device])
+        if backend == "cuda_emu":
+            return self._emu_missing(device)
         if backend == "triton":
             if self.triton is None:
                 return "no Triton kernel for this op"
@@ -252,6 +256,18 @@ class FusedOp:
                 return "Triton runs CPU tensors only under TRITON_INTERPRET=1"
             return None
         raise ValueError(f"fastgen: unknown backend {backend!r}; expected one of {_backend.BACKENDS}")
+
+    def _emu_missing(self, device):
+        """None if the CUDA kernel runs under the CPU execution model here, else why not."""
+        if device != "cpu":
+            return "the cuda_emu backend runs cpu tensors only"
+        if self.native_qualname is None:
+            return "no C++ kernel for this op"
+        if _ext.EMU is None:
+            return _ext.EMU_ERROR
+        if not _ext.has_kernel(f"fastgen_emu::{self.name}_native", "CPU"):
+            return f"no CUDA kernel for fastgen_emu::{self.name}_native in fastgen._C_emu"
+        return None
 
     def _native_missing(self, key):
         if self.native_qualname is None:
@@ -278,4 +294,6 @@ class FusedOp:
             out["cuda"] = (False, "CUDA kernel registered; no GPU visible to run it")
         else:
             out["cuda"] = (why is None, why or "CUDA C++ kernel")
+        why = self._emu_missing("cpu")
+        out["cuda_emu"] = (why is None, why or "CUDA C++ kernel on the CPU execution model (CPU tensors)")
         return out
