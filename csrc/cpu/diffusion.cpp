@@ -411,6 +411,7 @@ at::Tensor flow_cpu(const at::Tensor& v_in, const at::Tensor* v2_in, const at::T
   if (v2_in) check_same_float_tensor(x_in, "sample", *v2_in, "model_output_next");
   const bool stochastic = noise_in && optional_like(*noise_in, x_in, "noise");
   const bool guided = uncond_in && optional_like(*uncond_in, x_in, "model_output_uncond");
+  TORCH_CHECK_VALUE(std::isfinite(guidance), "fastgen: guidance_scale must be finite, got ", guidance);
   check_table(sigmas, x_in, "sigmas", 2);
   const int64_t i = host_index(step_index, x_in, sigmas.size(0) - 1, "step_index");
   const auto v = v_in.contiguous(), x = x_in.contiguous();

@@ -347,6 +347,7 @@ at::Tensor flow_cuda(const at::Tensor& v_in, const at::Tensor* v2_in, const at::
   if (v2_in) check_same_float_tensor(x_in, "sample", *v2_in, "model_output_next");
   const bool stochastic = noise_in && optional_like(*noise_in, x_in, "noise");
   const bool guided = uncond_in && optional_like(*uncond_in, x_in, "model_output_uncond");
+  TORCH_CHECK_VALUE(std::isfinite(guidance), "fastgen: guidance_scale must be finite, got ", guidance);
   check_table(sigmas_in, x_in, "sigmas", 2);
   at::Tensor keep;
   const Index i = make_index(step_index, x_in, sigmas_in.size(0) - 1, "step_index", keep);

@@ -431,7 +431,7 @@ _flow_euler = FusedOp(
     "Tensor model_output_uncond, float guidance_scale=1.0",
     "Tensor", reference=reference.flow_euler_step,
     fake=lambda model_output, sample, *rest: torch.empty_like(sample, memory_format=torch.contiguous_format),
-    check=_check_flow_euler, triton=_triton_diffusion.flow_euler_step, native=True)
+    check=_check_flow_euler, triton=_triton_diffusion.flow_euler_step, native=True, native_checks=True)
 
 _flow_heun = FusedOp(
     "flow_heun_step",
@@ -439,7 +439,7 @@ _flow_heun = FusedOp(
     "Tensor", reference=reference.flow_heun_step,
     fake=lambda model_output, model_output_next, sample, *rest: torch.empty_like(
         sample, memory_format=torch.contiguous_format),
-    check=_check_flow_heun, triton=_triton_diffusion.flow_heun_step, native=True)
+    check=_check_flow_heun, triton=_triton_diffusion.flow_heun_step, native=True, native_checks=True)
 
 
 def flow_euler_step(model_output, sample, step_index, sigmas, *, noise=None, model_output_uncond=None,
