@@ -64,6 +64,7 @@ def info(print_report: bool = True) -> dict:
         "cuda_archs": cuda_archs,
         "cuda_gpu_coverage": cuda_gpu,
         "default_backend": _backend.current_backend(),
+        "vq_nearest_search": _vq_search_paths(),
         "ops": {name: {b: {"live": live, "note": note} for b, (live, note) in op.status().items()}
                 for name, op in sorted(REGISTRY.items())},
     }
@@ -72,10 +73,17 @@ def info(print_report: bool = True) -> dict:
     return report
 
 
+def _vq_search_paths() -> str:
+    """Which nearest-code search vq_nearest runs (docs/vq_certified.md)."""
+    from .ops import vq_certified
+    return f"CPU: {vq_certified.cpu_search_path()}; Triton: {vq_certified.gpu_search_path()}"
+
+
 def format_info(report: dict) -> str:
     lines = [f"fastgen {report['fastgen']}"]
     for key in ("torch", "torch_cuda", "triton", "triton_interpreter", "device", "gpu_visible",
-                "native_extension", "cuda_archs", "cuda_gpu_coverage", "default_backend"):
+                "native_extension", "cuda_archs", "cuda_gpu_coverage", "default_backend",
+                "vq_nearest_search"):
         if report.get(key) is not None:
             lines.append(f"  {key:<19} {report[key]}")
     lines.append("ops (backend: live / why not):")

@@ -51,7 +51,8 @@ SMEM_OPTIN = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 MAX_GRID = (2 ** 31 - 1, 65535, 65535)
 SPILL_BUDGET_COLD = 4096
 HOT_KERNELS = ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel",
-               "_decode_partial_kernel", "_vq_nearest_kernel", "_vq_gather_st_kernel", "_vq_dz_kernel",
+               "_decode_partial_kernel", "_vq_nearest_kernel", "_vq_candidates_kernel", "_vq_gather_st_kernel",
+               "_vq_dz_kernel",
                "_info_nce_fwd_kernel",
                "_info_nce_bwd_kernel", "_gn_fwd_kernel", "_gn_bwd_kernel", "_denoise_step_kernel",
                "_mix_by_timestep_kernel", "_flow_step_kernel")
@@ -200,6 +201,9 @@ def _cases_vq():
             e = _r(11, d, dtype=dt)
             yield f"vq_nearest D={d} {dt}", lambda z=z, e=e: vq.vq_nearest(z, e)
             yield f"vq_nearest cosine D={d} {dt}", lambda z=z, e=e: vq.vq_nearest(z, e, "cosine")
+            if dt == torch.float32:  # the certified two-stage search (fp32 at K >= 4096)
+                yield (f"vq_nearest certified D={d} {dt}",
+                       lambda z=z, e=e: vq.vq_nearest_certified(*vq._prepare(z, e, "l2")))
             idx = torch.arange(7) % 11
             yield f"vq_quantize D={d} {dt}", lambda z=z, e=e: vq.vq_quantize(z, e)
             yield (f"vq_quantize_backward D={d} {dt}",

@@ -29,7 +29,10 @@ _TILE_SETS = {
 @jit
 def _vq_nearest_kernel(z_ptr, e_ptr, enorm_ptr, znorm_ptr, idx_ptr, dist_ptr, N, K, D,
                        stride_z, stride_e, D_PAD, BLOCK_D: tl.constexpr, ONE_CHUNK: tl.constexpr,
-                       IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       tiles_ptr=None, SKIP: tl.constexpr = False):
+    # SKIP (stage 2 of the certified search below): code tile t of this row block is computed
+    # only where tiles_ptr[pid * cdiv(K, BLOCK_K) + t] != 0; the same arithmetic otherwise.
     # D_PAD is a run-time bound on purpose: as a constexpr, the loop over D is unrolled and the
     # z tiles, the same for every codebook tile, are hoisted out of the K loop into registers.
     # Addresses are a 64-bit base per tile plus 32-bit offsets within it: 64-bit offsets per
@@ -45,32 +48,36 @@ def _vq_nearest_kernel(z_ptr, e_ptr, enorm_ptr, znorm_ptr, idx_ptr, dist_ptr, N,
         z_all = tl.load(z_tile + local[:, None] * stride_z + tl.arange(0, BLOCK_D)[None, :],
                         mask=rmask[:, None] & (tl.arange(0, BLOCK_D) < D)[None, :], other=0.0)
     for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        cmask = cols < K
-        e_tile = e_ptr + to_int64(k0) * stride_e
-        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        for d0 in range(0, D_PAD, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            dmask = ds < D
-            if ONE_CHUNK:
-                zt = z_all
-            else:
-                zt = tl.load(z_tile + local[:, None] * stride_z + ds[None, :],
-                             mask=rmask[:, None] & dmask[None, :], other=0.0)
-            et = tl.load(e_tile + tl.arange(0, BLOCK_K)[:, None] * stride_e + ds[None, :],
-                         mask=cmask[:, None] & dmask[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(zt, tl.trans(et), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(zt, tl.trans(et), acc)
-        en = tl.load(enorm_ptr + cols, mask=cmask, other=float("inf"))
-        d = en[None, :] - 2.0 * acc
-        d = tl.where(cmask[None, :] & (d == d), d, float("inf"))  # padding and NaN -> +inf
-        tile_min = tl.min(d, axis=1)
-        tile_arg = tl.argmin(d, axis=1)
-        better = tile_min < best
-        best = tl.where(better, tile_min, best)
-        best_i = tl.where(better, tile_arg + k0, best_i)  # K < 2**31
+        run = True
+        if SKIP:
+            run = tl.load(tiles_ptr + pid * tl.cdiv(K, BLOCK_K) + k0 // BLOCK_K) != 0
+        if run:
+            cols = k0 + tl.arange(0, BLOCK_K)
+            cmask = cols < K
+            e_tile = e_ptr + to_int64(k0) * stride_e
+            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+            for d0 in range(0, D_PAD, BLOCK_D):
+                ds = d0 + tl.arange(0, BLOCK_D)
+                dmask = ds < D
+                if ONE_CHUNK:
+                    zt = z_all
+                else:
+                    zt = tl.load(z_tile + local[:, None] * stride_z + ds[None, :],
+                                 mask=rmask[:, None] & dmask[None, :], other=0.0)
+                et = tl.load(e_tile + tl.arange(0, BLOCK_K)[:, None] * stride_e + ds[None, :],
+                             mask=cmask[:, None] & dmask[None, :], other=0.0)
+                if IEEE:
+                    acc = tl.dot(zt, tl.trans(et), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(zt, tl.trans(et), acc)
+            en = tl.load(enorm_ptr + cols, mask=cmask, other=float("inf"))
+            d = en[None, :] - 2.0 * acc
+            d = tl.where(cmask[None, :] & (d == d), d, float("inf"))  # padding and NaN -> +inf
+            tile_min = tl.min(d, axis=1)
+            tile_arg = tl.argmin(d, axis=1)
+            better = tile_min < best
+            best = tl.where(better, tile_min, best)
+            best_i = tl.where(better, tile_arg + k0, best_i)  # K < 2**31
     zn = tl.load(znorm_ptr + rows, mask=rmask, other=0.0)
     # a non-finite row of z has no finite distance (as in the reference): code 0 at +inf
     bad = (zn != zn) | (zn == float("inf")) | (best == float("inf")) | (best == float("-inf"))
@@ -78,6 +85,10 @@ def _vq_nearest_kernel(z_ptr, e_ptr, enorm_ptr, znorm_ptr, idx_ptr, dist_ptr, N,
     dist = tl.where(bad, float("inf"), tl.maximum(best + zn, 0.0))
     tl.store(idx_ptr + rows, best_i.to(tl.int64), mask=rmask)
     tl.store(dist_ptr + rows, dist, mask=rmask)
+
+
+def _exact_block_d(d):
+    return max(16, min(64, next_power_of_2(d)))  # wider rows loop over D in chunks of 64
 
 
 def _prepare(z, codebook, metric):
@@ -94,12 +105,18 @@ def _prepare(z, codebook, metric):
 
 
 def vq_nearest(z, codebook, metric="l2"):
-    n, d = z.shape
-    k = codebook.shape[0]
     if z.dtype == torch.float64:
         raise TypeError("fastgen.vq_nearest: the triton kernel takes float16, bfloat16 or float32 "
                         "(it accumulates in fp32); use backend='cpu' or 'reference' for float64")
     z, codebook = _prepare(z, codebook, metric)
+    if certified_applies(z, codebook.shape[0]):
+        return vq_nearest_certified(z, codebook)[:2]
+    return _vq_nearest_exact(z, codebook)
+
+
+def _vq_nearest_exact(z, codebook):
+    n, d = z.shape
+    k = codebook.shape[0]
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     dist = torch.empty(n, dtype=torch.float32, device=z.device)
     if n == 0:
@@ -107,7 +124,7 @@ def vq_nearest(z, codebook, metric="l2"):
     enorm = codebook.float().pow(2).sum(1)
     znorm = z.float().pow(2).sum(1)
     ieee = z.dtype == torch.float32 and fp32_dot_ieee()
-    block_d = max(16, min(64, next_power_of_2(d)))  # wider rows loop over D in chunks of 64
+    block_d = _exact_block_d(d)
     d_pad = -(-d // block_d) * block_d
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     one_chunk = d_pad == block_d
@@ -119,6 +136,176 @@ def vq_nearest(z, codebook, metric="l2"):
 
 _VQ_NEAREST = {key: autotune(_configs(tiles), key=["K", "D_PAD"])(_vq_nearest_kernel)
                for key, tiles in _TILE_SETS.items()}
+
+
+# -- the certified two-stage search (docs/vq_certified.md; the CPU twin is csrc/cpu/vq_certified.cpp)
+#
+# For fp32 inputs with exact ("ieee") fp32 dots, _vq_nearest_kernel runs on the FMA units. Here
+# stage 1 (_vq_candidates_kernel) ranks the codes with bf16 tensor-core dots of bf16-rounded z
+# and e, keeping per row the running minimum m of a_j = ||e_j||^2 - 2 z^.e^_j and every code
+# with a_j <= m + 2B, where B bounds |a_j - p_j| and p_j is the fp32 value _vq_nearest_kernel
+# computes for the same (row, code). Stage 2 (_vq_rerank_kernel) recomputes the candidates with
+# _vq_nearest_kernel's own arithmetic: the same tl.dot("ieee") over the same BLOCK_D chunks,
+# the same epilogue, so the same bits (a dot's element does not depend on the other rows and
+# columns of its tile: on the GPU each is one FMA chain, under the interpreter one numpy
+# matmul element). Rows with more than CAP candidates, or with values the bound does not
+# cover, run _vq_nearest_kernel itself.
+#
+# The bound, with u = 2^-24, v = 2^-8 (bf16), A = ||z|| max_j ||e_j||, E = max_j ||e_j||^2:
+#   exact kernel, D FMAs:               g_D (E + 2A)
+#   bf16 rounding of z and e:           2 (2v + v^2) A        (products of bf16 are exact in fp32)
+#   stage-1 accumulation, D terms:      2 g'_D (1 + v)^2 A    (g' with unit 2^-20: tensor cores
+#                                                              align and truncate inside an MMA,
+#                                                              so 16x the fp32 unit as margin)
+#   a_j = en - 2 acc in fp32:           u (E + 2 (1 + v)^2 (1 + g'_D) A)
+# plus 2^-123 (D + 2)(2 + max|z| + max|e|) for subnormals flushed to zero, all times
+# (1 + 2^-20) for the float64 arithmetic of the bound. Why the candidates hold the answer:
+# p_j* <= p_i <= a_i + B for all i, so every code tied with the winner has
+# a_j - B <= p_j* <= min_i a_i + B. Under the interpreter (where bf16 dots are wrong, see
+# docs/design.md) stage 1 runs fp32 dots on the bf16-rounded values instead: the same
+# products, exact numpy accumulation, so the same bound applies.
+
+CERTIFIED_CAP = 32  # stage-2 candidates per row; a row with more runs the exact kernel
+CERTIFIED_NOTE = ("certified two-stage for fp32 inputs with ieee fp32 dots, K >= 4096, D <= 256: bf16 "
+                  "tensor-core stage 1, exact stage 2 (fp16/bf16 inputs already run on tensor cores)")
+
+
+@jit
+def _vq_candidates_kernel(z_ptr, e_ptr, enorm_ptr, twob_ptr, cand_ptr, aval_ptr, count_ptr, thr_ptr, N, K, D,
+                          BLOCK_D: tl.constexpr, CAP: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    # z, e: bf16-rounded copies, contiguous [N, BLOCK_D*] / [K, D] (D padded to BLOCK_D by masks)
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    ds = tl.arange(0, BLOCK_D)
+    dmask = ds < D
+    zt = tl.load(z_ptr + rows[:, None] * D + ds[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+    two_b = tl.load(twob_ptr + rows, mask=rmask, other=0.0)
+    best = tl.full([BLOCK_N], float("inf"), tl.float32)
+    thr = tl.full([BLOCK_N], float("inf"), tl.float32)
+    count = tl.zeros([BLOCK_N], tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        et = tl.load(e_ptr + to_int64(k0) * D + tl.arange(0, BLOCK_K)[:, None] * D + ds[None, :],
+                     mask=cmask[:, None] & dmask[None, :], other=0.0)
+        acc = tl.dot(zt, tl.trans(et))
+        en = tl.load(enorm_ptr + cols, mask=cmask, other=float("inf"))
+        a = en[None, :] - 2.0 * acc
+        a = tl.where(cmask[None, :] & (a == a), a, float("inf"))
+        tile_min = tl.min(a, axis=1)
+        better = tile_min < best
+        best = tl.where(better, tile_min, best)
+        # the threshold rounded up: + |best| 2^-21 covers the fp32 rounding of the sum
+        thr = tl.where(better, best + two_b + tl.abs(best) * 4.76837158203125e-07, thr)
+        keep = (a <= thr[:, None]) & cmask[None, :]
+        pos = count[:, None] + tl.cumsum(keep.to(tl.int32), axis=1) - 1
+        smask = keep & (pos < CAP) & rmask[:, None]
+        tl.store(cand_ptr + rows[:, None] * CAP + pos, cols[None, :].to(tl.int32) + tl.zeros_like(pos), mask=smask)
+        tl.store(aval_ptr + rows[:, None] * CAP + pos, a, mask=smask)
+        count += tl.sum(keep.to(tl.int32), axis=1)
+    tl.store(count_ptr + rows, count, mask=rmask)
+    tl.store(thr_ptr + rows, thr, mask=rmask)
+
+
+# Stage 2 computes a (row block, code tile) pair wherever one of the block's 32 rows has a
+# candidate in the tile: with ~3 candidates per row (Gaussian data) that is ~1 - (1 - 3/T)^32 of
+# the T = K/32 tiles: ~30% at K = 8192, ~95% at K = 1024. Below this K the two stages together
+# would cost more than the exact kernel alone, so the exact kernel runs.
+CERTIFIED_MIN_K = 4096
+
+
+def certified_applies(z, k) -> bool:
+    """Whether vq_nearest on this (prepared) z and K codes runs the two-stage search: fp32
+    inputs whose exact kernel uses ieee fp32 dots, D <= 256, K >= CERTIFIED_MIN_K, unless
+    FASTGEN_VQ_EXACT_ONLY is set."""
+    import os
+    if os.environ.get("FASTGEN_VQ_EXACT_ONLY", "") not in ("", "0"):
+        return False
+    return (z.dtype == torch.float32 and z.shape[0] > 0 and z.shape[1] <= 256 and k >= CERTIFIED_MIN_K
+            and fp32_dot_ieee())
+
+
+def certified_bound(z, codebook, enorm, acc_unit=2.0 ** -20, bf16_out=False):
+    """Per-row 2B (float32, rounded up) and the rows the bound covers, as the comment above
+    derives it. acc_unit: the rounding unit of stage 1's accumulation (2^-20 for tensor cores,
+    2^-24 for IEEE fp32 on CPU); bf16_out: stage 1's dot is rounded to bf16 once (CPU at::mm in
+    bf16). csrc/cpu/vq_certified.cpp computes the same formula."""
+    d = z.shape[1]
+    u, v, ua, w = 2.0 ** -24, 2.0 ** -8, acc_unit, 1.0 if bf16_out else 0.0
+    g, ga = d * u / (1 - d * u), d * ua / (1 - d * ua)
+    v1 = (1 + v) ** 2
+    coef_a = 2 * (g + (2 * v + v * v) + ga * v1 + w * v * (1 + ga) * v1 + u * v1 * (1 + ga) * (1 + w * v))
+    coef_e = u + g
+    z64, e64 = z.double(), codebook.double()
+    e_norm_max = e64.pow(2).sum(1).max().sqrt()
+    e_abs_max = e64.abs().max()
+    en_max = enorm.double().max()
+    z_norm = z64.pow(2).sum(1).sqrt()
+    z_abs = z64.abs().amax(1)
+    a = z_norm * e_norm_max
+    b = (coef_a * a + coef_e * en_max + 2.0 ** -123 * (d + 2) * (2 + z_abs + e_abs_max)) * (1 + 2.0 ** -20)
+    lim = 2.0 ** 60
+    ok = (torch.isfinite(b) & (z_abs <= lim) & (a <= 2.0 ** 100) & (e_abs_max <= lim) & (en_max <= 2.0 ** 100)
+          & torch.isfinite(e64).all())
+    two_b = (2 * b).float()
+    two_b = torch.where(two_b.double() < 2 * b, torch.nextafter(two_b, torch.full_like(two_b, float("inf"))), two_b)
+    return torch.where(ok, two_b, torch.zeros_like(two_b)), ok
+
+
+def vq_nearest_certified(z, codebook):
+    """Two-stage search on prepared fp32 z / codebook. Returns (indices, distances, status) with
+    status as the CPU kernel's: candidates per row, -1 where the row needed every code tile."""
+    n, d = z.shape
+    k = codebook.shape[0]
+    z = z.contiguous()
+    codebook = codebook.contiguous()
+    enorm = codebook.float().pow(2).sum(1)  # as _vq_nearest_exact computes them
+    znorm = z.float().pow(2).sum(1)
+    two_b, ok = certified_bound(z, codebook, enorm)
+    # stage-1 operands: bf16 on a GPU; under the interpreter the fp32 values of the bf16
+    # rounding (its bf16 dots are wrong; its fp32 dots are numpy's)
+    s1 = torch.float32 if INTERPRET else torch.bfloat16
+    z1 = z.to(torch.bfloat16).to(s1)
+    e1 = codebook.to(torch.bfloat16).to(s1)
+    cap = CERTIFIED_CAP
+    # zero-filled: fastgen.compile_check records the launches without running them, and the
+    # bookkeeping below must still index in bounds (count 0 = every row needs every tile)
+    cand = torch.zeros((n, cap), dtype=torch.int32, device=z.device)
+    aval = torch.empty((n, cap), dtype=torch.float32, device=z.device)
+    count = torch.zeros(n, dtype=torch.int32, device=z.device)
+    thr = torch.empty(n, dtype=torch.float32, device=z.device)
+    block_d1 = max(16, next_power_of_2(d))
+    # 64 x 64 tiles with 4 warps spilled (the candidate positions' cumsum); compile_check
+    bn1, bk1, w1 = (64, 64, 8) if block_d1 <= 64 else (32, 64, 4)
+    _vq_candidates_kernel[(triton.cdiv(n, bn1),)](
+        z1, e1, enorm, two_b, cand, aval, count, thr, n, k, d, BLOCK_D=block_d1, CAP=cap,
+        BLOCK_N=bn1, BLOCK_K=bk1, num_warps=w1)
+    fallback = (~ok) | (count > cap) | (count <= 0)
+    # stage 2: _vq_nearest_kernel with its first fp32 config (the one the interpreter runs,
+    # whose numpy dots give tile-shape-dependent bits), on the code tiles that hold a candidate
+    # of one of the block's rows; a block with a fallback row computes every tile
+    block_n, block_k, warps, stages = _TILE_SETS[True, -(-d // _exact_block_d(d)) == 1][0]
+    n_blocks, n_tiles = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
+    slots = torch.arange(cap, device=z.device)
+    valid = (slots[None, :] < count[:, None].clamp(max=cap)) & (aval <= thr[:, None]) & ~fallback[:, None]
+    row_block = torch.arange(n, device=z.device) // block_n
+    flat = (row_block[:, None] * n_tiles + cand.long() // block_k)[valid]
+    tiles = torch.zeros(n_blocks * n_tiles, dtype=torch.int8, device=z.device)
+    tiles[flat] = 1
+    tiles = tiles.view(n_blocks, n_tiles)
+    tiles[row_block[fallback]] = 1
+    idx = torch.empty(n, dtype=torch.int64, device=z.device)
+    dist = torch.empty(n, dtype=torch.float32, device=z.device)
+    block_d = _exact_block_d(d)
+    d_pad = -(-d // block_d) * block_d
+    _vq_nearest_kernel[(n_blocks,)](z, codebook, enorm, znorm, idx, dist, n, k, d, z.stride(0),
+                                    codebook.stride(0), d_pad, BLOCK_D=block_d, ONE_CHUNK=d_pad == block_d,
+                                    IEEE=True, BLOCK_N=block_n, BLOCK_K=block_k, tiles_ptr=tiles, SKIP=True,
+                                    num_warps=warps, num_stages=stages)
+    status = torch.where(fallback, torch.full_like(count, -1), valid.sum(1, dtype=torch.int32))
+    return idx, dist, status
 
 
 # -- vq_quantize: gather + straight-through value + per-row squared error; backward dz ---------

@@ -20,7 +20,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON_BIN" -m venv .venv
 fi
 # torch 2.14.1 is the CUDA 13.0 build (it also runs on CPU-only machines).
-FASTGEN_REQS="torch==${FASTGEN_TORCH_VERSION:-2.14.1} numpy tqdm matplotlib pytest pytest-xdist ninja setuptools>=64 wheel faiss-cpu diffusers==0.42.1 vector-quantize-pytorch==1.32.0"
+FASTGEN_REQS="torch==${FASTGEN_TORCH_VERSION:-2.14.1} numpy tqdm matplotlib pytest pytest-xdist hypothesis ninja setuptools>=64 wheel faiss-cpu diffusers==0.42.1 vector-quantize-pytorch==1.32.0"
 if [ "$(cat .venv/.fastgen-deps 2>/dev/null || true)" != "$FASTGEN_REQS" ]; then
   echo "== installing torch and tools"
   # shellcheck disable=SC2086  # one word per requirement

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/vq.h"
+#include "cpu/vq_search.h"
 
 namespace fastgen {
 namespace {
@@ -71,21 +72,6 @@ inline std::pair<T, int64_t> tile_row_min(const T* s, const T* enorm, int64_t n)
     }
   }
   return {best, best_i};
-}
-
-// The direct kernels write final results: distance ||z||^2 + best partial, clamped at 0, as
-// vq_finish does (a row of z that is not finite, or one with no finite distance: code 0 at +inf).
-template <typename T>
-inline void finish_row(T bestv, int64_t besti, const T* zrow, int64_t d, T* dist, int64_t* idx) {
-  T znorm = 0;
-  for (int64_t c = 0; c < d; ++c) znorm += zrow[c] * zrow[c];
-  const T inf = std::numeric_limits<T>::infinity();
-  if (!std::isfinite(znorm)) {
-    *idx = 0, *dist = inf;
-    return;
-  }
-  *idx = besti < 0 ? 0 : besti;
-  *dist = besti < 0 || std::isinf(bestv) ? inf : std::max(bestv + znorm, T(0));
 }
 
 // Small D: BLAS on a K x D panel with tiny D is inefficient, so compute distances directly.
@@ -562,8 +548,10 @@ struct DirectF32<float> {
 };
 #endif
 
-std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const at::Tensor& e_in,
-                                                  c10::string_view metric) {
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> vq_nearest_exact_cpu(const at::Tensor& z_in, const at::Tensor& e_in,
+                                                        c10::string_view metric) {
   check_vq_nearest(z_in, e_in, metric);
   auto [z, e] = vq_math_inputs(z_in, e_in, metric);
   const int64_t n = z.size(0), k = e.size(0);
@@ -668,6 +656,8 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cpu(const at::Tensor& z_in, const 
   return {idx, vq_finish(best, idx, (z * z).sum(1))};
 }
 
+namespace {
+
 // -- vq_quantize ---------------------------------------------------------------------------------
 
 #define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
@@ -677,7 +667,7 @@ constexpr int64_t kRowGrain = 64;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_quantize_cpu(const at::Tensor& z_in, const at::Tensor& e_in,
                                                                double beta, bool legacy) {
-  auto [idx, dist] = vq_nearest_cpu(z_in, e_in, "l2");
+  auto [idx, dist] = vq_nearest_cpu(z_in, e_in, "l2");  // the certified fast search where it runs
   const auto z = z_in.contiguous();
   const auto e = e_in.contiguous();
   const int64_t n = z.size(0), d = z.size(1);

@@ -65,6 +65,25 @@ def _faiss_peer(device):
     return search
 
 
+def _fastgen_search_peer(fast, cpu_mode=None):
+    """fastgen's vq_nearest with the certified two-stage search (`fast`: what `auto` runs) or
+    the plain exact kernels (docs/vq_certified.md): the same bits, side by side. `cpu_mode`
+    forces a CPU stage-1 mode (e.g. 'bf16' on a CPU without bf16 instructions, to see its cost)."""
+    def factory(device):
+        from ..ops import vq_certified
+        if device == "cpu" or getattr(device, "type", None) == "cpu":
+            mode = cpu_mode or ("auto" if fast else "exact")
+            return lambda z, codebook: vq_certified.vq_nearest_search(z, codebook, "l2", mode)[:2]
+        if cpu_mode is not None:
+            return f"forces the CPU kernel's stage-1 mode {cpu_mode!r}; on CUDA see fastgen-fast"
+
+        def search(z, codebook):
+            with vq_certified.exact_search(not fast):
+                return fastgen.ops.vq_nearest(z, codebook, backend="triton")
+        return search
+    return factory
+
+
 def _cdist_peer(device):
     def search(z, codebook):  # in fp32, like the fused op's accumulation
         dist, idx = torch.cdist(z.float(), codebook.float()).min(1)
@@ -75,13 +94,14 @@ def _cdist_peer(device):
 register_case(Case(
     op="vq_nearest",
     # (N, K, D): the issue's grid, N = 65536
-    shapes=[(65536, k, d) for k in (512, 1024, 8192) for d in (8, 64, 256)],
+    shapes=[(65536, k, d) for k in (512, 1024, 8192) for d in (8, 64, 256)] + [(65536, 16384, 256)],
     quick_shapes=[(4096, 512, 64)],
     make_inputs=_vq_inputs,
     reference=reference.vq_nearest,
     fastgen=lambda backend, **kw: fastgen.ops.vq_nearest(**kw, backend=backend),
     gpu_shapes=[(65536, 16384, 256)],
-    peers={"faiss": _faiss_peer, "cdist": _cdist_peer},
+    peers={"faiss": _faiss_peer, "cdist": _cdist_peer, "fastgen-exact": _fastgen_search_peer(False),
+           "fastgen-fast": _fastgen_search_peer(True), "fastgen-bf16": _fastgen_search_peer(True, "bf16")},
     check=_vq_check,
     modes=("fwd",),
     flops=lambda shape, mode: 2 * shape[0] * shape[1] * shape[2],   # the N x K x D distance dots

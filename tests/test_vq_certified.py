@@ -1,0 +1,311 @@
+"""The certified two-stage nearest-code search (docs/vq_certified.md): bit-identical indices and
+distances to the exact kernels on adversarial data, on the CPU kernel (both stage-1 modes: at::mm
+in bf16, and fp32 products of bf16-rounded inputs) and on the Triton kernels (under the
+interpreter stage 1 runs fp32 dots on the bf16-rounded values, which the interpreter computes
+correctly; bf16 dots run on a GPU only), plus a hypothesis search for a counterexample to the
+error bound. The sweep over D in 1..1024 and K up to 65536 is marked `slow` and sampled."""
+import math
+import os
+
+import pytest
+import torch
+
+import fastgen
+from fastgen import _ext
+from fastgen.ops import vq_certified
+from fastgen.kernels import vq as kvq
+
+CPU_MODES = ("bf16", "bf16_emulated")
+needs_native = pytest.mark.skipif(not _ext.NATIVE, reason=f"native extension not built: {_ext.NATIVE_ERROR}")
+
+
+def _same_bits(a, b):
+    (ia, da), (ib, db) = a[:2], b[:2]
+    assert torch.equal(ia, ib), f"indices differ at rows {(ia != ib).nonzero().flatten()[:10].tolist()}"
+    wa, wb = da.contiguous().view(torch.int32), db.contiguous().view(torch.int32)
+    bad = (wa != wb).nonzero().flatten()
+    assert bad.numel() == 0, f"distances differ at rows {bad[:10].tolist()}: {da[bad[:5]]} vs {db[bad[:5]]}"
+
+
+def _cpu_check(z, e, metric="l2", modes=CPU_MODES):
+    exact = vq_certified.vq_nearest_search(z, e, metric, "exact")
+    assert (exact[2] == 0).all()
+    out = {}
+    for mode in modes:
+        got = vq_certified.vq_nearest_search(z, e, metric, mode)
+        _same_bits(got, exact)
+        out[mode] = got[2]
+    return out
+
+
+def _triton_check(z, e, metric="l2"):
+    zp, ep = kvq._prepare(z, e, metric)
+    exact = kvq._vq_nearest_exact(zp, ep)
+    got = kvq.vq_nearest_certified(zp, ep)
+    _same_bits(got, exact)
+    return got[2]
+
+
+# -- adversarial data ------------------------------------------------------------------------------
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def case_random(n, k, d, seed=0, scale=1.0):
+    g = _gen(seed)
+    return torch.randn(n, d, generator=g) * scale, torch.randn(k, d, generator=g) * scale
+
+
+def case_duplicates(seed=1):
+    g = _gen(seed)
+    base = torch.randn(40, 24, generator=g)
+    e = torch.cat([base, base, base[::3]])[torch.randperm(93, generator=g)]
+    z = torch.cat([e[:30], torch.randn(50, 24, generator=g)])  # rows exactly on codes too
+    return z, e
+
+
+def case_last_ulp(seed=2):
+    """codes that differ from one code in the last fp32 ulp of one coordinate"""
+    g = _gen(seed)
+    d = 33
+    c = torch.randn(d, generator=g)
+    e = c.repeat(70, 1)
+    for j in range(1, 70):
+        i = j % d
+        e[j, i] = torch.nextafter(e[j, i], torch.tensor(math.inf if j % 2 else -math.inf))
+    z = c + 1e-3 * torch.randn(60, d, generator=g)
+    return z, e
+
+
+def case_equidistant(d=16):
+    """rows equidistant from many codes: z = 0 against +-unit vectors (2d ties, more than the
+    cap at d >= 32) and z on the center of a cube's vertices"""
+    eye = torch.eye(d)
+    e = torch.cat([eye, -eye, 3 * eye])
+    cube = torch.tensor([[float(b) for b in format(i, f"0{min(d, 6)}b")] for i in range(1, 2 ** min(d, 6))])
+    cube = torch.nn.functional.pad(cube, (0, d - cube.shape[1]))
+    z = torch.cat([torch.zeros(5, d), 0.5 * torch.ones(3, d).index_fill_(1, torch.arange(min(d, 6), d), 0)])
+    return z, torch.cat([e, cube])
+
+
+def case_norms(scale, seed=3):
+    g = _gen(seed)
+    z, e = torch.randn(64, 20, generator=g), torch.randn(300, 20, generator=g)
+    mix = torch.logspace(-3, 3, 64).unsqueeze(1)  # rows of very different norms in one call
+    return z * mix * scale, e * scale
+
+
+def case_nonfinite(seed=4):
+    g = _gen(seed)
+    z, e = torch.randn(40, 12, generator=g), torch.randn(90, 12, generator=g)
+    z[3, 2], z[7, 0], z[9, 5] = math.nan, math.inf, -math.inf
+    return z, e
+
+
+ADVERSARIAL = {
+    "duplicates": case_duplicates,
+    "last_ulp": case_last_ulp,
+    "equidistant_d16": lambda: case_equidistant(16),
+    "equidistant_d40": lambda: case_equidistant(40),
+    "huge": lambda: case_norms(1e15),
+    "tiny": lambda: case_norms(1e-15),
+    "overflow": lambda: case_norms(1e19),
+    "underflow": lambda: case_norms(1e-22),
+    "nonfinite": case_nonfinite,
+}
+
+SHAPES = [(1, 1, 1), (17, 5, 1), (33, 64, 3), (40, 513, 8), (9, 1025, 17), (64, 200, 64),
+          (8, 300, 100), (5, 70, 256), (3, 40, 1024)]
+
+
+@needs_native
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_cpu_adversarial(name):
+    z, e = ADVERSARIAL[name]()
+    status = _cpu_check(z, e)
+    if name == "equidistant_d40":  # 80 codes tied at distance 1 from z = 0: past the cap
+        assert (status["bf16_emulated"][:5] == -1).all(), status["bf16_emulated"]
+    if name == "nonfinite":
+        assert (status["bf16"][[3, 7, 9]] == -1).all()
+
+
+@needs_native
+@pytest.mark.parametrize("n,k,d", SHAPES)
+def test_cpu_shapes(n, k, d):
+    status = _cpu_check(*case_random(n, k, d, seed=n + k + d))
+    assert (status["bf16_emulated"] != 0).all()
+
+
+@needs_native
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cpu_dtypes(dtype, metric):
+    z, e = case_random(70, 300, 24, seed=5)
+    z, e = z.to(dtype), e.to(dtype)
+    z[:10] = e[:10]  # exact hits (ties between duplicated low-precision codes)
+    status = _cpu_check(z, e, metric)
+    expected_fast = dtype != torch.float64  # fp64 keeps the exact kernels (no fixed BLAS order at D > 32)
+    assert bool((status["bf16"] != 0).all()) == expected_fast
+
+
+@needs_native
+def test_cpu_public_op_and_switch(monkeypatch):
+    """vq_nearest / vq_quantize / the module give the same bits with the switch on and off;
+    FASTGEN_VQ_EXACT_ONLY makes 'auto' run the plain exact kernel."""
+    z, e = case_random(50, 400, 40, seed=6)
+    with vq_certified.exact_search():
+        assert vq_certified.exact_only()
+        assert (vq_certified.vq_nearest_search(z, e, "l2", "auto")[2] == 0).all()
+        ref = fastgen.ops.vq_nearest(z, e, backend="cpu")
+        ref_q = fastgen.ops.vq_quantize(z, e, backend="cpu")
+    assert not vq_certified.exact_only()
+    _same_bits(fastgen.ops.vq_nearest(z, e, backend="cpu"), ref)
+    q = fastgen.ops.vq_quantize(z, e, backend="cpu")
+    assert torch.equal(q[0], ref_q[0]) and torch.equal(q[1], ref_q[1]) and torch.equal(q[2], ref_q[2])
+    path = vq_certified.cpu_search_path()
+    assert ("certified" in path) == (vq_certified.cpu_bf16_isa() != "none")
+    monkeypatch.setenv("FASTGEN_VQ_EXACT_ONLY", "1")
+    assert vq_certified.cpu_search_path().startswith("exact")
+
+
+@needs_native
+def test_cpu_bad_mode():
+    z, e = case_random(2, 3, 4)
+    with pytest.raises(ValueError, match="mode"):
+        torch.ops.fastgen.vq_nearest_search_native(z, e, "l2", "fp8")
+    with pytest.raises(ValueError, match="mode"):
+        vq_certified.vq_nearest_search(z, e, "l2", "fast")
+
+
+@needs_native
+def test_cpu_auto_path_matches_isa():
+    """auto runs stage 1 exactly where the CPU has AMX-BF16 / AVX512-BF16 (D >= 32)."""
+    z, e = case_random(20, 100, 64, seed=7)
+    status = vq_certified.vq_nearest_search(z, e, "l2", "auto")[2]
+    has_bf16 = vq_certified.cpu_bf16_isa() != "none" and not vq_certified.exact_only()
+    assert bool((status != 0).all()) == has_bf16
+
+
+# -- Triton (interpreter on CPU tensors; the GPU with bf16 tensor-core dots) -----------------------
+
+def _triton_device():
+    if kvq.triton is None:
+        pytest.skip(f"triton not importable: {kvq.TRITON_ERROR if hasattr(kvq, 'TRITON_ERROR') else ''}")
+    if torch.cuda.is_available():
+        return "cuda"
+    if not kvq.INTERPRET:
+        pytest.skip("no GPU and TRITON_INTERPRET is not set")
+    return "cpu"
+
+
+@pytest.mark.parametrize("name", ["duplicates", "last_ulp", "equidistant_d40", "huge", "tiny", "overflow",
+                                  "nonfinite"])
+def test_triton_adversarial(name):
+    dev = _triton_device()
+    z, e = ADVERSARIAL[name]()
+    status = _triton_check(z.to(dev), e.to(dev))
+    if name == "equidistant_d40":
+        assert (status[:5] == -1).all()
+
+
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (33, 64, 3), (40, 200, 8), (70, 130, 64), (6, 90, 100),
+                                   (5, 40, 256)])
+def test_triton_shapes(n, k, d):
+    dev = _triton_device()
+    z, e = case_random(n, k, d, seed=n + k)
+    status = _triton_check(z.to(dev), e.to(dev))
+    assert (status > 0).all()  # random data: no row needed the fallback here
+
+
+def test_triton_public_op_switch():
+    dev = _triton_device()
+    k = kvq.CERTIFIED_MIN_K
+    z, e = case_random(6, k, 24, seed=8)
+    z, e = z.to(dev), e.to(dev)
+    assert kvq.certified_applies(z, k) and not kvq.certified_applies(z, k - 1)
+    with vq_certified.exact_search():
+        assert not kvq.certified_applies(z, k)
+        ref = fastgen.ops.vq_nearest(z, e, "cosine", backend="triton")
+    _same_bits(fastgen.ops.vq_nearest(z, e, "cosine", backend="triton"), ref)
+    assert not kvq.certified_applies(z.half(), k)  # fp16/bf16 inputs already run on tensor cores
+
+
+# -- the bound itself ----------------------------------------------------------------------------
+
+def _stage1_error(z, e, bf16_out):
+    """max_j |a_j - P_j| / B per row: a_j as the CPU stage 1 computes it (at::mm on the
+    bf16-rounded inputs), P_j = ||e_j||^2 - 2 z.e_j in float64 from the same fp32 ||e_j||^2."""
+    enorm = (e * e).sum(1)
+    if bf16_out:
+        s = (z.bfloat16() @ e.bfloat16().t()).float()
+    else:
+        s = z.bfloat16().float() @ e.bfloat16().float().t()
+    a = enorm[None, :] - 2 * s
+    p = enorm.double()[None, :] - 2 * (z.double() @ e.double().t())
+    two_b, ok = kvq.certified_bound(z, e, enorm, bf16_out=bf16_out)
+    return ((a.double() - p).abs().amax(1) / (two_b.double() / 2))[ok], ok
+
+
+try:
+    import hypothesis
+    from hypothesis import given, settings, strategies as st
+except ImportError:  # scripts/setup.sh installs it; a bare environment still runs the rest
+    hypothesis = None
+
+if hypothesis is not None:
+    @st.composite
+    def near_tie_problem(draw):
+        """Small problems built to stress the bound: a few base codes, near-copies of them
+        perturbed by a few ulps to a few percent, rows on / between codes, magnitudes from
+        2^-40 to 2^40, and heavy coordinates (one large entry among small ones)."""
+        d = draw(st.integers(1, 48))
+        k = draw(st.integers(1, 40))
+        n = draw(st.integers(1, 12))
+        seed = draw(st.integers(0, 2 ** 31 - 1))
+        scale = 2.0 ** draw(st.integers(-40, 40))
+        spread = 10.0 ** draw(st.integers(-7, -1))
+        g = torch.Generator().manual_seed(seed)
+        base = torch.randn(max(1, k // 4), d, generator=g)
+        if draw(st.booleans()):
+            base[:, 0] *= 2.0 ** draw(st.integers(0, 20))
+        e = base[torch.randint(0, base.shape[0], (k,), generator=g)]
+        e = e + spread * torch.randn(k, d, generator=g) * (torch.rand(k, 1, generator=g) < 0.7)
+        mix = torch.rand(n, 1, generator=g)
+        z = mix * e[torch.randint(0, k, (n,), generator=g)] + (1 - mix) * e[torch.randint(0, k, (n,), generator=g)]
+        z = z + spread * torch.randn(n, d, generator=g) * (torch.rand(n, 1, generator=g) < 0.5)
+        return (z * scale).float(), (e * scale).float()
+
+    @needs_native
+    @settings(max_examples=int(os.environ.get("FASTGEN_HYPOTHESIS_EXAMPLES", "60")), deadline=None,
+              derandomize=True)
+    @given(near_tie_problem())
+    def test_hypothesis_bound_and_bits(problem):
+        z, e = problem
+        for bf16_out in (True, False):
+            ratio, _ = _stage1_error(z, e, bf16_out)
+            assert (ratio <= 1).all(), f"stage-1 error above the bound: {ratio.max().item()}"
+        _cpu_check(z, e)
+else:
+    def test_hypothesis_bound_and_bits():
+        pytest.skip("hypothesis is not installed (scripts/setup.sh installs it)")
+
+
+@needs_native
+def test_bound_is_not_vacuous():
+    """On random data the bound is within a small factor of the observed stage-1 error (so the
+    candidate sets stay small), and it is never below it."""
+    z, e = case_random(64, 512, 64, seed=9)
+    ratio, ok = _stage1_error(z, e, True)
+    assert ok.all() and (ratio <= 1).all() and ratio.max() > 1e-3
+
+
+# -- the large sweep (opt-in: -m slow) -----------------------------------------------------------
+
+@needs_native
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 2, 1000, 4097, 16384, 65536])
+@pytest.mark.parametrize("d", [1, 2, 7, 32, 64, 129, 256, 1024])
+def test_cpu_sweep(k, d):
+    n = max(4, min(256, (1 << 22) // (k * d)))  # sampled rows: the cost stays ~4M multiply-adds
+    _cpu_check(*case_random(n, k, d, seed=k * 7 + d), modes=("bf16_emulated",))
