@@ -21,9 +21,11 @@
 //    sums); store_matrix_sync writes element e from lane e % 32 only, so a read of another
 //    lane's elements without a __syncwarp in between sees stale data, as on the GPU.
 //
-// Race mode, FASTGEN_CUDA_EMU_RACE=1 (read at each launch): the next fiber to run is a random
-// ready one (seed FASTGEN_CUDA_EMU_SEED, default 0), so threads run in a shuffled order between
-// barriers and whole warps run ahead of others (plain mode: first-in first-out), and all shared
+// Race mode, FASTGEN_CUDA_EMU_RACE=1 (read at each launch): the warps get random priorities,
+// reshuffled at every __syncthreads, and the next fiber to run is a random ready lane of the
+// highest-priority warp with one (seed FASTGEN_CUDA_EMU_SEED, default 0): warps run as far
+// ahead of one another as the barriers allow, lanes in a shuffled order (plain mode: first-in
+// first-out), and all shared
 // memory (static and dynamic) is filled with 0xFF bytes (NaN for every float type) at the
 // start of each block. A missing barrier then shows up as NaN or a wrong value in the tests.
 #include <ucontext.h>
@@ -390,7 +392,11 @@ inline void run_block(Context& ctx, int nthreads, void (*body)(void*), void* arg
       }
     warp_waiting[w] = 0;
   };
+  std::vector<int> warp_prio(nwarps);  // race mode: reshuffled at every block barrier
+  for (int w = 0; w < nwarps; ++w) warp_prio[w] = w;
+  if (race) std::shuffle(warp_prio.begin(), warp_prio.end(), rng);
   const auto release_block = [&]() {
+    if (race) std::shuffle(warp_prio.begin(), warp_prio.end(), rng);
     for (int t = 0; t < nthreads; ++t)
       if (b.fibers[t].state == State::kBlockBarrier) {
         b.fibers[t].state = State::kReady;
@@ -402,10 +408,22 @@ inline void run_block(Context& ctx, int nthreads, void (*body)(void*), void* arg
     if (head == ready.size()) deadlock(b);
     int t;
     if (race) {
-      std::uniform_int_distribution<size_t> pick(head, ready.size() - 1);
-      const size_t i = pick(rng);
-      t = ready[i];
-      ready[i] = ready.back();
+      // the ready fiber of the warp with the highest priority (warps run as far ahead of one
+      // another as the barriers allow), a random one among that warp's ready lanes
+      size_t best = ready.size();
+      int best_prio = -1, ties = 0;
+      for (size_t i = head; i < ready.size(); ++i) {
+        const int p = warp_prio[ready[i] / 32];
+        if (p > best_prio) {
+          best_prio = p;
+          best = i;
+          ties = 1;
+        } else if (p == best_prio && std::uniform_int_distribution<int>(0, ties++)(rng) == 0) {
+          best = i;
+        }
+      }
+      t = ready[best];
+      ready[best] = ready.back();
       ready.pop_back();
     } else {
       t = ready[head++];
