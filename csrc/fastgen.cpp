@@ -62,12 +62,6 @@ FASTGEN_TORCH_LIBRARY(FASTGEN_SCHEMA_NAMESPACE, m) {
   m.def("vq_nearest_search_native(Tensor z, Tensor codebook, str metric, str mode) -> (Tensor, Tensor, Tensor)");
   // vq_cpu_bf16_isa: 0 none, 1 AVX512-BF16, 2 AMX-BF16 (what `auto` runs stage 1 on).
   m.def("vq_cpu_bf16_isa(Tensor like) -> int");
-  // vq_nearest_search: the same search with the CPU stage-1 mode named ('auto', 'exact', 'bf16',
-  // 'bf16_emulated'; cpu/vq_certified.cpp) -> (indices, distances, per-row candidate count,
-  // -1 where the row fell back to the exact kernel, 0 where the whole call ran it).
-  m.def("vq_nearest_search_native(Tensor z, Tensor codebook, str metric, str mode) -> (Tensor, Tensor, Tensor)");
-  // vq_cpu_bf16_isa: 0 none, 1 AVX512-BF16, 2 AMX-BF16 (what `auto` runs stage 1 on).
-  m.def("vq_cpu_bf16_isa(Tensor like) -> int");
   // vq_quantize: nearest code, taming's straight-through value and loss -> (z_q, loss, indices);
   // backward -> (dz, dcodebook), dcodebook summed per code in a fixed order (no float atomics).
   m.def("vq_quantize_native(Tensor z, Tensor codebook, float beta, bool legacy) -> (Tensor, Tensor, Tensor)");
