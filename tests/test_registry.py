@@ -207,3 +207,17 @@ def test_info_says_when_the_gpu_is_not_covered(monkeypatch):
     archs, coverage = _info.cuda_build_report()
     assert "the cuda backend will fail" in coverage and 'TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX;7.5"' in coverage
     assert f"cuda_gpu_coverage   {coverage}" in _info.format_info({**report, "cuda_gpu_coverage": coverage})
+
+
+def test_eager_call_keeps_the_graph_for_parameters_only():
+    """The no-gradient shortcut (kernel alone, no autograd node) must not fire when only a
+    non-first argument requires grad, nor when that argument is an nn.Parameter."""
+    x = torch.randn(4, 3)
+    bias = torch.nn.Parameter(torch.randn(3))
+    y = fastgen.ops.bias_act(x, bias, "leaky_relu", 0.2, 1.0, backend="cpu")
+    assert y.requires_grad
+    y.sum().backward()
+    expected = torch.where(x + bias.detach() > 0, 1.0, 0.2).sum(0)
+    torch.testing.assert_close(bias.grad, expected)
+    with torch.no_grad():
+        assert not fastgen.ops.bias_act(x, bias, backend="cpu").requires_grad

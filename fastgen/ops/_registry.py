@@ -109,7 +109,7 @@ class FusedOp:
                     and torch._C._functorch.peek_interpreter_stack() is None):
                 key = self._key(first.device.type, backend, tensors)
                 if self._autograd is not None and torch.is_grad_enabled() and any(
-                        type(t) is torch.Tensor and t.requires_grad for t in tensors):
+                        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):  # Parameters too
                     apply = self._functions.get(key) or self._eager_function(key)
                     if len(tensors) < len(self.defaults):
                         tensors = tensors + tuple(self.defaults[len(tensors):])
