@@ -16,7 +16,8 @@ It needs no GPU: the numbers are what ptxas decided when the extension was built
 Budget: the hot kernels -- attention (attn_*: flash forward, backward, decode; the tensor-core
 forward), vq_nearest, the diffusion steps (denoise_kernel: DDPM / DDIM, flow_kernel: Euler /
 Heun, mix_kernel: add_noise / get_velocity) and group_norm (group_norm_*_kernel) -- must
-have STACK == 0 and LOCAL == 0 for every dtype and arch: no spills and no local-memory frame.
+have STACK == 0 and LOCAL == 0 for every dtype and arch: no spills and no local-memory frame
+(except the few (kernel, arch) rows in STACK_ALLOWED, each with its reason).
 A hot kernel over budget makes the script exit 1 (after writing the table), so CI catches a
 change that pushes one into local memory. The other kernels are listed, not judged.
 
@@ -123,8 +124,17 @@ def is_hot(kernel):
     return HOT.search("::" + kernel) is not None
 
 
+# Known exceptions, each with its reason: (kernel, arch) -> stack bytes allowed (local stays 0).
+# fp64 thresholded DDIM/DDPM without noise on sm_90: fp64 division is a subroutine call, and ptxas
+# saves one register across it (8 B). Tried (2026-12-03): the row index without a 64-bit division,
+# the C m term's flag from the kernel's parameters -- that cleared sm_80 and every fp32/16-bit
+# config, not this one. fp64 sampling is a correctness path, not a hot one on a GPU.
+STACK_ALLOWED = {("fastgen::denoise_kernel<double, double, true, 0>", "sm_90"): 8}
+
+
 def over_budget(rows):
-    return [r for r in rows if is_hot(r["kernel"]) and (r["stack_bytes"] > 0 or r["local_bytes"] > 0)]
+    return [r for r in rows if is_hot(r["kernel"]) and (
+        r["stack_bytes"] > STACK_ALLOWED.get((r["kernel"], r["arch"]), 0) or r["local_bytes"] > 0)]
 
 
 def summary(rows):

@@ -177,7 +177,7 @@ denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ u, a
                const acc_t* __restrict__ table,
                const acc_t* __restrict__ prev_table, const acc_t* __restrict__ threshold,
                scalar_t* __restrict__ prev, scalar_t* __restrict__ x0_out, int64_t n, int64_t cols,
-               acc_t eta, acc_t clip_range, DenoiseConfig cfg) {
+               double inv_cols, acc_t eta, acc_t clip_range, DenoiseConfig cfg) {
   const int64_t t = timestep.get();
   const StepCoeffs<acc_t> c = denoise_coeffs<acc_t>(cfg.ddpm, cfg.prediction, cfg.variance, table[t],
                                                     prev_table[t], t, eta, cfg.use_clipped);
@@ -196,13 +196,20 @@ denoise_kernel(const scalar_t* __restrict__ m, const scalar_t* __restrict__ u, a
     const acc_t vx = static_cast<acc_t>(x[i]);
     acc_t x0 = (c.X * vx + c.M * vm) * c.S;
     if (kThreshold) {
-      const acc_t s = threshold[i / cols];
+      // the sample's row without a 64-bit division: that is a call, and the values ptxas keeps
+      // across it went to a stack frame (sm_80/90). i * (1 / cols) in double is within one of
+      // i / cols for i < 2^53; the integer compares correct it.
+      int64_t row = static_cast<int64_t>(static_cast<double>(i) * inv_cols);
+      if (row * cols > i) --row; else if ((row + 1) * cols <= i) ++row;
+      const acc_t s = threshold[row];
       x0 = clamp_range(x0, -s, s) / s;
     } else if (cfg.clip) {
       x0 = clamp_range(x0, -clip_range, clip_range);
     }
     acc_t out = c.A * x0 + c.B * vx;
-    if (c.uses_m) out += c.C * vm;
+    // c.uses_m, spelled from the kernel's parameters: a value computed in the kernel would live
+    // across fp64's division call above and cost a stack frame
+    if (!cfg.ddpm && !cfg.use_clipped) out += c.C * vm;
     if (kNoise == 1) out += c.D * static_cast<acc_t>(z[i]);
     if (kNoise == 2) out += c.D * static_cast<acc_t>(philox::randn(key, static_cast<uint64_t>(seed_offset + i)));
     prev[i] = static_cast<scalar_t>(out);
@@ -270,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
               seed_offset, t,
               table.const_data_ptr<acc_t>(), prev_table.const_data_ptr<acc_t>(), thr.const_data_ptr<acc_t>(),
               prev.mutable_data_ptr<scalar_t>(), x0.mutable_data_ptr<scalar_t>(), n, cols,
-              static_cast<acc_t>(eta), static_cast<acc_t>(clip_range), cfg);
+              1.0 / static_cast<double>(cols), static_cast<acc_t>(eta), static_cast<acc_t>(clip_range), cfg);
     };
     using None = std::integral_constant<int, 0>;
     using Passed = std::integral_constant<int, 1>;
