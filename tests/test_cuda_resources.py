@@ -42,7 +42,10 @@ def test_hot_cuda_kernels_do_not_spill(tmp_path):
                    "group_norm_forward_kernel", "group_norm_backward_kernel"):
         assert any(f"::{family}<" in k for k in kernels), family
     hot = [row for row in rows if cuda_resources.is_hot(row["kernel"])]
-    assert hot and all(row["stack_bytes"] == "0" and row["local_bytes"] == "0" for row in hot)
+    allowed = cuda_resources.STACK_ALLOWED
+    assert hot and all(int(row["stack_bytes"]) <= allowed.get((row["kernel"], row["arch"]), 0)
+                       and row["local_bytes"] == "0" for row in hot)
+    assert len(allowed) <= 1, "every exception is one (kernel, arch) row with its reason"
     assert "max registers" in r.stdout
 
 
