@@ -493,41 +493,27 @@ inline T __shfl_up_sync(unsigned /*mask*/, T v, unsigned delta, int width = 32) 
 }
 
 // ---- atomics (fibers never interleave inside one) -------------------------------------------
-template <typename T>
-inline T atomicAdd(T* p, T v) {
+namespace fastgen_emu {
+template <typename T, typename F>
+inline T fetch_update(T* p, F f) {  // *p = f(*p), returning the old value
   const T old = *p;
-  *p = old + v;
+  *p = f(old);
   return old;
 }
+}  // namespace fastgen_emu
 template <typename T>
-inline T atomicSub(T* p, T v) {
-  const T old = *p;
-  *p = old - v;
-  return old;
-}
+inline T atomicAdd(T* p, T v) { return fastgen_emu::fetch_update(p, [&](T o) { return o + v; }); }
 template <typename T>
-inline T atomicMax(T* p, T v) {
-  const T old = *p;
-  *p = old < v ? v : old;
-  return old;
-}
+inline T atomicSub(T* p, T v) { return fastgen_emu::fetch_update(p, [&](T o) { return o - v; }); }
 template <typename T>
-inline T atomicMin(T* p, T v) {
-  const T old = *p;
-  *p = v < old ? v : old;
-  return old;
-}
+inline T atomicMax(T* p, T v) { return fastgen_emu::fetch_update(p, [&](T o) { return o < v ? v : o; }); }
 template <typename T>
-inline T atomicExch(T* p, T v) {
-  const T old = *p;
-  *p = v;
-  return old;
-}
+inline T atomicMin(T* p, T v) { return fastgen_emu::fetch_update(p, [&](T o) { return v < o ? v : o; }); }
+template <typename T>
+inline T atomicExch(T* p, T v) { return fastgen_emu::fetch_update(p, [&](T) { return v; }); }
 template <typename T>
 inline T atomicCAS(T* p, T compare, T v) {
-  const T old = *p;
-  if (old == compare) *p = v;
-  return old;
+  return fastgen_emu::fetch_update(p, [&](T o) { return o == compare ? v : o; });
 }
 
 // ---- WMMA, reference semantics ---------------------------------------------------------------
