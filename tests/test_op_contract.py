@@ -263,3 +263,38 @@ def test_bad_input_errors_are_one_line():
         with pytest.raises((ValueError, TypeError)) as info:
             call()
         assert str(info.value).startswith("fastgen: ") and "\n" not in str(info.value)
+
+
+# -- schemas: each FusedOp against its C++ `<name>_native` op ------------------------------------
+
+def _alias(info):
+    return None if info is None else (info.is_write, sorted(info.before_set), sorted(info.after_set))
+
+
+def _schema_args(schema, skip=()):
+    return [(a.name, str(a.type), _alias(a.alias_info), a.kwarg_only)
+            for a in schema.arguments if a.name not in skip]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in fastgen.ops.REGISTRY.items() if op.native_qualname))
+def test_schema_equals_the_native_schema(name):
+    """The schema is written in the FusedOp call and in csrc/fastgen.cpp: both must name the same
+    arguments, in the same order, with the same types, mutability (Tensor(a!)) and results. The
+    C++ op may leave out defaults (the dispatcher always passes every argument), but one it
+    declares must equal the FusedOp's. The CUDA execution model's copy (fastgen_emu) too."""
+    from fastgen import _ext
+    if _ext.NATIVE is None:
+        pytest.skip(_ext.NATIVE_ERROR)
+    public = fastgen.ops.REGISTRY[name].op._schema
+    namespaces = ["fastgen"] + (["fastgen_emu"] if _ext.EMU is not None else [])
+    for namespace in namespaces:
+        native = getattr(getattr(torch.ops, namespace), f"{name}_native").default._schema
+        where = f"{namespace}::{name}_native (csrc/fastgen.cpp) vs FusedOp {name!r}"
+        assert _schema_args(native) == _schema_args(public, skip=("backend",)), where
+        assert [(str(r.type), _alias(r.alias_info)) for r in native.returns] == \
+               [(str(r.type), _alias(r.alias_info)) for r in public.returns], where
+        defaults = {a.name: a.default_value for a in public.arguments if a.has_default_value()}
+        for a in native.arguments:
+            if a.has_default_value():
+                assert a.name in defaults and a.default_value == defaults[a.name], \
+                    f"{where}: default of {a.name}"
