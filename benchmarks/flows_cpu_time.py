@@ -5,7 +5,7 @@ also counts the time other processes hold the cores, the CPU time only this proc
 The Glow step runs four ways, interleaved round by round so drifts in machine speed hit all
 alike (the table gives medians and the speedup column is against "eager"):
   eager        the same model with the flow ops replaced by their plain-PyTorch reference
-               formulas (fastgen/ops/reference.py), differentiated by autograd: what the model
+               formulas (fastgen/ops/reference/flow.py), differentiated by autograd: what the model
                costs without fastgen;
   reference    the fastgen ops on their "reference" backend (`fastgen.use_backend("reference")`):
                the same formulas behind the op machinery (custom op, registered backward);

@@ -298,3 +298,30 @@ def test_schema_equals_the_native_schema(name):
             if a.has_default_value():
                 assert a.name in defaults and a.default_value == defaults[a.name], \
                     f"{where}: default of {a.name}"
+
+
+def test_option_lists_of_the_reference_equal_the_runtime_ones():
+    """The reference keeps its own copies of the option names and of the helpers the runtime
+    uses (no code shared with the path it checks); the option lists must still agree."""
+    from fastgen.ops import _common, diffusion, flow, gan, vq
+    pairs = [(reference.VQ_METRICS, vq.VQ_METRICS), (reference.BIAS_ACTS, gan.BIAS_ACTS),
+             (reference.COUPLING_SCALE_FNS, flow.COUPLING_SCALE_FNS), (reference.FLOW_PRIORS, flow.FLOW_PRIORS),
+             (reference.PREDICTION_TYPES, diffusion.PREDICTION_TYPES),
+             (reference.VARIANCE_TYPES, diffusion.VARIANCE_TYPES)]
+    for spec, runtime in pairs:
+        assert spec == runtime
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert reference.math_dtype(dtype) == _common.math_dtype(dtype)
+
+
+def test_runtime_vq_ema_helpers_match_the_reference():
+    """nn.VectorQuantize and the distributed EMA step use fastgen.ops.vq's codebook and
+    perplexity, written apart from the reference's vq_ema_finish: they must agree."""
+    from fastgen.ops import vq
+    g = torch.Generator().manual_seed(3)
+    counts = torch.tensor([0.0, 3.0, 1.0, 0.0, 6.0], dtype=torch.float64)
+    cluster_size = torch.rand(5, generator=g, dtype=torch.float64) * 4
+    embed_sum = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    want_codebook, want_perplexity = reference.vq_ema_finish(counts, cluster_size, embed_sum, 1e-5)
+    torch.testing.assert_close(vq.ema_codebook(cluster_size, embed_sum, 1e-5), want_codebook)
+    torch.testing.assert_close(vq.code_perplexity(counts), want_perplexity)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .. import ops
-from ..ops import _philox, reference
+from ..ops import _philox
+from ..ops import diffusion as _diffusion_ops
 from . import schedules
 from ._config import HAVE_DIFFUSERS, KARRAS_COMPATIBLES, BaseOutput, SchedulerBase, make_output, register_to_config
 
@@ -35,7 +36,7 @@ if HAVE_DIFFUSERS:
 
 NOISE_SOURCES = ("randn", "philox")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-VARIANCE_TYPES = reference.VARIANCE_TYPES + LEARNED_VARIANCE_TYPES
+VARIANCE_TYPES = _diffusion_ops.VARIANCE_TYPES + LEARNED_VARIANCE_TYPES
 
 
 def _in_kernel_noise(noise_source, generator, device):
@@ -135,8 +136,8 @@ class _DiscreteScheduler(SchedulerBase):
     def _init_schedule(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                        prediction_type, timestep_spacing, rescale_betas_zero_snr, clip_sample_range,
                        dynamic_thresholding_ratio):
-        if prediction_type not in reference.PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {reference.PREDICTION_TYPES}, got {prediction_type!r}")
+        if prediction_type not in _diffusion_ops.PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {_diffusion_ops.PREDICTION_TYPES}, got {prediction_type!r}")
         if timestep_spacing not in schedules.TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {schedules.TIMESTEP_SPACINGS}, "
                              f"got {timestep_spacing!r}")
@@ -188,8 +189,8 @@ class _DiscreteScheduler(SchedulerBase):
 
     def _threshold_sample(self, sample):
         """Dynamic thresholding of a predicted x0 (the fused steps do this themselves)."""
-        s = reference.dynamic_threshold(sample, self.config.dynamic_thresholding_ratio,
-                                        self.config.sample_max_value)
+        s = _diffusion_ops.dynamic_threshold(sample, self.config.dynamic_thresholding_ratio,
+                                             self.config.sample_max_value)
         s = s.reshape((-1,) + (1,) * (sample.dim() - 1))
         x = sample.to(s.dtype)
         return (torch.clamp(x, -s, s) / s).to(sample.dtype)

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops import reference
+from ..ops import flow as _flow_ops
+from ..ops._common import math_dtype
 
 
 def _zero_logdet(x):
-    return x.new_zeros((x.shape[0],), dtype=reference.math_dtype(x.dtype))
+    return x.new_zeros((x.shape[0],), dtype=math_dtype(x.dtype))
 
 
 def checkerboard_mask(height, width, parity=0, device=None):
@@ -188,8 +189,8 @@ class AffineCoupling(_Coupling):
     def __init__(self, num_features, mask="half", conditioner=None, hidden=64, parity=0,
                  scale_fn="sigmoid", clamp=2.0):
         super().__init__(num_features, mask, conditioner, hidden, parity)
-        if scale_fn not in reference.COUPLING_SCALE_FNS:
-            raise ValueError(f"fastgen: scale_fn must be one of {reference.COUPLING_SCALE_FNS}, got "
+        if scale_fn not in _flow_ops.COUPLING_SCALE_FNS:
+            raise ValueError(f"fastgen: scale_fn must be one of {_flow_ops.COUPLING_SCALE_FNS}, got "
                              f"{scale_fn!r}")
         self.scale_fn, self.clamp = scale_fn, float(clamp)
 
@@ -327,7 +328,7 @@ class InvConv2dLU(nn.Module):
         if needs_graph or z.requires_grad and torch.is_grad_enabled():
             return self._fused(z, True)
         # sampling: the cached W^-1, no weight build or inversion per call
-        t = reference.math_dtype(z.dtype)
+        t = math_dtype(z.dtype)
         y = torch.einsum("oc,nc...->no...", self.inverse_weight().to(t), z.to(t))
         logdet = (-z[0, 0].numel() * self.log_s.to(t).sum()).expand(z.shape[0])
         return y.to(z.dtype), logdet
@@ -423,8 +424,8 @@ class FlowSequential(nn.Module):
 
     def __init__(self, *layers, prior="gaussian", event_shape=None):
         super().__init__()
-        if prior not in reference.FLOW_PRIORS:
-            raise ValueError(f"fastgen: prior must be one of {reference.FLOW_PRIORS}, got {prior!r}")
+        if prior not in _flow_ops.FLOW_PRIORS:
+            raise ValueError(f"fastgen: prior must be one of {_flow_ops.FLOW_PRIORS}, got {prior!r}")
         self.layers = nn.ModuleList(layers)
         self.prior = prior
         self.event_shape = tuple(event_shape) if event_shape is not None else None

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops import reference
+from ..ops import vq as _vq_ops
 
 __all__ = ["EMAVectorQuantizer", "ResidualVQ", "VectorQuantize", "VectorQuantizer", "vq_ema_update_"]
 
@@ -51,7 +51,7 @@ def _rows_to_fmap(rows, like):
 
 def _smoothed_codebook(cluster_size, embed_sum, eps):
     """Codebook = EMA sums / Laplace-smoothed EMA counts (as the EMA step computes it)."""
-    return reference.vq_ema_finish(cluster_size, cluster_size, embed_sum, eps)[0]
+    return _vq_ops.ema_codebook(cluster_size, embed_sum, eps)
 
 
 def vq_ema_update_(z_flat, indices, cluster_size, embed_sum, decay, eps):
@@ -238,7 +238,7 @@ class EMAVectorQuantizer(_IndexRemap, nn.Module):
         else:
             counts = torch.zeros(self.n_embed, dtype=dtype, device=idx.device)
             counts.index_add_(0, idx, torch.ones(idx.shape[0], dtype=dtype, device=idx.device))
-            perplexity = reference.vq_perplexity(counts)
+            perplexity = _vq_ops.code_perplexity(counts)
         loss = self.beta * F.mse_loss(z_q.detach(), rows)
         z_q = _rows_to_fmap(rows + (z_q - rows).detach(), z)
         if self.remap is not None:

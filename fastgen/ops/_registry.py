@@ -8,6 +8,7 @@ csrc/fastgen.cpp; the dispatcher calls them for the "cpu" and "cuda" backends.
 """
 import ast
 import functools
+import importlib
 import warnings
 
 import torch
@@ -28,7 +29,9 @@ class FusedOp:
     name:      op name
     args:      schema of the tensor arguments, e.g. "Tensor mu, Tensor logvar, Tensor eps"
     returns:   schema of the results, e.g. "(Tensor, Tensor)"
-    reference: plain-PyTorch implementation (fastgen/ops/reference.py)
+    reference: plain-PyTorch implementation: "<family>.<function>" in fastgen/ops/reference/,
+               imported when the reference backend first runs (nothing imports the reference
+               at run time otherwise), or a callable
     fake:      output metadata for tracing (shapes, dtypes, strides)
     check:     argument validation; raises TypeError/ValueError naming the argument
     triton:    launcher taking the op's arguments (kernels/<family>.py), or None
@@ -64,7 +67,7 @@ class FusedOp:
         self.name = name
         self.triton_dtypes = frozenset(triton_dtypes) if triton_dtypes is not None else None
         self.qualname = f"fastgen::{name}"
-        self.reference = reference
+        self._reference = reference
         self.triton = triton
         self.native_qualname = f"fastgen::{name}_native" if native else None
         self.check = check
@@ -97,6 +100,18 @@ class FusedOp:
             torch.library.register_autograd(self.qualname, backward, setup_context=setup_context, lib=LIB)
         self.op = getattr(torch.ops.fastgen, name).default
         REGISTRY[name] = self
+
+    @property
+    def reference(self):
+        """The reference function (imported from fastgen.ops.reference.<family> on first use)."""
+        if isinstance(self._reference, str):
+            module, name = self._reference.rsplit(".", 1)
+            self._reference = getattr(importlib.import_module(f"fastgen.ops.reference.{module}"), name)
+        return self._reference
+
+    @reference.setter
+    def reference(self, function):
+        self._reference = function
 
     def __call__(self, *tensors, backend=None):
         backend = _backend.resolve(backend)

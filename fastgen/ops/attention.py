@@ -8,7 +8,8 @@ import torch
 
 from ..kernels import attention as _triton_attention
 from ..kernels._compat import FP32_ACCUMULATED as _TRITON_DTYPES
-from . import _checks, _philox, reference
+from . import _checks, _philox
+from ._common import math_dtype
 from ._registry import FusedOp
 
 
@@ -61,7 +62,7 @@ def _check_dropout_p(dropout_p):
 
 def _fake(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, seed=None):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            q.new_empty(q.shape[:3], dtype=reference.math_dtype(q.dtype)))
+            q.new_empty(q.shape[:3], dtype=math_dtype(q.dtype)))
 
 
 def _check_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False, scale=None, key_padding_mask=None,
@@ -90,7 +91,7 @@ _backward_op = FusedOp(
     "Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
     "bool causal=False, float? scale=None, Tensor? key_padding_mask=None, float dropout_p=0.0, Tensor? seed=None",
     "(Tensor, Tensor, Tensor)",
-    reference=reference.flash_attention_backward, fake=_fake_backward, check=_check_backward,
+    reference="attention.flash_attention_backward", fake=_fake_backward, check=_check_backward,
     triton=_triton_attention.flash_attention_backward, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
@@ -114,7 +115,7 @@ def _backward(ctx, grad_out, grad_lse):
 
 _op = FusedOp(
     "flash_attention", _ARGS, "(Tensor, Tensor)",
-    reference=reference.flash_attention, fake=_fake, check=_check,
+    reference="attention.flash_attention", fake=_fake, check=_check,
     triton=_triton_attention.flash_attention, triton_dtypes=_TRITON_DTYPES, native=True, autograd=(_backward, _setup_context))
 
 
@@ -186,7 +187,7 @@ def _fake_decode(q, k_cache, v_cache, cache_seqlens, scale=None):
 
 _decode = FusedOp(
     "decode_attention", "Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float? scale=None",
-    "Tensor", reference=reference.decode_attention, fake=_fake_decode, check=_check_decode,
+    "Tensor", reference="attention.decode_attention", fake=_fake_decode, check=_check_decode,
     triton=_triton_attention.decode_attention, triton_dtypes=_TRITON_DTYPES, native=True)
 
 

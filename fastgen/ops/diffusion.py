@@ -9,9 +9,12 @@ outputs in the sample's dtype, contiguous.
 import torch
 
 from ..kernels import diffusion as _triton_diffusion
-from . import _checks, _philox, reference
+from . import _checks, _philox
+from ._common import math_dtype
 from ._registry import FusedOp
 
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 _TABLE_DTYPES = (torch.float32, torch.float64)
 
@@ -108,11 +111,14 @@ def _saved_alphas(timesteps, table, like):
     """abar[t] per sample, shaped (B, 1, ...) in the math dtype, for the backward. Host timesteps
     were range-checked by the forward, so one index_select does (~25 us less than the reference's
     clamp-and-mask gather, which device timesteps still take: their NaN rule is the kernels')."""
-    if timesteps.device.type != "cpu" or table.device.type != "cpu":
-        return reference._timestep_alphas(timesteps, table, like)
+    t = math_dtype(like.dtype)
     i = timesteps.reshape(-1)
+    if timesteps.device.type != "cpu" or table.device.type != "cpu":  # NaN outside [0, T)
+        i = i.to(table.device).long()
+        outside = (i < 0) | (i >= table.shape[0])
+        a = table.to(t).index_select(0, i.clamp(0, table.shape[0] - 1)).masked_fill(outside, float("nan"))
+        return a.view((-1,) + (1,) * (like.dim() - 1))
     a = table.index_select(0, i if i.dtype in (torch.int32, torch.int64) else i.long())
-    t = reference.math_dtype(like.dtype)
     return (a if a.dtype == t else a.to(t)).view((-1,) + (1,) * (like.dim() - 1))
 
 
@@ -123,13 +129,13 @@ def _mix_setup_context(ctx, inputs, keyword_only_inputs, output):
 
 _add_noise = FusedOp(
     "add_noise", "Tensor original_samples, Tensor noise, Tensor timesteps, Tensor alphas_cumprod",
-    "Tensor", reference=reference.add_noise, fake=_fake_like_first,
+    "Tensor", reference="diffusion.add_noise", fake=_fake_like_first,
     check=_check_mix("original_samples"), triton=_triton_diffusion.add_noise, native=True,
     autograd=(_mix_backward(False), _mix_setup_context))
 
 _get_velocity = FusedOp(
     "get_velocity", "Tensor sample, Tensor noise, Tensor timesteps, Tensor alphas_cumprod",
-    "Tensor", reference=reference.get_velocity, fake=_fake_like_first, check=_check_mix("sample"),
+    "Tensor", reference="diffusion.get_velocity", fake=_fake_like_first, check=_check_mix("sample"),
     triton=_triton_diffusion.get_velocity, native=True,
     autograd=(_mix_backward(True), _mix_setup_context))
 
@@ -209,8 +215,8 @@ def _check_common_step(model_output, sample, noise, timestep, alphas_cumprod, al
     _checks.tensor("threshold", threshold)
     if threshold.numel() or threshold.dim() != 1:
         _checks.per_sample("sample", sample, "threshold", threshold)
-    if prediction_type not in reference.PREDICTION_TYPES:
-        raise ValueError(f"fastgen: prediction_type must be one of {reference.PREDICTION_TYPES}, "
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"fastgen: prediction_type must be one of {PREDICTION_TYPES}, "
                          f"got {prediction_type!r}")
     if not clip_sample_range > 0:
         raise ValueError(f"fastgen: clip_sample_range must be > 0, got {clip_sample_range}")
@@ -237,8 +243,8 @@ def _check_ddpm(model_output, sample, noise, timestep, alphas_cumprod, alphas_cu
     _check_common_step(model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
                        threshold, model_output_uncond, guidance_scale, prediction_type, clip_sample_range,
                        seed, seed_offset)
-    if variance_type not in reference.VARIANCE_TYPES:
-        raise ValueError(f"fastgen: variance_type must be one of {reference.VARIANCE_TYPES}, "
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"fastgen: variance_type must be one of {VARIANCE_TYPES}, "
                          f"got {variance_type!r}")
 
 
@@ -255,7 +261,7 @@ _ddim = FusedOp(
     f"Tensor model_output, Tensor sample, {_STEP_TABLES}, float eta=0.0, "
     "str prediction_type='epsilon', bool clip_sample=False, float clip_sample_range=1.0, "
     "bool use_clipped_model_output=False, Tensor? seed=None, int seed_offset=0",
-    "(Tensor, Tensor)", reference=reference.ddim_step, fake=_fake_step, check=_check_ddim,
+    "(Tensor, Tensor)", reference="diffusion.ddim_step", fake=_fake_step, check=_check_ddim,
     triton=_triton_diffusion.ddim_step, native=True, native_checks=True)
 
 _ddpm = FusedOp(
@@ -263,7 +269,7 @@ _ddpm = FusedOp(
     f"Tensor model_output, Tensor sample, {_STEP_TABLES}, str prediction_type='epsilon', "
     "str variance_type='fixed_small', bool clip_sample=True, float clip_sample_range=1.0, "
     "Tensor? seed=None, int seed_offset=0",
-    "(Tensor, Tensor)", reference=reference.ddpm_step, fake=_fake_step, check=_check_ddpm,
+    "(Tensor, Tensor)", reference="diffusion.ddpm_step", fake=_fake_step, check=_check_ddpm,
     triton=_triton_diffusion.ddpm_step, native=True, native_checks=True)
 
 
@@ -313,14 +319,32 @@ def _threshold(thresholding, model_output, sample, timestep, alphas_cumprod, pre
     """Per-sample dynamic-threshold scale, or an empty tensor. Needs a quantile over each sample
     of x0 (a selection, not an elementwise op): computed here before the fused step."""
     if not thresholding:
-        return _empty(sample, reference.math_dtype(sample.dtype))
+        return _empty(sample, math_dtype(sample.dtype))
     if not 0 < ratio <= 1:
         raise ValueError(f"fastgen: dynamic_thresholding_ratio must be in (0, 1], got {ratio}")
-    t = reference.math_dtype(sample.dtype)
+    t = math_dtype(sample.dtype)
     a = alphas_cumprod[timestep.to(alphas_cumprod.device).reshape(()).long()].to(t)
-    m = reference.guided(model_output, model_output_uncond, guidance_scale, t)
-    x0, _ = reference.pred_original_and_epsilon(m, sample.to(t), a, prediction_type)
-    return reference.dynamic_threshold(x0, ratio, max_value)
+    m = model_output.to(t)
+    if model_output_uncond.numel():  # classifier-free guidance u + s (c - u)
+        u = model_output_uncond.to(t)
+        m = u + guidance_scale * (m - u)
+    x = sample.to(t)
+    if prediction_type == "epsilon":
+        x0 = (x - (1 - a).sqrt() * m) / a.sqrt()
+    elif prediction_type == "sample":
+        x0 = m
+    elif prediction_type == "v_prediction":
+        x0 = a.sqrt() * x - (1 - a).sqrt() * m
+    else:
+        raise ValueError(f"fastgen: prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    return dynamic_threshold(x0, ratio, max_value)
+
+
+def dynamic_threshold(x0, ratio, max_value):
+    """Imagen's dynamic thresholding scale per sample, clamp(quantile(|x0|, ratio), 1, max_value),
+    shape (B,), in the math dtype of x0."""
+    flat = x0.reshape(x0.shape[0], -1).abs().to(math_dtype(x0.dtype))
+    return torch.quantile(flat, ratio, dim=1).clamp(1, max_value)
 
 
 def _step_seed(noise, generator, seed, sample):
@@ -429,14 +453,14 @@ def _check_flow_heun(model_output, model_output_next, sample, step_index, sigmas
 _flow_euler = FusedOp(
     "flow_euler_step", "Tensor model_output, Tensor sample, Tensor noise, Tensor step_index, Tensor sigmas, "
     "Tensor model_output_uncond, float guidance_scale=1.0",
-    "Tensor", reference=reference.flow_euler_step,
+    "Tensor", reference="diffusion.flow_euler_step",
     fake=lambda model_output, sample, *rest: torch.empty_like(sample, memory_format=torch.contiguous_format),
     check=_check_flow_euler, triton=_triton_diffusion.flow_euler_step, native=True, native_checks=True)
 
 _flow_heun = FusedOp(
     "flow_heun_step",
     "Tensor model_output, Tensor model_output_next, Tensor sample, Tensor step_index, Tensor sigmas",
-    "Tensor", reference=reference.flow_heun_step,
+    "Tensor", reference="diffusion.flow_heun_step",
     fake=lambda model_output, model_output_next, sample, *rest: torch.empty_like(
         sample, memory_format=torch.contiguous_format),
     check=_check_flow_heun, triton=_triton_diffusion.flow_heun_step, native=True, native_checks=True)

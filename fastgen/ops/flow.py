@@ -7,12 +7,16 @@ import numbers
 import torch
 
 from ..kernels import flow as _triton_flow
-from . import _checks, reference
+from . import _checks
+from ._common import math_dtype
 from ._registry import FusedOp
+
+COUPLING_SCALE_FNS = ("exp", "sigmoid", "tanh_exp", "atan_exp")
+FLOW_PRIORS = ("gaussian", "logistic")
 
 
 def _per_sample_out(t):
-    return t.new_empty((t.shape[0],), dtype=reference.math_dtype(t.dtype))
+    return t.new_empty((t.shape[0],), dtype=math_dtype(t.dtype))
 
 
 def _contiguous_like(t):
@@ -24,8 +28,8 @@ def _contiguous_like(t):
 def _check_scale_args(scale_fn, clamp, inverse):
     if not isinstance(scale_fn, str):
         raise TypeError(f"fastgen: scale_fn must be a str, got {type(scale_fn).__name__}")
-    if scale_fn not in reference.COUPLING_SCALE_FNS:
-        raise ValueError(f"fastgen: scale_fn must be one of {reference.COUPLING_SCALE_FNS}, got {scale_fn!r}")
+    if scale_fn not in COUPLING_SCALE_FNS:
+        raise ValueError(f"fastgen: scale_fn must be one of {COUPLING_SCALE_FNS}, got {scale_fn!r}")
     if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
         raise TypeError(f"fastgen: clamp must be a float, got {type(clamp).__name__}")
     if not (math.isfinite(clamp) and clamp > 0):
@@ -62,7 +66,7 @@ _coupling_backward = FusedOp(
     "affine_coupling_backward",
     "Tensor grad_y, Tensor grad_logdet, Tensor x_b, Tensor shift, Tensor raw_scale, "
     "str scale_fn='exp', float clamp=2.0, bool inverse=False", "(Tensor, Tensor)",
-    reference=reference.affine_coupling_backward, fake=_fake_coupling_backward,
+    reference="flow.affine_coupling_backward", fake=_fake_coupling_backward,
     check=_check_coupling_backward, triton=_triton_flow.affine_coupling_backward, native=True,
     native_checks=True)
 
@@ -81,7 +85,7 @@ def _coupling_grads(ctx, grad_y, grad_logdet):
     if grad_y is None:
         grad_y = torch.zeros_like(x_b)
     if grad_logdet is None:
-        grad_logdet = x_b.new_zeros((x_b.shape[0],), dtype=reference.math_dtype(x_b.dtype))
+        grad_logdet = x_b.new_zeros((x_b.shape[0],), dtype=math_dtype(x_b.dtype))
     d_x = d_raw = d_shift = None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[2] or (inverse and ctx.needs_input_grad[1]):
         d_x, d_raw = _coupling_backward(grad_y, grad_logdet, x_b, shift, raw_scale, *args,
@@ -97,7 +101,7 @@ _coupling = FusedOp(
     "affine_coupling",
     "Tensor x_b, Tensor shift, Tensor raw_scale, str scale_fn='exp', float clamp=2.0, "
     "bool inverse=False", "(Tensor, Tensor)",
-    reference=reference.affine_coupling, fake=_fake_coupling, check=_check_coupling,
+    reference="flow.affine_coupling", fake=_fake_coupling, check=_check_coupling,
     triton=_triton_flow.affine_coupling, native=True, native_checks=True,
     autograd=(_coupling_grads, _setup_coupling))
 
@@ -167,7 +171,7 @@ _actnorm_backward = FusedOp(
     "actnorm_backward",
     "Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor loc, Tensor log_scale, bool inverse=False",
     "(Tensor, Tensor, Tensor)",
-    reference=reference.actnorm_backward, fake=_fake_actnorm_backward, check=_check_actnorm_backward,
+    reference="flow.actnorm_backward", fake=_fake_actnorm_backward, check=_check_actnorm_backward,
     triton=_triton_flow.actnorm_backward, native=True, native_checks=True)
 
 
@@ -183,7 +187,7 @@ def _actnorm_grads(ctx, grad_y, grad_logdet):
     if grad_y is None:
         grad_y = torch.zeros_like(x)
     if grad_logdet is None:
-        grad_logdet = x.new_zeros((x.shape[0],), dtype=reference.math_dtype(x.dtype))
+        grad_logdet = x.new_zeros((x.shape[0],), dtype=math_dtype(x.dtype))
     if not any(ctx.needs_input_grad[:3]):
         return None, None, None, None
     d_x, d_loc, d_ls = _actnorm_backward(grad_y, grad_logdet, x, loc, log_scale, ctx.inverse,
@@ -194,7 +198,7 @@ def _actnorm_grads(ctx, grad_y, grad_logdet):
 
 _actnorm = FusedOp(
     "actnorm", "Tensor x, Tensor loc, Tensor log_scale, bool inverse=False", "(Tensor, Tensor)",
-    reference=reference.actnorm, fake=_fake_actnorm, check=_check_actnorm,
+    reference="flow.actnorm", fake=_fake_actnorm, check=_check_actnorm,
     triton=_triton_flow.actnorm, native=True, native_checks=True,
     autograd=(_actnorm_grads, _setup_actnorm))
 
@@ -283,7 +287,7 @@ _invconv_backward = FusedOp(
     "invertible_conv1x1_backward",
     "Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor perm, Tensor lower, Tensor upper, "
     "Tensor sign, Tensor log_s, bool inverse=False", "(Tensor, Tensor, Tensor, Tensor)",
-    reference=reference.invertible_conv1x1_backward, fake=_fake_invconv_backward,
+    reference="flow.invertible_conv1x1_backward", fake=_fake_invconv_backward,
     check=_check_invconv_backward, triton=_triton_flow.invertible_conv1x1_backward, native=True,
     native_checks=True)
 
@@ -305,7 +309,7 @@ def _invconv_grads(ctx, grad_y, grad_logdet):
     if grad_y is None:
         grad_y = torch.zeros_like(x)
     if grad_logdet is None:
-        grad_logdet = x.new_zeros((x.shape[0],), dtype=reference.math_dtype(x.dtype))
+        grad_logdet = x.new_zeros((x.shape[0],), dtype=math_dtype(x.dtype))
     d_x, d_lower, d_upper, d_ls = _invconv_backward(grad_y, grad_logdet, x, perm, lower, upper, sign,
                                                     log_s, ctx.inverse, backend=ctx.backend)
     return (d_x if needs[0] else None, None, d_lower if needs[2] else None,
@@ -316,7 +320,7 @@ _invconv = FusedOp(
     "invertible_conv1x1",
     "Tensor x, Tensor perm, Tensor lower, Tensor upper, Tensor sign, Tensor log_s, bool inverse=False",
     "(Tensor, Tensor)",
-    reference=reference.invertible_conv1x1, fake=_fake_invconv, check=_check_invconv,
+    reference="flow.invertible_conv1x1", fake=_fake_invconv, check=_check_invconv,
     triton=_triton_flow.invertible_conv1x1, native=True, native_checks=True,
     autograd=(_invconv_grads, _setup_invconv))
 
@@ -354,8 +358,8 @@ def invertible_conv1x1(x, perm, lower, upper, sign, log_s, inverse=False, *, bac
 def _check_nll_args(prior, n_bins):
     if not isinstance(prior, str):
         raise TypeError(f"fastgen: prior must be a str, got {type(prior).__name__}")
-    if prior not in reference.FLOW_PRIORS:
-        raise ValueError(f"fastgen: prior must be one of {reference.FLOW_PRIORS}, got {prior!r}")
+    if prior not in FLOW_PRIORS:
+        raise ValueError(f"fastgen: prior must be one of {FLOW_PRIORS}, got {prior!r}")
     if n_bins is not None:
         if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral):
             raise TypeError(f"fastgen: n_bins must be an int or None, got {type(n_bins).__name__}")
@@ -393,7 +397,7 @@ def _fake_nll_backward(grad_nll, z, prior="gaussian", n_bins=None):
 
 _nll_backward = FusedOp(
     "flow_nll_backward", "Tensor grad_nll, Tensor z, str prior='gaussian', int? n_bins=None", "Tensor",
-    reference=reference.flow_nll_backward, fake=_fake_nll_backward, check=_check_nll_backward,
+    reference="flow.flow_nll_backward", fake=_fake_nll_backward, check=_check_nll_backward,
     triton=_triton_flow.flow_nll_backward, native=True, native_checks=True)
 
 
@@ -419,7 +423,7 @@ def _nll_grads(ctx, grad_nll):
 
 _nll = FusedOp(
     "flow_nll", "Tensor z, Tensor logdet, str prior='gaussian', int? n_bins=None", "Tensor",
-    reference=reference.flow_nll, fake=_fake_nll, check=_check_nll,
+    reference="flow.flow_nll", fake=_fake_nll, check=_check_nll,
     triton=_triton_flow.flow_nll, native=True, native_checks=True,
     autograd=(_nll_grads, _setup_nll))
 

@@ -5,8 +5,11 @@ import math
 import torch
 
 from ..kernels import gan as _triton_gan
-from . import _checks, reference
+from . import _checks
+from ._common import math_dtype
 from ._registry import FusedOp
+
+BIAS_ACTS = ("leaky_relu", "relu", "silu", "gelu")
 
 # -- bias_act ----------------------------------------------------------------------------------
 
@@ -28,8 +31,8 @@ def _check_bias_act(x, bias, act="leaky_relu", alpha=0.2, gain=1.0, dim=1):
             raise TypeError(f"fastgen: bias has dtype {bias.dtype} but x has {x.dtype}")
         if bias.device != x.device:
             raise ValueError(f"fastgen: bias is on {bias.device} but x is on {x.device}")
-    if act not in reference.BIAS_ACTS:
-        raise ValueError(f"fastgen: act must be one of {reference.BIAS_ACTS}, got {act!r}")
+    if act not in BIAS_ACTS:
+        raise ValueError(f"fastgen: act must be one of {BIAS_ACTS}, got {act!r}")
     if not math.isfinite(alpha) or not math.isfinite(gain):
         raise ValueError(f"fastgen: alpha and gain must be finite, got alpha={alpha}, gain={gain}")
 
@@ -49,7 +52,25 @@ def _fake_bias_act_backward(grad, x, bias, act="leaky_relu", alpha=0.2, gain=1.0
 
 
 def _channel_view(v, x, dim):
-    return v.reshape(reference.bias_act_channel_shape(x, dim))
+    """v (x.shape[dim],) viewed to broadcast against x."""
+    d = dim % x.dim()
+    return v.reshape([x.shape[i] if i == d else 1 for i in range(x.dim())])
+
+
+def _curvature(y, act):
+    """act''(y), for the double backward (0 almost everywhere for relu / leaky_relu)."""
+    if act in ("leaky_relu", "relu"):
+        return torch.zeros_like(y)
+    if act == "silu":
+        s = torch.sigmoid(y)
+        return s * (1 - s) * (2 + y * (1 - 2 * s))
+    return torch.exp(-0.5 * y * y) * (2 * torch.pi) ** -0.5 * (2 - y * y)  # exact (erf) gelu
+
+
+def _sum_but_dim(t, dim):
+    d = dim % t.dim()
+    others = [i for i in range(t.dim()) if i != d]
+    return t if not others else (t.sum(others) if t.numel() else t.new_zeros(t.shape[d]))
 
 
 def _bias_act_backward_setup(ctx, inputs, keyword_only_inputs, output):
@@ -77,12 +98,12 @@ def _bias_act_double_backward(ctx, gg_x, gg_bias):
         d_grad = _bias_act_backward_op(cot, x, bias, act, alpha, gain, dim, backend=ctx.backend)[0]
     if (ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])) and \
             act in ("silu", "gelu"):
-        t = reference.math_dtype(x.dtype)
+        t = math_dtype(x.dtype)
         y = x.to(t) + (_channel_view(bias.to(t), x, dim) if bias is not None else 0)
-        h = cot.to(t) * grad.to(t) * gain * reference.bias_act_curvature(y, act)
+        h = cot.to(t) * grad.to(t) * gain * _curvature(y, act)
         d_x = h.to(x.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
-            d_bias = reference.sum_but_dim(h, dim).to(bias.dtype)
+            d_bias = _sum_but_dim(h, dim).to(bias.dtype)
     return d_grad, d_x, d_bias, None, None, None, None
 
 
@@ -90,7 +111,7 @@ _bias_act_backward_op = FusedOp(
     "bias_act_backward",
     "Tensor grad, Tensor x, Tensor? bias, str act='leaky_relu', float alpha=0.2, float gain=1.0, "
     "int dim=1", "(Tensor, Tensor)",
-    reference=reference.bias_act_backward, fake=_fake_bias_act_backward,
+    reference="gan.bias_act_backward", fake=_fake_bias_act_backward,
     check=_check_bias_act_backward, triton=_triton_gan.bias_act_backward, native=True,
     native_checks=True, autograd=(_bias_act_double_backward, _bias_act_backward_setup))
 
@@ -113,7 +134,7 @@ def _bias_act_backward(ctx, grad):
 _bias_act_op = FusedOp(
     "bias_act", "Tensor x, Tensor? bias, str act='leaky_relu', float alpha=0.2, float gain=1.0, "
     "int dim=1", "Tensor",
-    reference=reference.bias_act, fake=_fake_bias_act, check=_check_bias_act,
+    reference="gan.bias_act", fake=_fake_bias_act, check=_check_bias_act,
     triton=_triton_gan.bias_act, native=True, native_checks=True,
     autograd=(_bias_act_backward, _bias_act_setup))
 
@@ -172,7 +193,7 @@ def _check_group_norm_silu(x, weight, bias, num_groups, eps=1e-5, act=True):
 
 
 def _fake_group_norm_silu(x, weight, bias, num_groups, eps=1e-5, act=True):
-    stats = x.new_empty((x.shape[0], num_groups), dtype=reference.math_dtype(x.dtype))
+    stats = x.new_empty((x.shape[0], num_groups), dtype=math_dtype(x.dtype))
     return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
 
@@ -182,8 +203,8 @@ def _check_group_norm_silu_backward(grad, x, weight, bias, mean, rstd, num_group
     want = (x.shape[0], num_groups)
     for name, s in (("mean", mean), ("rstd", rstd)):
         _checks.float_tensor(name, s)
-        if tuple(s.shape) != want or s.dtype != reference.math_dtype(x.dtype) or s.device != x.device:
-            raise ValueError(f"fastgen: {name} must be a {want} {reference.math_dtype(x.dtype)} tensor on "
+        if tuple(s.shape) != want or s.dtype != math_dtype(x.dtype) or s.device != x.device:
+            raise ValueError(f"fastgen: {name} must be a {want} {math_dtype(x.dtype)} tensor on "
                              f"{x.device} (the forward's), got {tuple(s.shape)} {s.dtype} on {s.device}")
 
 
@@ -197,7 +218,7 @@ _group_norm_silu_backward_op = FusedOp(
     "group_norm_silu_backward",
     "Tensor grad, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, int num_groups, "
     "bool act=True", "(Tensor, Tensor, Tensor)",
-    reference=reference.group_norm_silu_backward, fake=_fake_group_norm_silu_backward,
+    reference="gan.group_norm_silu_backward", fake=_fake_group_norm_silu_backward,
     check=_check_group_norm_silu_backward, triton=_triton_gan.group_norm_silu_backward, native=True,
     native_checks=True)
 
@@ -225,7 +246,7 @@ _group_norm_silu_op = FusedOp(
     "group_norm_silu",
     "Tensor x, Tensor? weight, Tensor? bias, int num_groups, float eps=1e-05, bool act=True",
     "(Tensor, Tensor, Tensor)",
-    reference=reference.group_norm_silu, fake=_fake_group_norm_silu, check=_check_group_norm_silu,
+    reference="gan.group_norm_silu", fake=_fake_group_norm_silu, check=_check_group_norm_silu,
     triton=_triton_gan.group_norm_silu, native=True, native_checks=True,
     autograd=(_group_norm_silu_backward, _group_norm_silu_setup))
 
@@ -277,7 +298,7 @@ def _check_info_nce(z1, z2, temperature):
 
 
 def _fake_info_nce(z1, z2, temperature):
-    t = reference.math_dtype(z1.dtype)
+    t = math_dtype(z1.dtype)
     return z1.new_empty((), dtype=t), z1.new_empty((2 * z1.shape[0],), dtype=t)
 
 
@@ -301,7 +322,7 @@ def _fake_info_nce_backward(grad_loss, z1, z2, lse, temperature):
 
 _info_nce_backward_op = FusedOp(
     "info_nce_loss_backward", "Tensor grad_loss, Tensor z1, Tensor z2, Tensor lse, float temperature",
-    "(Tensor, Tensor)", reference=reference.info_nce_loss_backward, fake=_fake_info_nce_backward,
+    "(Tensor, Tensor)", reference="gan.info_nce_loss_backward", fake=_fake_info_nce_backward,
     check=_check_info_nce_backward, triton=_triton_gan.info_nce_loss_backward, native=True)
 
 
@@ -323,7 +344,7 @@ def _info_nce_backward(ctx, grad_loss, _grad_lse):
 
 _info_nce_op = FusedOp(
     "info_nce_loss", "Tensor z1, Tensor z2, float temperature", "(Tensor, Tensor)",
-    reference=reference.info_nce_loss, fake=_fake_info_nce, check=_check_info_nce,
+    reference="gan.info_nce_loss", fake=_fake_info_nce, check=_check_info_nce,
     triton=_triton_gan.info_nce_loss, native=True, autograd=(_info_nce_backward, _info_nce_setup))
 
 

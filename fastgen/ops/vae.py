@@ -2,7 +2,8 @@
 import torch
 
 from ..kernels import vae as _triton_vae
-from . import _checks, reference
+from . import _checks
+from ._common import math_dtype
 from ._registry import FusedOp
 
 
@@ -15,7 +16,7 @@ def _check(mu, logvar, eps):
 
 def _fake(mu, logvar, eps):
     z = torch.empty_like(mu, memory_format=torch.contiguous_format)
-    return z, mu.new_empty((mu.shape[0],), dtype=reference.math_dtype(mu.dtype))
+    return z, mu.new_empty((mu.shape[0],), dtype=math_dtype(mu.dtype))
 
 
 def _check_backward(grad_z, grad_kl, mu, logvar, eps):
@@ -32,7 +33,7 @@ def _fake_backward(grad_z, grad_kl, mu, logvar, eps):
 _backward_op = FusedOp(
     "gaussian_reparam_kl_backward",
     "Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor eps", "(Tensor, Tensor)",
-    reference=reference.gaussian_reparam_kl_backward, fake=_fake_backward, check=_check_backward,
+    reference="vae.gaussian_reparam_kl_backward", fake=_fake_backward, check=_check_backward,
     triton=_triton_vae.gaussian_reparam_kl_backward, native=True)
 
 
@@ -46,19 +47,19 @@ def _backward(ctx, grad_z, grad_kl):
     if grad_z is None:
         grad_z = torch.zeros_like(mu)
     if grad_kl is None:
-        grad_kl = mu.new_zeros((mu.shape[0],), dtype=reference.math_dtype(mu.dtype))
+        grad_kl = mu.new_zeros((mu.shape[0],), dtype=math_dtype(mu.dtype))
     d_mu = d_logvar = d_eps = None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
         d_mu, d_logvar = _backward_op(grad_z, grad_kl, mu, logvar, eps, backend=ctx.backend)
     if ctx.needs_input_grad[2]:  # rare (eps is usually sampled noise): not worth a kernel
-        t = reference.math_dtype(mu.dtype)
+        t = math_dtype(mu.dtype)
         d_eps = (grad_z.to(t) * torch.exp(0.5 * logvar.to(t))).to(eps.dtype)
     return d_mu, d_logvar, d_eps
 
 
 _op = FusedOp(
     "gaussian_reparam_kl", "Tensor mu, Tensor logvar, Tensor eps", "(Tensor, Tensor)",
-    reference=reference.gaussian_reparam_kl, fake=_fake, check=_check,
+    reference="vae.gaussian_reparam_kl", fake=_fake, check=_check,
     triton=_triton_vae.gaussian_reparam_kl, native=True, autograd=(_backward, _setup_context))
 
 

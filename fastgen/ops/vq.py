@@ -4,8 +4,11 @@ import torch
 
 from ..kernels import vq as _triton_vq
 from ..kernels._compat import FP32_ACCUMULATED as _TRITON_DTYPES
-from . import _checks, reference
+from . import _checks
+from ._common import math_dtype
 from ._registry import FusedOp
+
+VQ_METRICS = ("l2", "cosine")
 
 
 def _check_nearest(z, codebook, metric="l2"):
@@ -23,18 +26,18 @@ def _check_nearest(z, codebook, metric="l2"):
         raise TypeError(f"fastgen: codebook has dtype {codebook.dtype} but z has {z.dtype}")
     if codebook.device != z.device:
         raise ValueError(f"fastgen: codebook is on {codebook.device} but z is on {z.device}")
-    if metric not in reference.VQ_METRICS:
-        raise ValueError(f"fastgen: metric must be one of {reference.VQ_METRICS}, got {metric!r}")
+    if metric not in VQ_METRICS:
+        raise ValueError(f"fastgen: metric must be one of {VQ_METRICS}, got {metric!r}")
 
 
 def _fake_nearest(z, codebook, metric="l2"):
     n = z.shape[0]
-    return z.new_empty((n,), dtype=torch.int64), z.new_empty((n,), dtype=reference.math_dtype(z.dtype))
+    return z.new_empty((n,), dtype=torch.int64), z.new_empty((n,), dtype=math_dtype(z.dtype))
 
 
 _nearest = FusedOp(
     "vq_nearest", "Tensor z, Tensor codebook, str metric='l2'", "(Tensor, Tensor)",
-    reference=reference.vq_nearest, fake=_fake_nearest, check=_check_nearest,
+    reference="vq.vq_nearest", fake=_fake_nearest, check=_check_nearest,
     triton=_triton_vq.vq_nearest, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
@@ -107,7 +110,7 @@ _quantize_backward = FusedOp(
     "vq_quantize_backward",
     "Tensor grad_zq, Tensor grad_loss, Tensor z, Tensor codebook, Tensor indices, float beta=0.25, "
     "bool legacy=True", "(Tensor, Tensor)",
-    reference=reference.vq_quantize_backward, fake=_fake_quantize_backward,
+    reference="vq.vq_quantize_backward", fake=_fake_quantize_backward,
     check=_check_quantize_backward, triton=_triton_vq.vq_quantize_backward, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
@@ -133,7 +136,7 @@ def _backward_quantize(ctx, grad_zq, grad_loss, grad_idx):
 _quantize = FusedOp(
     "vq_quantize", "Tensor z, Tensor codebook, float beta=0.25, bool legacy=True",
     "(Tensor, Tensor, Tensor)",
-    reference=reference.vq_quantize, fake=_fake_quantize, check=_check_quantize,
+    reference="vq.vq_quantize", fake=_fake_quantize, check=_check_quantize,
     triton=_triton_vq.vq_quantize, triton_dtypes=_TRITON_DTYPES, native=True, autograd=(_backward_quantize, _setup_quantize))
 
 
@@ -164,13 +167,13 @@ def _check_code_sums(z, indices, num_codes):
 
 
 def _fake_code_sums(z, indices, num_codes):
-    t = reference.math_dtype(z.dtype)
+    t = math_dtype(z.dtype)
     return z.new_empty((num_codes,), dtype=t), z.new_empty((num_codes, z.shape[1]), dtype=t)
 
 
 _code_sums = FusedOp(
     "vq_code_sums", "Tensor z, Tensor indices, int num_codes", "(Tensor, Tensor)",
-    reference=reference.vq_code_sums, fake=_fake_code_sums, check=_check_code_sums,
+    reference="vq.vq_code_sums", fake=_fake_code_sums, check=_check_code_sums,
     triton=_triton_vq.vq_code_sums, triton_dtypes=_TRITON_DTYPES, native=True)
 
 
@@ -207,15 +210,36 @@ def _check_ema(z, indices, cluster_size, embed_sum, decay=0.99, eps=1e-5):
 
 
 def _fake_ema(z, indices, cluster_size, embed_sum, decay=0.99, eps=1e-5):
-    return torch.empty_like(embed_sum), cluster_size.new_empty((), dtype=reference.math_dtype(z.dtype))
+    return torch.empty_like(embed_sum), cluster_size.new_empty((), dtype=math_dtype(z.dtype))
 
 
 _ema = FusedOp(
     "vq_ema_update",
     "Tensor z, Tensor indices, Tensor(a!) cluster_size, Tensor(b!) embed_sum, float decay=0.99, "
     "float eps=1e-05", "(Tensor, Tensor)",
-    reference=reference.vq_ema_update, fake=_fake_ema, check=_check_ema,
+    reference="vq.vq_ema_update", fake=_fake_ema, check=_check_ema,
     triton=_triton_vq.vq_ema_update, triton_dtypes=_TRITON_DTYPES, native=True)
+
+
+def ema_codebook(cluster_size, embed_sum, eps):
+    """The codebook from the EMA buffers: embed_sum / Laplace-smoothed cluster_size,
+    (cluster_size + eps) / (n + K eps) * n with n = sum(cluster_size), in embed_sum's dtype."""
+    n = cluster_size.sum()
+    smoothed = (cluster_size + eps) * (n / (n + cluster_size.shape[0] * eps))
+    return embed_sum / smoothed.to(embed_sum.dtype)[:, None]
+
+
+def code_perplexity(counts):
+    """exp(entropy) of the code usage counts / sum(counts) (taming's formula, 1e-10 inside the log)."""
+    p = counts / counts.sum().clamp_min(1)
+    return (-(p * (p + 1e-10).log()).sum()).exp()
+
+
+def _ema_apply_(counts, sums, cluster_size, embed_sum, decay, eps):
+    """The EMA step from all-reduced counts / sums (the distributed path of vq_ema_update)."""
+    cluster_size.mul_(decay).add_(counts.to(cluster_size.dtype), alpha=1 - decay)
+    embed_sum.mul_(decay).add_(sums.to(embed_sum.dtype), alpha=1 - decay)
+    return ema_codebook(cluster_size, embed_sum, eps), code_perplexity(counts)
 
 
 def _distributed():
@@ -245,5 +269,5 @@ def vq_ema_update(z, indices, cluster_size, embed_sum, decay=0.99, eps=1e-5, *, 
         counts, sums = vq_code_sums(z, indices, embed_sum.shape[0], backend=backend)
         stats = torch.cat([sums, counts[:, None]], 1)  # one all-reduce for both
         dist.all_reduce(stats)
-        return reference.vq_ema_apply_(stats[:, -1], stats[:, :-1], cluster_size, embed_sum, decay, eps)
+        return _ema_apply_(stats[:, -1], stats[:, :-1], cluster_size, embed_sum, decay, eps)
     return _ema(z, indices, cluster_size, embed_sum, decay, eps, backend=backend)
