@@ -14,4 +14,5 @@ export FASTGEN_TEST_REQUIRE="${FASTGEN_TEST_REQUIRE:-cpu,triton$([ "${FASTGEN_CU
 export FASTGEN_TEST_REQUIRE_CUDA_BUILD="${FASTGEN_TEST_REQUIRE_CUDA_BUILD:-$FASTGEN_FORCE_CUDA}"
 WORKERS="${FASTGEN_TEST_WORKERS:-2}"
 if [ "$WORKERS" -gt 1 ]; then set -- -n "$WORKERS" "$@"; fi
-exec .venv/bin/python -m pytest -q "$@"
+# --durations: the slowest tests in the log, where CI time is lost first
+exec .venv/bin/python -m pytest -q --durations=25 "$@"

@@ -62,6 +62,13 @@ def require_cuda_build(what="this test"):
     pytest.skip(f"{what}: {why}")
 
 
+def emulated(device, backend):
+    """True when the kernels run on a CPU model of the GPU (the Triton interpreter, or cuda_emu):
+    every launch costs milliseconds there, so gradchecks use fast mode (random projections of
+    the Jacobian instead of every column) and sweeps take smaller shapes."""
+    return device == "cpu" and backend in ("triton", "cuda_emu")
+
+
 @pytest.fixture(params=DEVICE_BACKENDS)
 def device_backend(request):
     return request.param

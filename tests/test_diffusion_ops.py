@@ -98,6 +98,12 @@ def _timesteps_for(shape):
     return (37, 999) if shape[-1] > 1000 else TIMESTEPS
 
 
+def _step_shape(shape, backend):
+    """The long shape on cuda_emu, where every thread is a fiber: (2, 1301) still spans eleven
+    256-thread blocks with a partial last one, at a seventh of the emulation time."""
+    return (2, 1301) if backend == "cuda_emu" and shape == (2, 9001) else shape
+
+
 def _step_inputs(shape, dtype, device, seed=0):
     return (_randn(shape, dtype, device, seed), _randn(shape, dtype, device, seed + 1, 1.3),
             _randn(shape, dtype, device, seed + 2))
@@ -122,6 +128,7 @@ def _threshold_for(limit, m, x, t, ac, prediction, model_output_uncond=None, gui
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_ddim_step_matches_reference(device_backend, shape, dtype):
     device, backend = _setup(device_backend, "ddim_step", dtype)
+    shape = _step_shape(shape, backend)
     ac, acp = _tables(device)
     m, x, z = _step_inputs(shape, dtype, device)
     u = _randn(shape, dtype, device, 30)  # an unconditional output for guided steps
@@ -149,6 +156,7 @@ def test_ddim_step_matches_reference(device_backend, shape, dtype):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_ddpm_step_matches_reference(device_backend, shape, dtype):
     device, backend = _setup(device_backend, "ddpm_step", dtype)
+    shape = _step_shape(shape, backend)
     ac, acp = _tables(device)
     m, x, z = _step_inputs(shape, dtype, device, seed=5)
     u = _randn(shape, dtype, device, 31)

@@ -9,7 +9,7 @@ import fastgen
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
-from conftest import DispatchLog, native_device_tests, require_backend
+from conftest import DispatchLog, emulated, native_device_tests, require_backend
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SCALE_FNS = ["exp", "sigmoid", "tanh_exp", "atan_exp"]
@@ -119,7 +119,7 @@ def test_coupling_gradcheck_fp64(device_backend, scale_fn):
             return fastgen.ops.affine_coupling(x, t, r, scale_fn, 1.5, inverse, backend=backend)
 
         # the interpreter runs a kernel launch per evaluation: fast mode checks random projections
-        assert torch.autograd.gradcheck(f, inputs, fast_mode=backend == "triton" and device == "cpu")
+        assert torch.autograd.gradcheck(f, inputs, fast_mode=emulated(device, backend))
 
 
 @pytest.mark.parametrize("scale_fn", SCALE_FNS)
@@ -428,7 +428,8 @@ def test_actnorm_gradcheck_fp64(device_backend, shape):
     for inverse in (False, True):
         inputs = _actnorm_inputs(shape, torch.float64, device, requires_grad=True)
         assert torch.autograd.gradcheck(
-            lambda x, loc, ls: fastgen.ops.actnorm(x, loc, ls, inverse, backend=backend), inputs)
+            lambda x, loc, ls: fastgen.ops.actnorm(x, loc, ls, inverse, backend=backend), inputs,
+            fast_mode=emulated(device, backend))
 
 
 def test_actnorm_inverse_and_jacobian(device_backend):
@@ -614,7 +615,7 @@ def test_invconv_gradcheck_fp64(device_backend, shape):
         assert torch.autograd.gradcheck(
             lambda x, lo, up, ls: fastgen.ops.invertible_conv1x1(x, perm, lo, up, sign, ls, inverse,
                                                                  backend=backend),
-            (x, lower, upper, log_s))
+            (x, lower, upper, log_s), fast_mode=emulated(device, backend))
 
 
 def test_invconv_inverse_and_jacobian(device_backend):

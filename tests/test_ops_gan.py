@@ -10,7 +10,7 @@ from fastgen.nn import GroupNormSiLU
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
-from conftest import native_device_tests, require_backend
+from conftest import emulated, native_device_tests, require_backend
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 ACTS = ["leaky_relu", "relu", "silu", "gelu"]
@@ -98,9 +98,9 @@ def test_bias_act_gradcheck_fp64(device_backend, act):
     def f(x, b):
         return fastgen.ops.bias_act(x, b, act, 0.2, 1.3, backend=backend)
 
-    # under the Triton interpreter every evaluation is a slow kernel launch: fast mode checks
-    # random projections of the Jacobian instead of every column
-    fast = backend == "triton" and device == "cpu"
+    # on an emulator every evaluation is a slow kernel launch: fast mode checks random
+    # projections of the Jacobian instead of every column
+    fast = emulated(device, backend)
     assert torch.autograd.gradcheck(f, (x, b), fast_mode=fast)
     # second order: the backward op's own autograd (zero curvature for relu / leaky_relu)
     assert torch.autograd.gradgradcheck(f, (x, b), fast_mode=fast)
@@ -357,7 +357,7 @@ def test_group_norm_silu_gradcheck_fp64(device_backend, affine):
         x, w, b = ts if affine else (ts[0], None, None)
         return fastgen.ops.group_norm_silu(x, w, b, 2, backend=backend)
 
-    assert torch.autograd.gradcheck(f, inputs, fast_mode=backend == "triton" and device == "cpu")  # see bias_act's
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=emulated(device, backend))
 
 
 def test_group_norm_silu_statistics(device_backend):
@@ -487,6 +487,9 @@ def _nce_inputs(shape, dtype, device, seed=0):
 @pytest.mark.parametrize("shape", NCE_SHAPES, ids=str)
 def test_info_nce_loss_matches_reference(device_backend, shape, dtype, temperature):
     device, backend = _setup(NCE, device_backend, dtype)
+    if backend == "cuda_emu" and shape == NCE_SHAPES[-1]:
+        pytest.skip("cuda_emu: (300, 64) is there for several CPU / Triton tiles; the CUDA kernels' "
+                    "tile is 4096 rows, so on the CUDA model it takes no path (70, 130) does not")
     z1, z2 = _nce_inputs(shape, dtype, device)
     loss = fastgen.ops.info_nce_loss(z1, z2, temperature, backend=backend)
     loss_ref = reference.info_nce_loss(z1, z2, temperature)[0]
