@@ -43,7 +43,7 @@ print("== fastgen from", os.path.dirname(fastgen.__file__), "; extension", e.NAT
 assert e.NATIVE.__file__.startswith(os.environ["PYTHONPATH"]), "not the sanitized build"
 PY
 if [ $# -eq 0 ]; then
-  set -- tests/test_op_contract.py tests/test_ops_*.py tests/test_diffusion_ops.py -k "cpu-cpu or native"
+  set -- tests/test_op_contract.py tests/test_ops_*.py -k "cpu-cpu or native"
 fi
 echo "== pytest $* (ASan + UBSan)"
 "$PY" -m pytest -q -p no:cacheprovider -x "$@"
