@@ -216,18 +216,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
     return flash_attention_dropout_backward_cpu(grad_out, grad_lse, q, k, v, out, lse, causal, s, key_padding_mask,
                                                 dropout_p, seed_value(seed));
   }
-  const auto sees = sees_a_key(q, k.size(2), causal, key_padding_mask);
   const auto ke = expand_heads(k, group), ve = expand_heads(v, group);
   const auto mask = additive_mask(key_padding_mask, q);
-  // torch's kernel takes lse in fp32 for half types; queries that see nothing: lse 0, dO 0
-  const auto lse_in = at::where(sees.squeeze(-1), lse, at::zeros({}, lse.options()))
-                          .to(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-  const auto go = at::where(sees, grad_out, at::zeros({}, grad_out.options())).contiguous();
+  // torch's kernel takes lse in fp32 for half types; queries that see nothing: lse 0, dO 0.
+  // Without a padding mask every query sees key 0 (k has keys here), so nothing is masked.
+  const auto lse_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor lse_in, go, g;
+  if (key_padding_mask.has_value()) {
+    const auto sees = sees_a_key(q, k.size(2), causal, key_padding_mask);
+    lse_in = at::where(sees.squeeze(-1), lse, at::zeros({}, lse.options())).to(lse_dtype);
+    go = at::where(sees, grad_out, at::zeros({}, grad_out.options())).contiguous();
+    g = at::where(sees.squeeze(-1), grad_lse, at::zeros({}, grad_lse.options()));
+  } else {
+    lse_in = lse.to(lse_dtype);
+    go = grad_out.contiguous();
+    g = grad_lse;
+  }
   auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
       go, q, ke, ve, head_dim_contiguous(out), lse_in, 0.0, causal, mask, scale);
   // d lse / d s_ij = p_ij: dQ += scale * g (P K), dK += scale * P^T (g Q), with P K the
   // attention output for values = keys and P^T (g Q) the dV of a backward with dO = g Q.
-  const auto g = at::where(sees.squeeze(-1), grad_lse, at::zeros({}, grad_lse.options()));
   if (g.ne(0).any().item<bool>()) {
     const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
     const auto gq = (g.unsqueeze(-1).to(q.scalar_type()) * q).contiguous();
