@@ -139,33 +139,6 @@ def test_non_contiguous_and_empty(device_backend):
     assert out.shape == (2, 3, 0, 16) and lse.shape == (2, 3, 0)
 
 
-def test_opcheck(device_backend):
-    device, backend = _setup(device_backend)
-    q, k, v = _inputs((1, 2, 1, 7, 9, 16), torch.float32, device)
-    kpm = _padding(1, 9, device)
-    torch.library.opcheck(torch.ops.fastgen.flash_attention.default, (q, k, v, True, 0.5, kpm), {"backend": backend})
-    torch.library.opcheck(torch.ops.fastgen.flash_attention.default, (q, k, v), {"backend": backend})
-
-
-def test_torch_compile_fullgraph():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch._dynamo.reset()
-
-    def f(q, k, v, kpm):
-        out, lse = fastgen.ops.flash_attention(q, k, v, True, None, kpm)
-        return out.square().sum() + lse.clamp_min(-10).sum()
-
-    q, k, v = _inputs((2, 2, 2, 9, 9, 16), torch.float32, device)
-    kpm = _padding(2, 9, device)
-    got = torch.compile(f, fullgraph=True)(q, k, v, kpm)
-    g1 = torch.autograd.grad(got, (q, k, v))
-    want = f(q, k, v, kpm)
-    g2 = torch.autograd.grad(want, (q, k, v))
-    assert_close(got, want)
-    for a, b in zip(g1, g2):
-        assert_close(a, b)
-
-
 def test_bad_inputs_name_the_argument():
     q, k = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 6, 16)
     with pytest.raises(ValueError, match="must be a multiple of the number of key/value heads"):
@@ -374,14 +347,6 @@ def test_decode_checks_and_cache_overflow():
     seqlens = torch.tensor([9, 2])
     with pytest.raises(ValueError, match="overflows the cache"):
         fastgen.ops.kv_cache_append(kc, kc.clone(), seqlens, torch.randn(2, 2, 2, 8), torch.randn(2, 2, 2, 8))
-
-
-def test_decode_opcheck(device_backend):
-    device, backend = device_backend
-    require_backend("decode_attention", device, backend)
-    q, kc = torch.randn(2, 2, 1, 8, device=device), torch.randn(2, 1, 10, 8, device=device)
-    torch.library.opcheck(torch.ops.fastgen.decode_attention.default,
-                          (q, kc, kc.clone(), torch.tensor([3, 10], device=device)), {"backend": backend})
 
 
 def test_head_dim_strided_views(device_backend):

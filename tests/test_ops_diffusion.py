@@ -285,13 +285,6 @@ def _sample_args(op, device, requires_grad=False):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_opcheck(device_backend, op):
-    device, backend = _setup(device_backend, op)
-    args, kwargs = _sample_args(op, device, requires_grad=True)
-    torch.library.opcheck(getattr(torch.ops.fastgen, op).default, args, dict(kwargs, backend=backend))
-
-
-@pytest.mark.parametrize("op", OPS)
 def test_empty_inputs(device_backend, op):
     device, backend = _setup(device_backend, op)
     args, kwargs = _sample_args(op, device)

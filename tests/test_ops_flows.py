@@ -236,54 +236,6 @@ def test_coupling_non_finite_inputs_propagate(device_backend):
         assert_close(ld, ld_ref, backend=backend, name=f"{scale_fn} logdet")
 
 
-def test_coupling_opcheck(device_backend):
-    device, backend = _setup(COUPLING, device_backend)
-    x, t, r = _coupling_inputs((3, 5, 2), torch.float32, device, requires_grad=True)
-    for args in (("exp", 2.0, False), ("atan_exp", 1.5, True)):
-        torch.library.opcheck(torch.ops.fastgen.affine_coupling.default, (x, t, r, *args),
-                              {"backend": backend})
-        gy, gl = torch.randn_like(x), torch.randn(3, device=device)
-        torch.library.opcheck(torch.ops.fastgen.affine_coupling_backward.default,
-                              (gy, gl, *(v.detach() for v in (x, t, r)), *args), {"backend": backend})
-
-
-def _compile_check(op_name, loss_fn, inputs, backend):
-    """torch.compile(fullgraph=True) of loss_fn, forward and backward, against the reference."""
-    torch._dynamo.reset()
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    leaves = [v.detach().requires_grad_(v.requires_grad) for v in inputs]
-    with fastgen.use_backend(backend):
-        loss = compiled(*leaves)
-        grads = torch.autograd.grad(loss, [v for v in leaves if v.requires_grad])
-    with fastgen.use_backend("reference"):
-        ref_in = [v.detach().requires_grad_(v.requires_grad) for v in inputs]
-        ref = loss_fn(*ref_in)
-        ref_grads = torch.autograd.grad(ref, [v for v in ref_in if v.requires_grad])
-    assert_close(loss, ref, backend=backend, name=f"{op_name} loss")
-    for a, e in zip(grads, ref_grads):
-        assert_close(a, e, backend=backend, name=f"{op_name} grad")
-
-
-def _compile_device_backend(op_name, backend):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and backend == "cpu":
-        backend = "cuda"
-    require_backend(op_name, device, backend)
-    return device, backend
-
-
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
-def test_coupling_torch_compile_fullgraph(backend):
-    device, backend = _compile_device_backend(COUPLING, backend)
-
-    def loss_fn(x, t, r):
-        y, logdet = fastgen.ops.affine_coupling(x, t, r, "sigmoid")
-        x2, logdet2 = fastgen.ops.affine_coupling(y, t, r, "tanh_exp", 2.5, True)
-        return (x2 * x2).sum() + logdet.mean() - 0.5 * logdet2.mean()
-
-    _compile_check(COUPLING, loss_fn, _coupling_inputs((4, 33), torch.float32, device, True), backend)
-
-
 def test_coupling_bad_inputs_name_the_argument():
     op = fastgen.ops.affine_coupling
     x = torch.randn(3, 4)
@@ -480,31 +432,6 @@ def test_actnorm_non_contiguous(device_backend):
         torch.autograd.backward((y_ref, ld_ref), (gy, torch.ones_like(ld_ref)))
         for a, e in zip(leaves, ref_leaves):
             assert_close(a.grad, e.grad, backend=backend, name="grad", atol=1e-4)
-
-
-def test_actnorm_opcheck(device_backend):
-    device, backend = _setup(ACTNORM, device_backend)
-    for shape in ((3, 4, 2, 3), (5, 3)):
-        x, loc, ls = _actnorm_inputs(shape, torch.float32, device, requires_grad=True)
-        for inverse in (False, True):
-            torch.library.opcheck(torch.ops.fastgen.actnorm.default, (x, loc, ls, inverse),
-                                  {"backend": backend})
-            gy, gl = torch.randn_like(x), torch.randn(shape[0], device=device)
-            torch.library.opcheck(torch.ops.fastgen.actnorm_backward.default,
-                                  (gy, gl, *(v.detach() for v in (x, loc, ls)), inverse),
-                                  {"backend": backend})
-
-
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
-def test_actnorm_torch_compile_fullgraph(backend):
-    device, backend = _compile_device_backend(ACTNORM, backend)
-
-    def loss_fn(x, loc, ls):
-        y, logdet = fastgen.ops.actnorm(x, loc, ls)
-        x2, logdet2 = fastgen.ops.actnorm(y * 1.5, loc, ls, True)
-        return (x2 * x2).sum() + logdet.mean() + 0.3 * logdet2.mean()
-
-    _compile_check(ACTNORM, loss_fn, _actnorm_inputs((4, 3, 5, 5), torch.float32, device, True), backend)
 
 
 def test_actnorm_bad_inputs_name_the_argument():
@@ -704,32 +631,6 @@ def test_invconv_perm_and_sign_take_no_gradient():
         (y.sum() + ld.sum()).backward()
 
 
-def test_invconv_opcheck(device_backend):
-    device, backend = _setup(INVCONV, device_backend)
-    for shape in ((3, 4, 2, 3), (5, 3)):
-        inputs = _invconv_inputs(shape, torch.float32, device, requires_grad=True)
-        for inverse in (False, True):
-            torch.library.opcheck(torch.ops.fastgen.invertible_conv1x1.default, (*inputs, inverse),
-                                  {"backend": backend})
-            gy, gl = torch.randn_like(inputs[0]), torch.randn(shape[0], device=device)
-            torch.library.opcheck(torch.ops.fastgen.invertible_conv1x1_backward.default,
-                                  (gy, gl, *(v.detach() for v in inputs), inverse), {"backend": backend})
-
-
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
-def test_invconv_torch_compile_fullgraph(backend):
-    device, backend = _compile_device_backend(INVCONV, backend)
-    _, perm, _, _, sign, _ = _invconv_inputs((4, 3, 5, 5), torch.float32, device)
-
-    def loss_fn(x, lower, upper, log_s):
-        y, logdet = fastgen.ops.invertible_conv1x1(x, perm, lower, upper, sign, log_s)
-        x2, logdet2 = fastgen.ops.invertible_conv1x1(torch.sin(y), perm, lower, upper, sign, log_s, True)
-        return (x2 * x2).sum() + logdet.mean() + 0.3 * logdet2.mean()
-
-    inputs = _invconv_leaves(_invconv_inputs((4, 3, 5, 5), torch.float32, device, True))
-    _compile_check(INVCONV, loss_fn, inputs, backend)
-
-
 def test_invconv_bad_inputs_name_the_argument():
     op = fastgen.ops.invertible_conv1x1
     x, perm, lower, upper, sign, log_s = _invconv_inputs((2, 3, 4, 4), torch.float32, "cpu")
@@ -863,28 +764,6 @@ def test_flow_nll_empty(device_backend, shape):
     assert_close(nll, reference.flow_nll(z, logdet), backend=backend, name="nll")
     nll.sum().backward()
     assert z.grad.shape == shape and logdet.grad.shape == (shape[0],)
-
-
-def test_flow_nll_opcheck(device_backend):
-    device, backend = _setup(NLL, device_backend)
-    z, logdet = _nll_inputs((3, 4, 5), torch.float32, device, requires_grad=True)
-    for prior, n_bins in (("gaussian", None), ("logistic", 256)):
-        torch.library.opcheck(torch.ops.fastgen.flow_nll.default, (z, logdet, prior, n_bins),
-                              {"backend": backend})
-        torch.library.opcheck(torch.ops.fastgen.flow_nll_backward.default,
-                              (torch.randn(3, device=device), z.detach(), prior, n_bins),
-                              {"backend": backend})
-
-
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
-def test_flow_nll_torch_compile_fullgraph(backend):
-    device, backend = _compile_device_backend(NLL, backend)
-
-    def loss_fn(x, t, r):
-        z, logdet = fastgen.ops.affine_coupling(x, t, r, "sigmoid")
-        return fastgen.ops.flow_nll(z, logdet, "gaussian", 256).mean()
-
-    _compile_check(NLL, loss_fn, _coupling_inputs((4, 33), torch.float32, device, True), backend)
 
 
 def test_flow_nll_bad_inputs_name_the_argument():

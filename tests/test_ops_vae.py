@@ -128,43 +128,6 @@ def test_non_finite_inputs_propagate(device_backend):
     assert_close(kl, kl_ref, backend=backend, name="kl")
 
 
-def test_opcheck(device_backend):
-    device, backend = _setup(device_backend)
-    mu, logvar, eps = _inputs((3, 5, 2), torch.float32, device, requires_grad=True)
-    torch.library.opcheck(torch.ops.fastgen.gaussian_reparam_kl.default, (mu, logvar, eps),
-                          {"backend": backend})
-    gz, gkl = torch.randn_like(mu), torch.randn(3, device=device)
-    torch.library.opcheck(torch.ops.fastgen.gaussian_reparam_kl_backward.default,
-                          (gz, gkl, *(t.detach() for t in (mu, logvar, eps))), {"backend": backend})
-
-
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.slow)])
-def test_torch_compile_fullgraph(backend):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and backend == "cpu":
-        backend = "cuda"
-    require_backend(OP, device, backend)
-    torch._dynamo.reset()
-
-    def loss_fn(mu, logvar, eps):
-        z, kl = fastgen.ops.gaussian_reparam_kl(mu, logvar, eps)
-        return (z * z).sum() + kl.mean()
-
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    mu, logvar, eps = _inputs((4, 33), torch.float32, device, requires_grad=True)
-    with fastgen.use_backend(backend):
-        loss = compiled(mu, logvar, eps)
-        grads = torch.autograd.grad(loss, (mu, logvar))
-    ref = loss_fn(*(t.detach().requires_grad_() for t in (mu, logvar, eps)))
-    with fastgen.use_backend("reference"):
-        ref_in = [t.detach().requires_grad_() for t in (mu, logvar, eps)]
-        ref = loss_fn(*ref_in)
-        ref_grads = torch.autograd.grad(ref, ref_in[:2])
-    assert_close(loss, ref, backend=backend, name="loss")
-    for a, e in zip(grads, ref_grads):
-        assert_close(a, e, backend=backend, name="grad")
-
-
 # -- bad input -------------------------------------------------------------------------------
 
 def test_bad_inputs_name_the_argument():

@@ -102,28 +102,6 @@ def test_empty_and_non_contiguous(device_backend):
     _check_nearest(zt, et, "l2", idx, dist)
 
 
-def test_opcheck(device_backend):
-    device, backend = _setup(device_backend)
-    z, e = torch.randn(9, 6, device=device), torch.randn(13, 6, device=device)
-    for metric in ("l2", "cosine"):
-        torch.library.opcheck(torch.ops.fastgen.vq_nearest.default, (z, e, metric), {"backend": backend})
-
-
-def test_torch_compile_fullgraph():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch._dynamo.reset()
-
-    def f(z, e):
-        idx, dist = fastgen.ops.vq_nearest(z, e)
-        return e[idx], dist.sum()
-
-    z, e = torch.randn(33, 8, device=device), torch.randn(17, 8, device=device)
-    got = torch.compile(f, fullgraph=True)(z, e)
-    want = f(z, e)
-    assert_close(got[0], want[0])
-    assert_close(got[1], want[1])
-
-
 def test_bad_inputs_name_the_argument():
     z, e = torch.randn(4, 3), torch.randn(5, 3)
     with pytest.raises(ValueError, match="codebook has D=4 but z has D=3"):

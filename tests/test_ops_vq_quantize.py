@@ -116,16 +116,6 @@ def test_quantize_empty_and_non_contiguous(device_backend):
         assert_close(a, b, backend=backend)
 
 
-def test_quantize_opcheck(device_backend):
-    device, backend = _setup(device_backend, "vq_quantize")
-    z, e = _data(11, 7, 5, torch.float32, device)
-    torch.library.opcheck(torch.ops.fastgen.vq_quantize.default, (z.requires_grad_(), e, 0.25, False),
-                          {"backend": backend})
-    idx, _ = reference.vq_nearest(z.detach(), e)
-    args = (torch.randn_like(z), torch.tensor(0.5, device=device), z.detach(), e, idx, 0.25, True)
-    torch.library.opcheck(torch.ops.fastgen.vq_quantize_backward.default, args, {"backend": backend})
-
-
 # -- vq_code_sums / vq_ema_update -----------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -172,41 +162,6 @@ def test_code_sums_reject_out_of_range_indices():
             fastgen.ops.vq_ema_update(z, bad, torch.zeros(4), torch.zeros(4, 3))
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\)"):  # the kernel checks too
         torch.ops.fastgen.vq_code_sums_native(z, torch.tensor([0, 1, 2, 7, 1]), 4)
-
-
-def test_ema_opcheck_and_compile(device_backend):
-    device, backend = _setup(device_backend, "vq_ema_update")
-    z, _ = _data(20, 6, 4, torch.float32, device)
-    idx = torch.randint(0, 6, (20,), generator=torch.Generator().manual_seed(0)).to(device)
-    torch.library.opcheck(torch.ops.fastgen.vq_code_sums.default, (z, idx, 6), {"backend": backend})
-    torch.library.opcheck(torch.ops.fastgen.vq_ema_update.default,
-                          (z, idx, torch.rand(6, device=device), torch.randn(6, 4, device=device), 0.8, 1e-5),
-                          {"backend": backend})
-
-
-def test_torch_compile_fullgraph():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch._dynamo.reset()
-
-    def step(z, e, cs, es):
-        z_q, loss, idx = fastgen.ops.vq_quantize(z, e, 0.25)
-        codebook, perplexity = fastgen.ops.vq_ema_update(z.detach(), idx, cs, es, 0.9)
-        return (z_q.square().sum() + loss), codebook, perplexity
-
-    z, e = _data(40, 9, 6, torch.float32, device)
-    cs, es = torch.rand(9, device=device), torch.randn(9, 6, device=device)
-    cs2, es2 = cs.clone(), es.clone()
-    z1, e1 = z.clone().requires_grad_(), e.clone().requires_grad_()
-    z2, e2 = z.clone().requires_grad_(), e.clone().requires_grad_()
-    got = torch.compile(step, fullgraph=True)(z1, e1, cs, es)
-    want = step(z2, e2, cs2, es2)
-    for a, b in zip(got, want):
-        assert_close(a, b)
-    assert_close(cs, cs2, name="cluster_size mutated under compile")
-    got[0].backward()
-    want[0].backward()
-    assert_close(z1.grad, z2.grad)
-    assert_close(e1.grad, e2.grad)
 
 
 def test_bad_inputs_name_the_argument():

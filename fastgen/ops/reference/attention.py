@@ -73,7 +73,7 @@ def flash_attention_backward(grad_out, grad_lse, q, k, v, out, lse, causal=False
         qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
         o, l = flash_attention(qq, kk, vv, causal, scale, key_padding_mask, dropout_p, seed)
         grads = torch.autograd.grad((o, l), (qq, kk, vv), (grad_out, grad_lse), allow_unused=True)
-        return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, (q, k, v)))
+        return tuple(torch.zeros_like(x) if g is None else g.contiguous() for g, x in zip(grads, (q, k, v)))
 
 
 def decode_attention_valid(lq, lmax, cache_seqlens):
