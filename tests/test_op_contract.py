@@ -376,8 +376,6 @@ KNOWN = {
     "values for strided q / k_cache / v_cache (last stride 2) under the interpreter",
     ("vq_quantize_backward", "triton", "non-contiguous"): "kernels/vq.py quantize backward: wrong "
     "values for strided inputs under the interpreter, and a segfault in one run (reads outside the tensors)",
-    ("decode_attention", "*", "wrong device"): "the decode check reuses flash_attention's and names "
-    "k / v, not k_cache / v_cache",
 }
 
 

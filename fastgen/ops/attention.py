@@ -13,22 +13,23 @@ from ._common import math_dtype
 from ._registry import FusedOp
 
 
-def _check(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, seed=None):
-    for name, t in (("q", q), ("k", k), ("v", v)):
+def _check(q, k, v, causal=False, scale=None, key_padding_mask=None, dropout_p=0.0, seed=None, kv=("k", "v")):
+    kn, vn = kv  # the names of k and v in the caller's signature (decode: k_cache, v_cache)
+    for name, t in (("q", q), (kn, k), (vn, v)):
         _checks.float_tensor(name, t)
         if t.dim() != 4:
             raise ValueError(f"fastgen: {name} must have shape (B, H, L, Dh), got {tuple(t.shape)}")
     b, h, lq, d = q.shape
     if k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"fastgen: k must have shape ({b}, Hkv, Lk, {d}), got {tuple(k.shape)}")
+        raise ValueError(f"fastgen: {kn} must have shape ({b}, Hkv, Lk, {d}), got {tuple(k.shape)}")
     if v.shape != k.shape:
-        raise ValueError(f"fastgen: v has shape {tuple(v.shape)} but k has {tuple(k.shape)}")
+        raise ValueError(f"fastgen: {vn} has shape {tuple(v.shape)} but {kn} has {tuple(k.shape)}")
     if k.shape[1] == 0 or h % k.shape[1]:
         raise ValueError(f"fastgen: the number of query heads ({h}) must be a multiple of the number "
                          f"of key/value heads ({k.shape[1]})")
     if not 1 <= d <= 256:
         raise ValueError(f"fastgen: head dim must be in [1, 256], got {d}")
-    for name, t in (("k", k), ("v", v)):
+    for name, t in ((kn, k), (vn, v)):
         if t.dtype != q.dtype:
             raise TypeError(f"fastgen: {name} has dtype {t.dtype} but q has {q.dtype}")
         if t.device != q.device:
@@ -171,7 +172,7 @@ def _dropout_seed(q, dropout_p, generator, seed):
 # -- decoding against a KV cache -------------------------------------------------------------------
 
 def _check_decode(q, k_cache, v_cache, cache_seqlens, scale=None):
-    _check(q, k_cache, v_cache, False, scale, None)
+    _check(q, k_cache, v_cache, False, scale, None, kv=("k_cache", "v_cache"))
     _checks.tensor("cache_seqlens", cache_seqlens)
     if cache_seqlens.dtype not in (torch.int32, torch.int64) or tuple(cache_seqlens.shape) != (q.shape[0],):
         raise ValueError(f"fastgen: cache_seqlens must be an int32/int64 tensor of shape ({q.shape[0]},), got "
