@@ -436,7 +436,7 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, scale=None):
     l = torch.empty_like(m)
     acc = torch.empty((b * h, nsplit, lq, d), dtype=torch.float32, device=q.device)
     _decode_partial_kernel[(b * h, nsplit, triton.cdiv(lq, block_m))](
-        q, k, v, cache_seqlens.to(torch.int64), m, l, acc, sm_scale * LOG2E,
+        q, k, v, cache_seqlens.to(torch.int64).contiguous(), m, l, acc, sm_scale * LOG2E,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), h, h // hkv, lq, lmax, d, split_len, nsplit,
         IEEE=ieee, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps,
