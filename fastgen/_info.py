@@ -76,7 +76,8 @@ def info(print_report: bool = True) -> dict:
 def _vq_search_paths() -> str:
     """Which nearest-code search vq_nearest runs (docs/vq_certified.md)."""
     from .ops import vq_certified
-    return f"CPU: {vq_certified.cpu_search_path()}; Triton: {vq_certified.gpu_search_path()}"
+    return (f"CPU: {vq_certified.cpu_search_path()}; Triton: {vq_certified.gpu_search_path()}; "
+            f"CUDA C++: {vq_certified.cuda_search_path()}")
 
 
 def format_info(report: dict) -> str:

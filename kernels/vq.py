@@ -152,12 +152,12 @@ _VQ_NEAREST = {key: autotune(_configs(tiles), key=["K", "D_PAD"])(_vq_nearest_ke
 # cover, run _vq_nearest_kernel itself.
 #
 # The bound, with u = 2^-24, v = 2^-8 (bf16), A = ||z|| max_j ||e_j||, E = max_j ||e_j||^2:
-#   exact kernel, D FMAs:               g_D (E + 2A)
+#   exact kernel, D FMAs + E - 2 acc:   g_{D+1} (E + 2A)
 #   bf16 rounding of z and e:           2 (2v + v^2) A        (products of bf16 are exact in fp32)
 #   stage-1 accumulation, D terms:      2 g'_D (1 + v)^2 A    (g' with unit 2^-20: tensor cores
 #                                                              align and truncate inside an MMA,
 #                                                              so 16x the fp32 unit as margin)
-#   a_j = en - 2 acc in fp32:           u (E + 2 (1 + v)^2 (1 + g'_D) A)
+#   a_j = en - 2 acc in fp32:           u (E + 2 (1 + v)^2 (1 + g'_D) A)   (+ u^2 E: common/vq_bound.h)
 # plus 2^-123 (D + 2)(2 + max|z| + max|e|) for subnormals flushed to zero, all times
 # (1 + 2^-20) for the float64 arithmetic of the bound. Why the candidates hold the answer:
 # p_j* <= p_i <= a_i + B for all i, so every code tied with the winner has
@@ -231,13 +231,14 @@ def certified_bound(z, codebook, enorm, acc_unit=2.0 ** -20, bf16_out=False):
     """Per-row 2B (float32, rounded up) and the rows the bound covers, as the comment above
     derives it. acc_unit: the rounding unit of stage 1's accumulation (2^-20 for tensor cores,
     2^-24 for IEEE fp32 on CPU); bf16_out: stage 1's dot is rounded to bf16 once (CPU at::mm in
-    bf16). csrc/cpu/vq_certified.cpp computes the same formula."""
+    bf16). csrc/common/vq_bound.h (the CPU and CUDA kernels' copy) computes the same formula."""
     d = z.shape[1]
     u, v, ua, w = 2.0 ** -24, 2.0 ** -8, acc_unit, 1.0 if bf16_out else 0.0
-    g, ga = d * u / (1 - d * u), d * ua / (1 - d * ua)
+    # g_{D+1}: the exact kernel's D FMAs from 0 plus E - 2 acc (csrc/common/vq_bound.h)
+    g, ga = (d + 1) * u / (1 - (d + 1) * u), d * ua / (1 - d * ua)
     v1 = (1 + v) ** 2
     coef_a = 2 * (g + (2 * v + v * v) + ga * v1 + w * v * (1 + ga) * v1 + u * v1 * (1 + ga) * (1 + w * v))
-    coef_e = u + g
+    coef_e = g + u * (1 + u)
     z64, e64 = z.double(), codebook.double()
     e_norm_max = e64.pow(2).sum(1).max().sqrt()
     e_abs_max = e64.abs().max()

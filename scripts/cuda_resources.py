@@ -14,7 +14,8 @@ memory, as the tensor-core attention forward uses, is set at launch and not coun
 It needs no GPU: the numbers are what ptxas decided when the extension was built.
 
 Budget: the hot kernels -- attention (attn_*: flash forward, backward, decode; the tensor-core
-forward), vq_nearest, the diffusion steps (denoise_kernel: DDPM / DDIM, flow_kernel: Euler /
+forward), vq_nearest (the exact kernel and the certified search's stages: vq_candidates_kernel,
+vq_rerank_kernel), the diffusion steps (denoise_kernel: DDPM / DDIM, flow_kernel: Euler /
 Heun, mix_kernel: add_noise / get_velocity) and group_norm (group_norm_*_kernel) -- must
 have STACK == 0 and LOCAL == 0 for every dtype and arch: no spills and no local-memory frame
 (except the few (kernel, arch) rows in STACK_ALLOWED, each with its reason).
@@ -34,7 +35,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "compile", "cuda_resources.csv")
-HOT = re.compile(r"::(attn_\w*kernel|attn_fwd_mma_kernel|vq_nearest_kernel|denoise_kernel|flow_kernel|"
+HOT = re.compile(r"::(attn_\w*kernel|attn_fwd_mma_kernel|vq_nearest_kernel|vq_candidates_kernel|vq_rerank_kernel|"
+                 r"denoise_kernel|flow_kernel|"
                  r"mix_kernel|group_norm_\w*kernel)\b")
 FIELDS = ("kernel", "arch", "registers", "stack_bytes", "local_bytes", "static_shared_bytes", "source")
 

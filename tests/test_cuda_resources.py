@@ -38,7 +38,8 @@ def test_hot_cuda_kernels_do_not_spill(tmp_path):
     assert {row["arch"] for row in rows} == sass
     kernels = {row["kernel"] for row in rows}
     for family in ("attn_fwd_kernel", "attn_fwd_mma_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkdv_kernel",
-                   "vq_nearest_kernel", "denoise_kernel", "flow_kernel", "mix_kernel",
+                   "vq_nearest_kernel", "vq_candidates_kernel", "vq_rerank_kernel",
+                   "denoise_kernel", "flow_kernel", "mix_kernel",
                    "group_norm_forward_kernel", "group_norm_backward_kernel"):
         assert any(f"::{family}<" in k for k in kernels), family
     hot = [row for row in rows if cuda_resources.is_hot(row["kernel"])]

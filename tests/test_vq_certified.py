@@ -3,7 +3,8 @@ distances to the exact kernels on adversarial data, on the CPU kernel (both stag
 in bf16, and fp32 products of bf16-rounded inputs) and on the Triton kernels (under the
 interpreter stage 1 runs fp32 dots on the bf16-rounded values, which the interpreter computes
 correctly; bf16 dots run on a GPU only), plus a hypothesis search for a counterexample to the
-error bound. The sweep over D in 1..1024 and K up to 65536 is marked `slow` and sampled."""
+error bound, and on the CUDA C++ kernel (bf16 WMMA stage 1) on the cuda_emu backend. The sweep
+over D in 1..1024 and K up to 65536 is marked `slow` and sampled."""
 import math
 import os
 
@@ -218,9 +219,14 @@ def test_triton_shapes(n, k, d):
     assert (status > 0).all()  # random data: no row needed the fallback here
 
 
-def test_triton_public_op_switch():
+def test_triton_public_op_switch(monkeypatch):
     dev = _triton_device()
     k = kvq.CERTIFIED_MIN_K
+    z = case_random(6, 1, 24, seed=8)[0].to(dev)
+    assert kvq.certified_applies(z, k) and not kvq.certified_applies(z, k - 1)
+    # the public op with the two-stage search at a smaller K (the interpreter's cost is per tile)
+    k = 512
+    monkeypatch.setattr(kvq, "CERTIFIED_MIN_K", k)
     z, e = case_random(6, k, 24, seed=8)
     z, e = z.to(dev), e.to(dev)
     assert kvq.certified_applies(z, k) and not kvq.certified_applies(z, k - 1)
@@ -229,6 +235,127 @@ def test_triton_public_op_switch():
         ref = fastgen.ops.vq_nearest(z, e, "cosine", backend="triton")
     _same_bits(fastgen.ops.vq_nearest(z, e, "cosine", backend="triton"), ref)
     assert not kvq.certified_applies(z.half(), k)  # fp16/bf16 inputs already run on tensor cores
+
+
+# -- CUDA C++ (the cuda_emu backend: the same kernel source on the CPU execution model) -----------
+# Stage 1 runs the WMMA bf16 16x16x16 fragments with the model's reference semantics (exact
+# products of the bf16 values, fp32 sums); stage 2 and the fallback are the CUDA kernels' own FMA
+# chains, so the bits compared here are the ones a GPU gives (the model's fmaf is the GPU's FFMA).
+
+def _emu():
+    from conftest import require_backend
+    require_backend("vq_nearest", "cpu", "cuda_emu")
+
+
+def _emu_launches():
+    text = torch.ops.fastgen_emu.emu_kernel_launches()
+    return {name: int(n) for name, n in (line.split() for line in text.splitlines() if line)}
+
+
+def _cuda_check(z, e, metric="l2"):
+    exact = vq_certified.vq_nearest_search(z, e, metric, "exact", backend="cuda_emu")
+    assert (exact[2] == 0).all()
+    got = vq_certified.vq_nearest_search(z, e, metric, "bf16", backend="cuda_emu")
+    _same_bits(got, exact)
+    return got[2]
+
+
+@pytest.mark.cuda_emu
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_cuda_emu_adversarial(name):
+    _emu()
+    z, e = ADVERSARIAL[name]()
+    status = _cuda_check(z, e)
+    if name == "equidistant_d40":  # 80 codes tied at distance 1 from z = 0: past the cap of 32
+        assert (status[:5] == -1).all(), status
+    if name == "nonfinite":
+        assert (status[[3, 7, 9]] == -1).all() and (status[:3] > 0).all()
+    if name == "overflow":  # ||e||^2 overflows fp32: the bound covers no row, all take the exact kernel
+        assert (status == -1).all()
+    if name in ("duplicates", "tiny"):
+        assert (status > 0).all()
+
+
+@pytest.mark.cuda_emu
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (17, 5, 1), (33, 64, 3), (70, 130, 8), (9, 1025, 17),
+                                   (8, 200, 100), (5, 70, 256), (3, 40, 1024)])
+def test_cuda_emu_shapes(n, k, d):
+    _emu()
+    status = _cuda_check(*case_random(n, k, d, seed=n + k + d))
+    assert (status > 0).all()  # random data: no row needed the fallback here
+
+
+@pytest.mark.cuda_emu
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cuda_emu_dtypes(dtype, metric):
+    """Every input dtype runs both stages (fp16 / bf16 / fp32 in fp32 math, fp64 re-ranked in fp64)."""
+    _emu()
+    z, e = case_random(70, 150, 24, seed=5)
+    z, e = z.to(dtype), e.to(dtype)
+    z[:10] = e[:10]  # exact hits (ties between duplicated low-precision codes)
+    status = _cuda_check(z, e, metric)
+    assert (status > 0).all()
+
+
+@pytest.mark.cuda_emu
+def test_cuda_emu_mixed_fallback_blocks(monkeypatch):
+    """Rows that fall back (80-way ties, a NaN row) next to rows that do not, in the same 64-row
+    block and in blocks without any: the exact kernel writes only the fallback rows. Race mode
+    (warps and lanes in a random order, shared memory poisoned) catches a missing barrier."""
+    _emu()
+    g = _gen(11)
+    d = 40
+    e = torch.cat([torch.eye(d), -torch.eye(d), torch.randn(60, d, generator=g)])
+    z = torch.randn(150, d, generator=g)
+    z[[3, 70, 71]] = 0.0  # equidistant from the 80 unit vectors
+    z[100, 5] = math.nan
+    monkeypatch.setenv("FASTGEN_CUDA_EMU_RACE", "1")
+    monkeypatch.setenv("FASTGEN_CUDA_EMU_SEED", "3")
+    status = _cuda_check(z, e)
+    fallback = torch.zeros(150, dtype=torch.bool)
+    fallback[[3, 70, 71, 100]] = True
+    assert (status[fallback] == -1).all() and (status[~fallback] > 0).all(), status
+
+
+@pytest.mark.cuda_emu
+def test_cuda_emu_public_op_and_switch():
+    """vq_nearest / vq_quantize on the CUDA kernel run the two-stage search under `auto` from
+    D >= 32, K >= 1024 (the kernels launched say so) and give the same bits as with
+    FASTGEN_VQ_EXACT_ONLY."""
+    _emu()
+    k, d = vq_certified.CUDA_AUTO_MIN_K, vq_certified.CUDA_AUTO_MIN_D
+    z, e = case_random(5, k, d, seed=12)
+    with vq_certified.exact_search():
+        before = _emu_launches().get("vq_candidates_kernel", 0)
+        ref = fastgen.ops.vq_nearest(z, e, backend="cuda_emu")
+        ref_q = fastgen.ops.vq_quantize(z, e, backend="cuda_emu")
+        assert _emu_launches().get("vq_candidates_kernel", 0) == before
+        assert vq_certified.cuda_search_path().startswith("exact")
+    before = _emu_launches().get("vq_candidates_kernel", 0)
+    _same_bits(fastgen.ops.vq_nearest(z, e, backend="cuda_emu"), ref)
+    q = fastgen.ops.vq_quantize(z, e, backend="cuda_emu")
+    assert torch.equal(q[0], ref_q[0]) and torch.equal(q[1], ref_q[1]) and torch.equal(q[2], ref_q[2])
+    assert _emu_launches()["vq_candidates_kernel"] == before + 2
+    auto = vq_certified.vq_nearest_search(z, e, "l2", "auto", backend="cuda_emu")[2]
+    assert (auto > 0).all()
+    for kk, dd in ((k - 1, d), (k, d - 1)):  # below either threshold: the exact kernel
+        assert (vq_certified.vq_nearest_search(z[:, :dd], e[:kk, :dd], "l2", "auto", backend="cuda_emu")[2] == 0).all()
+    with pytest.raises(ValueError, match="mode"):
+        vq_certified.vq_nearest_search(z, e, "l2", "bf16_emulated", backend="cuda_emu")
+    with pytest.raises(ValueError, match="mode"):
+        torch.ops.fastgen_emu.vq_nearest_search_native(z, e, "l2", "tf32")
+
+
+@pytest.mark.cuda_emu
+@pytest.mark.slow
+@pytest.mark.parametrize("k,d", [(1, 1024), (2, 7), (1000, 1), (4097, 64), (16384, 16), (65536, 2),
+                                 (300, 1024), (2048, 129)])
+def test_cuda_emu_sweep(k, d):
+    """K up to 65536, D up to 1024 (sampled: the model computes every WMMA tile in every lane)."""
+    _emu()
+    n = max(2, min(64, (1 << 16) // (k * d) + 1))
+    _cuda_check(*case_random(n, k, d, seed=k * 5 + d))
 
 
 # -- the bound itself ----------------------------------------------------------------------------
@@ -286,6 +413,8 @@ if hypothesis is not None:
             ratio, _ = _stage1_error(z, e, bf16_out)
             assert (ratio <= 1).all(), f"stage-1 error above the bound: {ratio.max().item()}"
         _cpu_check(z, e)
+        if _ext.EMU is not None:
+            _cuda_check(z, e)
 else:
     def test_hypothesis_bound_and_bits():
         pytest.skip("hypothesis is not installed (scripts/setup.sh installs it)")

@@ -6,6 +6,7 @@
 
 #include "common/checks.h"
 #include "common/macros.h"
+#include "common/vq_math.h"  // vq_st_value, vq_ema (ATen-free, shared with cuda/vq.cuh)
 
 namespace fastgen {
 
@@ -78,19 +79,6 @@ inline void check_vq_ema(const at::Tensor& z, const at::Tensor& indices, const a
   check_same_device(z, "z", cluster_size, "cluster_size");
   check_same_device(z, "z", embed_sum, "embed_sum");
   check_vq_indices(indices, z.size(0), z);
-}
-
-// taming's straight-through value z + (e - z).detach(): each step rounded to T, as torch does it.
-template <typename T, typename A>
-FASTGEN_HD T vq_st_value(T z, T e) {
-  const T diff = static_cast<T>(static_cast<A>(e) - static_cast<A>(z));
-  return static_cast<T>(static_cast<A>(z) + static_cast<A>(diff));
-}
-
-// One EMA step of a buffer entry, in taming's order: old * decay, then + (1 - decay) * x.
-template <typename A>
-FASTGEN_HD A vq_ema(A old, A x, A decay) {
-  return old * decay + (A(1) - decay) * x;
 }
 
 // After the in-place EMA: codebook = embed_sum / Laplace-smoothed cluster sizes, and the

@@ -5,7 +5,7 @@
 // Stage 1 computes approximate partial distances a_j = ||e_j||^2 - 2 z.e_j from bf16-rounded z
 // and e (one at::mm per row block x code tile: oneDNN runs it on AMX / AVX512-BF16 where the
 // CPU has them), fused per tile with each row's running minimum and candidate collection (never
-// an N x K tensor). A rigorous per-row bound B (below) on |a_j - p_j|, where p_j is the fp32
+// an N x K tensor). A rigorous per-row bound B (common/vq_bound.h) on |a_j - p_j|, where p_j is the fp32
 // value the exact kernel computes for the same (row, code), keeps every code with
 // a_j <= min_i a_i + 2B. Stage 2 recomputes the candidates with the exact kernels' arithmetic
 // (an FMA chain from ||e_j||^2 over -2 z_c e_jc in coordinate order, at::vec::fmadd as they
@@ -20,28 +20,10 @@
 // the scan the running minimum is >= the final one, so a code kept against the running
 // threshold is a superset; entries above the final threshold are dropped before stage 2.
 //
-// The bound (docs/vq_certified.md has the long form). u = 2^-24 (fp32), v = 2^-8 (bf16),
-// g_D = D u / (1 - D u). Let A = ||z|| ||e_j|| >= sum_c |z_c e_jc| (Cauchy-Schwarz) and
-// E = ||e_j||^2 as the fp32 value both stages start from (the same tensor).
-//  (1) exact kernel: p_j = E - 2 z.e_j + err, one rounding per FMA over D terms:
-//      |err| <= g_D (E + 2A).
-//  (2) bf16 rounding: z^ = z(1 + d1), e^ = e(1 + d2), |d| <= v, so
-//      |z^ e^ - z e| <= (2v + v^2) |z e|; the products of bf16 values are exact in fp32.
-//  (3) stage-1 accumulation in fp32 in any order (BLAS / oneDNN blocking): each term passes
-//      through at most D roundings: |t^ - T| <= g'_D sum |z^ e^| <= g'_D (1 + v)^2 A, where g'
-//      takes the unit 2^-20 instead of u (16x margin for accumulators that truncate, as tensor
-//      cores do; it costs ~1% of B at D = 256, the bf16 terms dominate).
-//  (4) at::mm in bf16 rounds its fp32 result once to bf16: + v |t^| <= v (1 + g'_D)(1 + v)^2 A
-//      (bf16 mode only; the emulated mode's fp32 output has no such term).
-//  (5) a_j = fl(E - 2 s): u (E + 2 |s|) <= u (E + 2 (1 + w v)(1 + g'_D)(1 + v)^2 A).
-//  Sum: |a_j - p_j| <= 2A [g_D + (2v + v^2) + g'_D (1 + v)^2 + w v (1 + g'_D)(1 + v)^2
-//                          + u (1 + v)^2 (1 + g'_D)(1 + w v)] + E (u + g_D) + abs,
-//  w = 1 in bf16 mode, 0 in emulated mode. abs covers subnormals flushed to zero by the bf16
-//  instructions (DAZ/FTZ on inputs, products and partial sums: at most 2^-126 each):
-//  abs = (D + 2) 2^-123 (2 + max|z_c| + max|e_jc|) (>= 2 (D + 2) 2^-126 (3 + 2 (...)), the flushes
-//  of the two inputs, the product and the partial sum per term). B takes A and E at their maxima over
-//  the codebook (one threshold per row), is computed in double and inflated by 2^-20 for the
-//  double arithmetic; thresholds are rounded up to fp32.
+// The bound B and its derivation: common/vq_bound.h (shared with the CUDA kernel and, as the same
+// formula in Python, the Triton launcher); here the exact kernel's type is fp32 and, in bf16
+// mode, at::mm rounds its dot to bf16 once (w = 1). B takes A and E at their maxima over the
+// codebook (one threshold per row); thresholds are rounded up to fp32.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -60,6 +42,7 @@
 #include <vector>
 
 #include "common/vq.h"
+#include "common/vq_bound.h"
 #include "cpu/vq_search.h"
 
 namespace fastgen {
@@ -118,13 +101,6 @@ Stage1 parse_mode(c10::string_view mode, int64_t d) {
   return Stage1::kBf16;
 }
 
-// smallest float >= x
-inline float round_up(double x) {
-  float f = static_cast<float>(x);
-  if (static_cast<double>(f) < x) f = std::nextafter(f, std::numeric_limits<float>::infinity());
-  return f;
-}
-
 // Per-row candidate list: indices in increasing order and their stage-1 values.
 struct Candidates {
   float amin, thr;
@@ -162,7 +138,7 @@ void scan_row(const S* s, const float* en, int64_t k0, int64_t kb, double two_b,
   for (; j < kb; ++j) tmin = std::min(tmin, scratch[j]);
   if (tmin < st.amin) {
     st.amin = tmin;
-    st.thr = round_up(static_cast<double>(tmin) + two_b);
+    st.thr = vq_round_up_f32(static_cast<double>(tmin) + two_b);
   }
   if (st.count < 0 || !(tmin <= st.thr)) return;
   for (j = 0; j < kb; ++j) {
@@ -208,24 +184,6 @@ void rerank_row(const float* zrow, int64_t d, const float* e, const float* enorm
   finish_row(bestv, besti, zrow, d, dist, idx);
 }
 
-struct RowBound {
-  double coef_a, coef_e, abs_base, abs_coef;  // B = (coef_a A + coef_e E + abs_base + abs_coef m) (1 + 2^-20)
-};
-
-RowBound make_bound(int64_t d, bool bf16_out) {
-  // as fastgen.kernels.vq.certified_bound (the Triton launcher's and the tests' copy)
-  const double u = std::ldexp(1.0, -24), v = std::ldexp(1.0, -8), ua = std::ldexp(1.0, -20);
-  const double w = bf16_out ? 1.0 : 0.0;
-  const double g = d * u / (1.0 - d * u), ga = d * ua / (1.0 - d * ua);
-  const double v1 = (1 + v) * (1 + v);
-  RowBound r;
-  r.coef_a = 2.0 * (g + (2 * v + v * v) + ga * v1 + w * v * (1 + ga) * v1 + u * v1 * (1 + ga) * (1 + w * v));
-  r.coef_e = u + g;
-  r.abs_coef = (d + 2) * std::ldexp(1.0, -123);
-  r.abs_base = 2.0 * r.abs_coef;
-  return r;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> exact_with_status(const at::Tensor& z, const at::Tensor& e,
                                                                  c10::string_view metric) {
   auto [idx, dist] = vq_nearest_exact_cpu(z, e, metric);
@@ -248,24 +206,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_nearest_search_cpu(const at::T
   const auto enorm = (e * e).sum(1).contiguous();  // as the exact kernels compute it
   const float* pe = e.const_data_ptr<float>();
   const float* pen = enorm.const_data_ptr<float>();
-  // codebook facts for the bound; a non-finite or huge codebook keeps the exact kernel
-  double e_norm2_max = 0, e_abs_max = 0, en_max = 0;
+  // codebook facts for the bound (common/vq_bound.h); a non-finite or huge codebook keeps the
+  // exact kernel
+  VqCodebookFacts facts{0, 0, 0};
   for (int64_t j = 0; j < k; ++j) {
     double s = 0;
     for (int64_t c = 0; c < d; ++c) {
       const double x = pe[j * d + c];
       s += x * x;
-      e_abs_max = std::max(e_abs_max, std::fabs(x));
+      facts.abs_max = std::max(facts.abs_max, std::fabs(x));
     }
     if (!(s <= 1e300) || !std::isfinite(pen[j])) return exact_with_status(z_in, e_in, metric);
-    e_norm2_max = std::max(e_norm2_max, s);
-    en_max = std::max(en_max, static_cast<double>(pen[j]));
+    facts.norm2_max = std::max(facts.norm2_max, s);
+    facts.en_max = std::max(facts.en_max, static_cast<double>(pen[j]));
   }
-  const double two_pow = std::ldexp(1.0, 100);
-  if (!(e_abs_max <= std::ldexp(1.0, 60)) || !(en_max <= two_pow)) return exact_with_status(z_in, e_in, metric);
-  const double e_norm_max = std::sqrt(e_norm2_max);
-  const RowBound rb = make_bound(d, mode == Stage1::kBf16);
-  const double margin = 1.0 + std::ldexp(1.0, -20);
+  if (!vq_codebook_ok(facts)) return exact_with_status(z_in, e_in, metric);
+  const VqBound bound = vq_bound(d, std::ldexp(1.0, -24), vq_bf16_input_unit(false), mode == Stage1::kBf16,
+                                 /*en_rounded=*/false);
 
   // stage-1 operands: bf16-rounded z and e (bf16 for at::mm in bf16; their exact fp32 values
   // for the emulated mode)
@@ -300,10 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_nearest_search_cpu(const at::T
           s += x * x;
           amax = std::max(amax, std::fabs(x));
         }
-        const double a = std::sqrt(s) * e_norm_max;
-        const double b = (rb.coef_a * a + rb.coef_e * en_max + rb.abs_base + rb.abs_coef * (amax + e_abs_max)) * margin;
-        eligible[r] = std::isfinite(s) && amax <= std::ldexp(1.0, 60) && a <= two_pow && std::isfinite(b);
-        two_b[r] = 2.0 * b;
+        eligible[r] = vq_row_two_b(bound, s, amax, facts, &two_b[r]);
         st[r] = Candidates{std::numeric_limits<float>::infinity(), std::numeric_limits<float>::infinity(),
                            eligible[r] ? 0 : -1};
       }

@@ -1,129 +1,128 @@
-// CUDA kernel for vq_nearest: a shared-memory tiled z @ codebook.T (fp32 FMA accumulation)
-// with ||e||^2 added in the epilogue and a running (min, argmin) per row; no N x K tensor.
-// Block: 256 threads own kRowsPerBlock rows; each thread holds a 4 x 4 register tile of
-// (row, code) accumulators per codebook tile of kCodesPerTile codes. After each codebook tile
-// the 16 threads sharing a row reduce (value, index) with warp shuffles, lower index on ties;
-// tiles are visited in order and merged with a strict <, so ties go to the lowest index.
+// Launchers of the vq CUDA kernels (the kernels: cuda/vq.cuh, ATen-free). vq_nearest runs the
+// certified two-stage search (bf16 WMMA candidates + exact re-rank, docs/vq_certified.md) where it
+// pays and the exact kernel elsewhere: the same bits either way.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <cfloat>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "common/vq.h"
+#include "common/vq_bound.h"
 #include "cuda/device_guard.h"
 #include "cuda/launch.h"
+#include "cuda/vq.cuh"
 
 namespace fastgen {
 namespace {
 
-constexpr int kThreads = 256;       // 16 x 16
-constexpr int kRowsPerBlock = 64;   // 16 row-threads x 4 rows
-constexpr int kCodesPerTile = 64;   // 16 code-threads x 4 codes
-constexpr int kDChunk = 16;
+using namespace vq_kernels;
 
-template <typename T>
-__device__ __forceinline__ void take_better(T& v, int64_t& i, T ov, int64_t oi) {
-  // smaller value wins; equal values: smaller index (NaN never arrives: it is mapped to +inf)
-  if (ov < v || (ov == v && oi < i)) {
-    v = ov;
-    i = oi;
-  }
+// -- vq_nearest -------------------------------------------------------------------------------------
+
+enum class Search { kExact, kBf16 };
+
+// auto: the certified search from these sizes on. Stage 1 issues per 16 x 64 tile ~64 MMAs at
+// D = 256 (4 per 16 coordinates) plus a scan of ~30 warp instructions per row, where the exact
+// kernel issues 16 * 64 * D / 32 FMA warp instructions: ~10x fewer issue slots at D = 256, ~4x at
+// D = 64, break-even near D = 16 (counted, not yet timed on a GPU). Small K: the three extra
+// launches and the re-rank would not pay.
+constexpr int64_t kAutoMinD = 32;
+constexpr int64_t kAutoMinK = 1024;
+
+bool exact_only_env() {
+  const char* v = std::getenv("FASTGEN_VQ_EXACT_ONLY");
+  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+}
+
+Search parse_mode(c10::string_view mode, int64_t k, int64_t d) {
+  if (mode == "exact") return Search::kExact;
+  if (mode == "bf16") return Search::kBf16;
+  TORCH_CHECK_VALUE(mode == "auto", "fastgen: mode must be 'auto', 'exact' or 'bf16' for the CUDA kernel, got '",
+                    std::string(mode), "'");
+  if (exact_only_env() || d < kAutoMinD || k < kAutoMinK) return Search::kExact;
+  return Search::kBf16;
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-vq_nearest_kernel(const T* __restrict__ z, const T* __restrict__ e, const T* __restrict__ enorm,
-                  int64_t n, int64_t k, int64_t d, T* __restrict__ best_out, int64_t* __restrict__ idx_out) {
-  __shared__ T zs[kDChunk][kRowsPerBlock + 1];
-  __shared__ T es[kDChunk][kCodesPerTile + 1];
-  const int tx = threadIdx.x % 16;  // code group
-  const int ty = threadIdx.x / 16;  // row group
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock;
-  const T inf = static_cast<T>(INFINITY);
-  T best[4];
-  int64_t best_i[4];
-  for (int r = 0; r < 4; ++r) best[r] = inf, best_i[r] = -1;
-
-  for (int64_t k0 = 0; k0 < k; k0 += kCodesPerTile) {
-    T acc[4][4] = {};
-    for (int64_t d0 = 0; d0 < d; d0 += kDChunk) {
-      // cooperative loads: 64 rows x 16 dims each for z and e (4 elements per thread)
-      for (int l = threadIdx.x; l < kRowsPerBlock * kDChunk; l += kThreads) {
-        const int rr = l / kDChunk, dd = l % kDChunk;
-        const int64_t zr = row0 + rr, ec = k0 + rr, dc = d0 + dd;
-        zs[dd][rr] = (zr < n && dc < d) ? z[zr * d + dc] : T(0);
-        es[dd][rr] = (ec < k && dc < d) ? e[ec * d + dc] : T(0);
-      }
-      __syncthreads();
-#pragma unroll
-      for (int dd = 0; dd < kDChunk; ++dd) {
-        T a[4], b[4];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) a[r] = zs[dd][ty * 4 + r];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) b[c] = es[dd][tx * 4 + c];
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[r][c] += a[r] * b[c];
-      }
-      __syncthreads();
-    }
-    // epilogue: partial distance ||e||^2 - 2 z.e, min over this thread's 4 codes, then 16 threads
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      T v = inf;
-      int64_t vi = -1;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int64_t code = k0 + tx * 4 + c;
-        if (code < k) {
-          T dist = enorm[code] - T(2) * acc[r][c];
-          if (dist != dist) dist = inf;  // NaN never wins
-          if (dist < v) v = dist, vi = code;
-        }
-      }
-#pragma unroll
-      for (int off = 8; off > 0; off >>= 1) {  // the 16 lanes of this row group
-        const T ov = __shfl_xor_sync(0xffffffffu, v, off, 16);
-        const int64_t oi = __shfl_xor_sync(0xffffffffu, vi, off, 16);
-        if (oi >= 0 && (vi < 0 || ov < v || (ov == v && oi < vi))) v = ov, vi = oi;
-      }
-      if (vi >= 0 && v < best[r]) best[r] = v, best_i[r] = vi;
-    }
-  }
-  if (tx == 0) {
-    for (int r = 0; r < 4; ++r) {
-      const int64_t row = row0 + ty * 4 + r;
-      if (row < n) {
-        best_out[row] = best[r];
-        idx_out[row] = best_i[r] < 0 ? 0 : best_i[r];
-      }
-    }
-  }
+void launch_exact(const at::Tensor& z, const at::Tensor& e, const at::Tensor& enorm, const int32_t* rows_only,
+                  at::Tensor& best, at::Tensor& idx) {
+  const int64_t n = z.size(0), k = e.size(0), d = z.size(1);
+  const dim3 grid(static_cast<unsigned>((n + kRowsPerBlock - 1) / kRowsPerBlock));
+  FASTGEN_LAUNCH(grid, kThreads, 0, at::cuda::getCurrentCUDAStream(), vq_nearest_kernel<T>)(
+      z.const_data_ptr<T>(), e.const_data_ptr<T>(), enorm.const_data_ptr<T>(), n, k, d, rows_only,
+      best.mutable_data_ptr<T>(), idx.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> vq_nearest_cuda(const at::Tensor& z_in, const at::Tensor& e_in,
-                                                   c10::string_view metric) {
+// The two-stage search on math-type z / e (fp32, or fp64 for fp64 inputs); no host sync: the
+// codebook facts, the per-row bounds and the fallback rows stay on the device.
+template <typename T>
+void launch_certified(const at::Tensor& z, const at::Tensor& e, const at::Tensor& enorm, at::Tensor& best,
+                      at::Tensor& idx, at::Tensor& status) {
+  const int64_t n = z.size(0), k = e.size(0), d = z.size(1);
+  constexpr bool fp64 = std::is_same_v<T, double>;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto facts = at::zeros({3}, z.options().dtype(at::kLong));
+  auto* pfacts = reinterpret_cast<unsigned long long*>(facts.mutable_data_ptr<int64_t>());
+  const unsigned fblocks = static_cast<unsigned>(std::min<int64_t>((k + 7) / 8, 1024));
+  FASTGEN_LAUNCH(fblocks, 256, 0, stream, vq_codebook_facts_kernel<T>)(
+      e.const_data_ptr<T>(), enorm.const_data_ptr<T>(), k, d, pfacts);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto cand = at::empty({n, kCap}, z.options().dtype(at::kInt));
+  auto cval = at::empty({n, kCap}, z.options().dtype(at::kFloat));
+  auto thr = at::empty({n}, z.options().dtype(at::kFloat));
+  const VqBound bound = vq_bound(d, std::ldexp(1.0, fp64 ? -53 : -24), vq_bf16_input_unit(fp64),
+                                 /*bf16_out=*/false, /*en_rounded=*/fp64);
+  FASTGEN_LAUNCH(static_cast<unsigned>((n + kS1Rows - 1) / kS1Rows), kS1Threads, 0, stream,
+                 vq_candidates_kernel<T>)(
+      z.const_data_ptr<T>(), e.const_data_ptr<T>(), enorm.const_data_ptr<T>(), pfacts, bound, n, k, d,
+      cand.mutable_data_ptr<int32_t>(), cval.mutable_data_ptr<float>(), status.mutable_data_ptr<int32_t>(),
+      thr.mutable_data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  FASTGEN_LAUNCH(static_cast<unsigned>((n + kRerankWarps - 1) / kRerankWarps), 32 * kRerankWarps, 0, stream,
+                 vq_rerank_kernel<T>)(
+      z.const_data_ptr<T>(), e.const_data_ptr<T>(), enorm.const_data_ptr<T>(), cand.const_data_ptr<int32_t>(),
+      cval.const_data_ptr<float>(), thr.const_data_ptr<float>(), status.mutable_data_ptr<int32_t>(), n, d,
+      best.mutable_data_ptr<T>(), idx.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_exact<T>(z, e, enorm, status.const_data_ptr<int32_t>(), best, idx);  // the fallback rows only
+}
+
+// vq_nearest_search_native on CUDA: (indices, distances, status), status as the CPU kernel's:
+// the number of re-ranked candidates per row, -1 where the row fell back to the exact kernel,
+// 0 everywhere when the call ran the exact kernel.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_nearest_search_cuda(const at::Tensor& z_in, const at::Tensor& e_in,
+                                                                      c10::string_view metric,
+                                                                      c10::string_view mode_name) {
   check_vq_nearest(z_in, e_in, metric);
   const auto guard = device_guard(z_in, "z");
+  const int64_t n = z_in.size(0), k = e_in.size(0), d = z_in.size(1);
+  Search mode = parse_mode(mode_name, k, d);
   auto [z, e] = vq_math_inputs(z_in, e_in, metric);
-  const int64_t n = z.size(0), k = e.size(0), d = z.size(1);
   auto idx = at::empty({n}, z.options().dtype(at::kLong));
   auto best = at::empty({n}, z.options());
-  if (n == 0) return {idx, best};
+  auto status = at::zeros({n}, z.options().dtype(at::kInt));
+  if (n == 0) return {idx, best, status};
+  // stage 1 needs bf16 tensor cores (sm_80+); int32 candidate indices; D within the bound's range
+  if (d == 0 || k >= (int64_t(1) << 31) || d > (int64_t(1) << 20) ||
+      at::cuda::getCurrentDeviceProperties()->major < 8)
+    mode = Search::kExact;
   const auto enorm = (e * e).sum(1).contiguous();
-  const dim3 grid(static_cast<unsigned>((n + kRowsPerBlock - 1) / kRowsPerBlock));
-  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "vq_nearest_cuda", [&] {
-    FASTGEN_LAUNCH(grid, kThreads, 0, stream, vq_nearest_kernel<scalar_t>)(
-        z.const_data_ptr<scalar_t>(), e.const_data_ptr<scalar_t>(), enorm.const_data_ptr<scalar_t>(),
-        n, k, d, best.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (mode == Search::kBf16) launch_certified<scalar_t>(z, e, enorm, best, idx, status);
+    else launch_exact<scalar_t>(z, e, enorm, nullptr, best, idx);
   });
-  return {idx, vq_finish(best, idx, (z * z).sum(1))};
+  return {idx, vq_finish(best, idx, (z * z).sum(1)), status};
+}
+
+std::tuple<at::Tensor, at::Tensor> vq_nearest_cuda(const at::Tensor& z, const at::Tensor& e, c10::string_view metric) {
+  auto [idx, dist, status] = vq_nearest_search_cuda(z, e, metric, "auto");
+  return {idx, dist};
 }
 
 // -- vq_quantize -------------------------------------------------------------------------------
@@ -131,81 +130,8 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cuda(const at::Tensor& z_in, const
 #define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-constexpr int kWarpsPerBlock = 8;
-
 inline unsigned blocks_for(int64_t n, int64_t per_block) {
   return static_cast<unsigned>(std::min<int64_t>((n + per_block - 1) / per_block, int64_t(1) << 30));
-}
-
-// One warp per row: gather the code, write taming's straight-through value, reduce the row's
-// squared error with shuffles (fixed order: deterministic).
-template <typename T, typename A>
-__global__ void vq_gather_st_kernel(const T* __restrict__ z, const T* __restrict__ e, const int64_t* __restrict__ idx,
-                                    T* __restrict__ zq, A* __restrict__ sq, int64_t n, int64_t d) {
-  const int lane = threadIdx.x % 32;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32; row < n;
-       row += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
-    const T* zr = z + row * d;
-    const T* er = e + idx[row] * d;
-    A acc = 0;
-    for (int64_t c = lane; c < d; c += 32) {
-      const A diff = static_cast<A>(er[c]) - static_cast<A>(zr[c]);
-      zq[row * d + c] = vq_st_value<T, A>(zr[c], er[c]);
-      acc += diff * diff;
-    }
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (lane == 0) sq[row] = acc;
-  }
-}
-
-template <typename T, typename A>
-__global__ void vq_dz_kernel(const T* __restrict__ g, const T* __restrict__ z, const T* __restrict__ e,
-                             const int64_t* __restrict__ idx, const A* __restrict__ grad_loss, A scale,
-                             T* __restrict__ dz, int64_t n, int64_t d, int64_t k) {
-  const A c = grad_loss[0] * scale;  // grad_loss stays on the device: no host sync
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n * d;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / d, code = idx[row];
-    const A ev = (code >= 0 && code < k) ? static_cast<A>(e[code * d + i % d]) : static_cast<A>(z[i]);
-    dz[i] = static_cast<T>(static_cast<A>(g[i]) + c * (static_cast<A>(z[i]) - ev));
-  }
-}
-
-// Per-code sums over rows grouped by code (order/starts from a stable sort): block (32, 8) per
-// (code, 32 columns); thread (x, y) sums rows y, y + 8, ... of the group, then the 8 partials
-// are added in a fixed order. MODE 0: out = sums; 1: out = sums of (z - e[code]); 2: EMA of the
-// buffers out (embed_sum) and cs (cluster_size) with the sums and counts. The sums are in A (z's
-// math type), the EMA in the buffers' math type E, as the reference (sums of z, then the update
-// in the buffers' dtype): an fp32 z with fp64 buffers sums in fp32, updates in fp64.
-constexpr int kSegCols = 32, kSegRows = 8;
-
-template <typename T, typename A, typename O, int MODE>
-__global__ void vq_segment_kernel(const T* __restrict__ z, const T* __restrict__ e, const int64_t* __restrict__ order,
-                                  const int64_t* __restrict__ starts, O* __restrict__ out, O* __restrict__ cs,
-                                  int64_t d, double decay) {
-  using E = std::conditional_t<std::is_same_v<O, double>, double, float>;
-  __shared__ A part[kSegRows][kSegCols];
-  const int64_t code = blockIdx.x;
-  const int64_t col = static_cast<int64_t>(blockIdx.y) * kSegCols + threadIdx.x;
-  const int64_t lo = starts[code], hi = starts[code + 1];
-  A acc = 0;
-  if (col < d) {
-    const A ev = MODE == 1 ? static_cast<A>(e[code * d + col]) : A(0);
-    for (int64_t r = lo + threadIdx.y; r < hi; r += kSegRows) acc += static_cast<A>(z[order[r] * d + col]) - ev;
-  }
-  part[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y != 0 || col >= d) return;
-  A total = 0;
-  for (int y = 0; y < kSegRows; ++y) total += part[y][threadIdx.x];
-  if (MODE == 2) {
-    out[code * d + col] = static_cast<O>(vq_ema<E>(static_cast<E>(out[code * d + col]), static_cast<E>(total),
-                                                   static_cast<E>(decay)));
-    if (blockIdx.y == 0 && threadIdx.x == 0)
-      cs[code] = static_cast<O>(vq_ema<E>(static_cast<E>(cs[code]), static_cast<E>(hi - lo), static_cast<E>(decay)));
-  } else {
-    out[code * d + col] = static_cast<O>(total);
-  }
 }
 
 // Rows grouped by code without a host sync: stable sort, then each code's first position.
@@ -329,6 +255,7 @@ std::tuple<at::Tensor, at::Tensor> vq_ema_update_cuda(const at::Tensor& z_in, co
 
 FASTGEN_CUDA_LIBRARY_IMPL(m) {
   m.impl("vq_nearest_native", &vq_nearest_cuda);
+  m.impl("vq_nearest_search_native", &vq_nearest_search_cuda);
   m.impl("vq_quantize_native", &vq_quantize_cuda);
   m.impl("vq_quantize_backward_native", &vq_quantize_backward_cuda);
   m.impl("vq_code_sums_native", &vq_code_sums_cuda);

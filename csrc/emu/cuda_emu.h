@@ -491,6 +491,21 @@ inline T __shfl_up_sync(unsigned /*mask*/, T v, unsigned delta, int width = 32) 
     return s >= 0 && s / width == lane / width ? s : lane;
   });
 }
+// Every live lane deposits its predicate (the shuffles' exchange round), then reads the warp's.
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  using namespace fastgen_emu;
+  Block& b = context().block;
+  const int t = b.current;
+  const int phase = b.fibers[t].phase;
+  b.fibers[t].phase ^= 1;
+  b.slots[phase][t] = pred != 0;
+  park(State::kWarpBarrier);
+  const int base = t - t % 32, warp_size = std::min(32, b.nthreads - base);
+  unsigned out = 0;
+  for (int l = 0; l < warp_size; ++l)
+    if (b.fibers[base + l].state != State::kDone && b.slots[phase][base + l] != 0) out |= 1u << l;
+  return out & mask;
+}
 
 // ---- atomics (fibers never interleave inside one) -------------------------------------------
 namespace fastgen_emu {

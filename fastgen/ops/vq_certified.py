@@ -6,7 +6,9 @@ approximate minimum; stage 2 recomputes those candidates with the exact kernel's
 `vq_nearest`, `vq_quantize` and the VQ modules return bit-identical results either way.
 
 The CPU kernel is `csrc/cpu/vq_certified.cpp`, the Triton one `kernels/vq.py`
-(`vq_nearest_certified`). This module holds the switches and the test/bench entry point.
+(`vq_nearest_certified`), the CUDA C++ one `csrc/cuda/vq.cuh` (bf16 WMMA stage 1; the bound of
+all three: `csrc/common/vq_bound.h`). This module holds the switches and the test/bench entry
+point.
 """
 import contextlib
 import os
@@ -17,6 +19,11 @@ from .. import _ext
 
 EXACT_ONLY_ENV = "FASTGEN_VQ_EXACT_ONLY"
 CPU_MODES = ("auto", "exact", "bf16", "bf16_emulated")
+CUDA_MODES = ("auto", "exact", "bf16")
+# The CUDA C++ kernel's `auto` runs the two-stage search from these sizes on (csrc/cuda/vq.cu,
+# kAutoMinD / kAutoMinK), on sm_80+.
+CUDA_AUTO_MIN_D = 32
+CUDA_AUTO_MIN_K = 1024
 _ISA_NAMES = {0: "none", 1: "AVX512-BF16", 2: "AMX-BF16"}
 
 
@@ -69,16 +76,38 @@ def gpu_search_path() -> str:
     return _triton_vq.CERTIFIED_NOTE
 
 
-def vq_nearest_search(z, codebook, metric="l2", mode="auto"):
-    """vq_nearest on CPU with the stage-1 mode named: 'auto' (what vq_nearest runs), 'exact',
-    'bf16' (at::mm in bf16: oneDNN on AMX / AVX512-BF16, a slow generic kernel elsewhere) or
-    'bf16_emulated' (fp32 GEMM of bf16-rounded inputs: the same bound logic on any CPU).
+def cuda_search_path() -> str:
+    """Which search the CUDA C++ kernel (backend 'cuda') runs."""
+    if exact_only():
+        return f"exact ({EXACT_ONLY_ENV} set)"
+    return (f"certified two-stage for D >= {CUDA_AUTO_MIN_D}, K >= {CUDA_AUTO_MIN_K} on sm_80+, every dtype: "
+            "bf16 WMMA stage 1, exact re-rank (fp32; fp64 for fp64)")
+
+
+def vq_nearest_search(z, codebook, metric="l2", mode="auto", *, backend=None):
+    """vq_nearest with the search mode named, and each row's stage-2 status.
+
+    CPU tensors (the CPU kernel): 'auto' (what vq_nearest runs), 'exact', 'bf16' (at::mm in
+    bf16: oneDNN on AMX / AVX512-BF16, a slow generic kernel elsewhere) or 'bf16_emulated' (fp32
+    GEMM of bf16-rounded inputs: the same bound logic on any CPU). CUDA tensors, or CPU tensors
+    with backend='cuda_emu' (the same CUDA C++ kernel on the CPU execution model): 'auto',
+    'exact' or 'bf16' (stage 1 on bf16 WMMA tensor cores).
 
     Returns (indices, distances, status): status[i] is the number of stage-2 candidates of row
     i, -1 where the row fell back to the exact kernel, 0 everywhere when the whole call ran it.
     """
-    if mode not in CPU_MODES:
-        raise ValueError(f"fastgen: mode must be one of {CPU_MODES}, got {mode!r}")
-    if z.device.type != "cpu":
-        raise ValueError(f"fastgen: vq_nearest_search is the CPU kernel's entry point, got z on {z.device}")
+    if backend not in (None, "cuda_emu"):
+        raise ValueError(f"fastgen: backend must be None or 'cuda_emu', got {backend!r}")
+    cuda = backend == "cuda_emu" or z.device.type == "cuda"
+    modes = CUDA_MODES if cuda else CPU_MODES
+    if mode not in modes:
+        raise ValueError(f"fastgen: mode must be one of {modes}, got {mode!r}")
+    if backend == "cuda_emu":
+        if _ext.EMU is None:
+            raise RuntimeError(_ext.EMU_ERROR)
+        if z.device.type != "cpu":
+            raise ValueError(f"fastgen: the cuda_emu backend runs CPU tensors, got z on {z.device}")
+        return torch.ops.fastgen_emu.vq_nearest_search_native(z, codebook, metric, mode)
+    if z.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"fastgen: vq_nearest_search runs CPU or CUDA tensors, got z on {z.device}")
     return torch.ops.fastgen.vq_nearest_search_native(z, codebook, metric, mode)
