@@ -65,13 +65,16 @@ def _faiss_peer(device):
     return search
 
 
-def _fastgen_search_peer(fast, cpu_mode=None):
+def _fastgen_search_peer(fast, cpu_mode=None, gpu_backend="triton"):
     """fastgen's vq_nearest with the certified two-stage search (`fast`: what `auto` runs) or
     the plain exact kernels (docs/vq_certified.md): the same bits, side by side. `cpu_mode`
-    forces a CPU stage-1 mode (e.g. 'bf16' on a CPU without bf16 instructions, to see its cost)."""
+    forces a CPU stage-1 mode (e.g. 'bf16' on a CPU without bf16 instructions, to see its cost);
+    gpu_backend 'cuda': the CUDA C++ kernel (bf16 WMMA stage 1) instead of Triton, GPU only."""
     def factory(device):
         from ..ops import vq_certified
         if device == "cpu" or getattr(device, "type", None) == "cpu":
+            if gpu_backend != "triton":
+                return f"the {gpu_backend} backend's search: GPU only (on CPU see fastgen-fast)"
             mode = cpu_mode or ("auto" if fast else "exact")
             return lambda z, codebook: vq_certified.vq_nearest_search(z, codebook, "l2", mode)[:2]
         if cpu_mode is not None:
@@ -79,7 +82,7 @@ def _fastgen_search_peer(fast, cpu_mode=None):
 
         def search(z, codebook):
             with vq_certified.exact_search(not fast):
-                return fastgen.ops.vq_nearest(z, codebook, backend="triton")
+                return fastgen.ops.vq_nearest(z, codebook, backend=gpu_backend)
         return search
     return factory
 
@@ -101,7 +104,9 @@ register_case(Case(
     fastgen=lambda backend, **kw: fastgen.ops.vq_nearest(**kw, backend=backend),
     gpu_shapes=[(65536, 16384, 256)],
     peers={"faiss": _faiss_peer, "cdist": _cdist_peer, "fastgen-exact": _fastgen_search_peer(False),
-           "fastgen-fast": _fastgen_search_peer(True), "fastgen-bf16": _fastgen_search_peer(True, "bf16")},
+           "fastgen-fast": _fastgen_search_peer(True), "fastgen-bf16": _fastgen_search_peer(True, "bf16"),
+           "fastgen-cuda-exact": _fastgen_search_peer(False, gpu_backend="cuda"),
+           "fastgen-cuda-fast": _fastgen_search_peer(True, gpu_backend="cuda")},
     check=_vq_check,
     modes=("fwd",),
     flops=lambda shape, mode: 2 * shape[0] * shape[1] * shape[2],   # the N x K x D distance dots
