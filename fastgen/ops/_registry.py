@@ -160,6 +160,7 @@ class FusedOp:
         backward, setup_context = self._autograd
         device, backend = key[:2]
         run, keyword_only = functools.partial(self._run, device, backend=backend), {"backend": backend}
+        kernels, checked, check = self._kernels, self._checked, self.check
 
         def forward(ctx, *inputs):
             output = run(*inputs)
