@@ -4,7 +4,7 @@ The per-backend tests of every op family run cuda_emu through the `device_backen
 conftest.py. This file adds what the matrix does not cover by itself: the tensor-core (WMMA)
 attention forward on its exact paths, the FMA attention kernels, decode with per-sequence
 lengths, the Philox dropout mask bit for bit, every user of block_sum under the race mode, and
-that each of the 25 kernels in csrc/cuda/ ran at least once.
+that each of the 28 kernels in csrc/cuda/ ran at least once.
 """
 import glob
 import os
@@ -257,11 +257,11 @@ def kernels_in_source():
 
 
 def test_every_cuda_kernel_runs():
-    """Each of the 25 kernels of csrc/cuda/ executes under the model (a small call of every op
+    """Each of the 28 kernels of csrc/cuda/ executes under the model (a small call of every op
     with its backward, on the dtypes and paths that pick each kernel)."""
     _require("gaussian_reparam_kl")
     expected = kernels_in_source()
-    assert len(expected) == 25, sorted(expected)
+    assert len(expected) == 28, sorted(expected)
     ops = fastgen.ops
     for user in USERS:
         _block_sum_users()[user]()
@@ -280,6 +280,8 @@ def test_every_cuda_kernel_runs():
     zq, loss, idx = ops.vq_quantize(z, e, backend=EMU)
     (zq.sum() + loss).backward()
     ops.vq_ema_update(z.detach(), idx, torch.ones(6), r(6, 4), backend=EMU)
+    # vq_nearest's certified search (codebook facts, WMMA candidates, re-rank): auto from D 32, K 1024
+    ops.vq_nearest(r(3, 32), r(1024, 32), backend=EMU)
     # diffusion: add_noise / get_velocity (mix), DDPM / DDIM (denoise, in-kernel Philox noise), flow steps
     ac = torch.linspace(0.999, 0.98, 50).cumprod(0)
     s = r(2, 33)
