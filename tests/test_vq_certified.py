@@ -277,6 +277,18 @@ def test_cuda_emu_adversarial(name):
 
 
 @pytest.mark.cuda_emu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_cuda_emu_adversarial_dtypes(dtype):
+    """The adversarial cases in fp64 (stage 2 and the fallback in fp64, the fp64 bound) and fp16."""
+    _emu()
+    for name in sorted(ADVERSARIAL):
+        z, e = ADVERSARIAL[name]()
+        status = _cuda_check(z.to(dtype), e.to(dtype))
+        if name == "duplicates":
+            assert (status > 0).all(), name
+
+
+@pytest.mark.cuda_emu
 @pytest.mark.parametrize("n,k,d", [(1, 1, 1), (17, 5, 1), (33, 64, 3), (70, 130, 8), (9, 1025, 17),
                                    (8, 200, 100), (5, 70, 256), (3, 40, 1024)])
 def test_cuda_emu_shapes(n, k, d):
