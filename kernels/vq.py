@@ -435,6 +435,7 @@ def vq_quantize(z, codebook, beta=0.25, legacy=True):
 def vq_quantize_backward(grad_zq, grad_loss, z, codebook, indices, beta=0.25, legacy=True):
     _no_fp64("vq_quantize_backward", z)
     grad_zq, z, codebook = _rows(grad_zq), _rows(z), _rows(codebook)
+    indices = indices.contiguous()  # _vq_dz_kernel reads indices[row] at offset row
     n, d = z.shape
     w_z, w_e = (1.0, beta) if legacy else (beta, 1.0)
     scale = 2.0 / (n * d) if n * d else 0.0

@@ -371,11 +371,7 @@ def _clone(args):
 
 # Disagreements the generated suite found and that are not fixed yet (outside this change's
 # files): each still has to fail, so a fix shows up as a failure asking to remove the entry.
-KNOWN = {
-    ("vq_quantize_backward", "triton", "non-contiguous"): "kernels/vq.py vq_quantize_backward passes a "
-    "strided `indices` to _vq_dz_kernel, which reads it as contiguous: wrong values, and a segfault in one "
-    "run under the interpreter (reads past the tensor); fix: indices.contiguous()",
-}
+KNOWN = {}  # (op, backend or "*", case) -> the bug; none open
 
 
 def _known(name, backend, case):
