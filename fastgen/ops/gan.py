@@ -247,7 +247,7 @@ _group_norm_silu_op = FusedOp(
     "Tensor x, Tensor? weight, Tensor? bias, int num_groups, float eps=1e-05, bool act=True",
     "(Tensor, Tensor, Tensor)",
     reference="gan.group_norm_silu", fake=_fake_group_norm_silu, check=_check_group_norm_silu,
-    triton=_triton_gan.group_norm_silu, native=True, native_checks=True,
+    triton=_triton_gan.group_norm_silu, native=True, native_checks=True, native_autograd=True,
     autograd=(_group_norm_silu_backward, _group_norm_silu_setup))
 
 
