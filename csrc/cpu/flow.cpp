@@ -50,40 +50,16 @@ inline at::vec::Vectorized<T> vmax(const at::vec::Vectorized<T>& a, const at::ve
 }
 }  // namespace fastgen
 
+#include "common/dispatch.h"
 #include "common/flow_host.h"
+#include "cpu/row_tiling.h"
 #include "cpu/vec_lanes.h"
 
 namespace fastgen {
 namespace {
 
-constexpr int64_t kChunk = 1 << 14;  // elements per task
+constexpr int64_t kChunk = RowTasks::kChunk;  // elements per task
 constexpr int64_t kBlock = 512;      // elements per float accumulator flush (keeps sums accurate)
-
-struct Tiling {
-  int64_t rows, cols, chunks_per_row, tasks, grain;
-  explicit Tiling(const at::Tensor& t) {
-    rows = t.size(0);
-    cols = rows == 0 ? 0 : t.numel() / rows;
-    chunks_per_row = std::max<int64_t>(1, (cols + kChunk - 1) / kChunk);
-    tasks = rows * chunks_per_row;
-    grain = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, std::min(cols, kChunk)));
-  }
-  int64_t row(int64_t task) const { return task / chunks_per_row; }
-  int64_t offset(int64_t task) const { return row(task) * cols + (task % chunks_per_row) * kChunk; }
-  int64_t length(int64_t task) const { return std::min(kChunk, cols - (task % chunks_per_row) * kChunk); }
-
-  // out[r] = sign * sum of the row's partials, in chunk order.
-  void reduce_rows(const std::vector<double>& partial, at::Tensor& out, double sign) const {
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastgen_reduce_rows", [&] {
-      scalar_t* o = out.mutable_data_ptr<scalar_t>();
-      for (int64_t r = 0; r < rows; ++r) {
-        double s = 0;
-        for (int64_t c = 0; c < chunks_per_row; ++c) s += partial[r * chunks_per_row + c];
-        o[r] = static_cast<scalar_t>(sign * s);
-      }
-    });
-  }
-};
 
 // -- affine coupling ----------------------------------------------------------------------------
 
@@ -161,12 +137,12 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x_in, c
   check_coupling(x_in, t_in, r_in, clamp);
   const int fn = parse_scale_fn(scale_fn);
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
-  const Tiling tl(x);
+  const RowTasks tl(x);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto logdet = at::empty({tl.rows}, x.options().dtype(opmath_dtype(x.scalar_type())));
   if (tl.rows == 0) return {y, logdet};
   std::vector<double> partial(tl.tasks, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "affine_coupling_cpu", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     const scalar_t* pt = t.const_data_ptr<scalar_t>();
     const scalar_t* pr = r.const_data_ptr<scalar_t>();
@@ -188,19 +164,17 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x_in, c
 std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(
     const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& t_in,
     const at::Tensor& r_in, c10::string_view scale_fn, double clamp, bool inverse) {
-  check_coupling(x_in, t_in, r_in, clamp);
-  check_same_float_tensor(x_in, "x_b", gy_in, "grad_y");
-  check_per_sample(x_in, "x_b", gl_in, "grad_logdet");
+  check_coupling_backward(gy_in, gl_in, x_in, t_in, r_in, clamp);
   const int fn = parse_scale_fn(scale_fn);
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const auto gy = gy_in.contiguous();
   const auto gl = gl_in.to(at::kDouble).contiguous();
-  const Tiling tl(x);
+  const RowTasks tl(x);
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto dr = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (tl.rows == 0) return {dx, dr};
   const double* pg = gl.const_data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_backward_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "affine_coupling_backward_cpu", [&] {
     const scalar_t* pgy = gy.const_data_ptr<scalar_t>();
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     const scalar_t* pt = t.const_data_ptr<scalar_t>();
@@ -362,7 +336,7 @@ std::tuple<at::Tensor, at::Tensor> actnorm_cpu(const at::Tensor& x_in, const at:
   const auto x = x_in.contiguous();
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto logdet = at::empty({sh.n}, x.options().dtype(opmath_dtype(x.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "actnorm_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const ActnormChannels<scalar_t> ch(loc_in, ls_in, inverse);
     const opmath_t total = static_cast<opmath_t>((inverse ? -1.0 : 1.0) * static_cast<double>(sh.s) * ch.log_scale_sum);
@@ -399,9 +373,7 @@ std::tuple<at::Tensor, at::Tensor> actnorm_cpu(const at::Tensor& x_in, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cpu(
     const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& loc_in,
     const at::Tensor& ls_in, bool inverse) {
-  check_actnorm(x_in, loc_in, ls_in);
-  check_same_float_tensor(x_in, "x", gy_in, "grad_y");
-  check_per_sample(x_in, "x", gl_in, "grad_logdet");
+  check_actnorm_backward(gy_in, gl_in, x_in, loc_in, ls_in);
   const ActnormShape sh(x_in);
   const auto x = x_in.contiguous(), gy = gy_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -412,7 +384,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cpu(
   for (int64_t i = 0; i < sh.n; ++i) gl_total += gl.const_data_ptr<double>()[i];
   gl_total *= static_cast<double>(sh.s);
   std::vector<double> sum_g(sh.c, 0.0), sum_gx(sh.c, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_backward_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "actnorm_backward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const ActnormChannels<scalar_t> ch(loc_in, ls_in, inverse);
     const scalar_t* px = x.const_data_ptr<scalar_t>();
@@ -515,15 +487,14 @@ void prior_grad_span(double g, const scalar_t* z, scalar_t* dz, int64_t n) {
 
 at::Tensor flow_nll_cpu(const at::Tensor& z_in, const at::Tensor& logdet, c10::string_view prior_name,
                         std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins);
-  check_per_sample(z_in, "z", logdet, "logdet");
+  check_flow_nll(z_in, n_bins, logdet, "logdet");
   const int prior = parse_prior(prior_name);
   const auto z = z_in.contiguous();
-  const Tiling tl(z);
+  const RowTasks tl(z);
   auto terms = at::zeros({tl.rows}, z.options().dtype(at::kDouble));
   if (tl.rows > 0 && tl.cols > 0) {
     std::vector<double> partial(tl.tasks, 0.0);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_cpu", [&] {
+    FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "flow_nll_cpu", [&] {
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
       dispatch_prior(prior, [&](auto prior_c) {
         at::parallel_for(0, tl.tasks, tl.grain, [&](int64_t b, int64_t e) {
@@ -539,16 +510,15 @@ at::Tensor flow_nll_cpu(const at::Tensor& z_in, const at::Tensor& logdet, c10::s
 
 at::Tensor flow_nll_backward_cpu(const at::Tensor& g_in, const at::Tensor& z_in, c10::string_view prior_name,
                                  std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins);
-  check_per_sample(z_in, "z", g_in, "grad_nll");
+  check_flow_nll(z_in, n_bins, g_in, "grad_nll");
   const int prior = parse_prior(prior_name);
   const auto z = z_in.contiguous();
-  const Tiling tl(z);
+  const RowTasks tl(z);
   auto dz = at::empty_like(z, at::MemoryFormat::Contiguous);
   if (tl.rows == 0 || tl.cols == 0) return dz;
   const auto g = (g_in.to(at::kDouble) * nll_grad_scale(dims_per_sample(z), n_bins)).contiguous();
   const double* pg = g.const_data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_backward_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "flow_nll_backward_cpu", [&] {
     const scalar_t* pz = z.const_data_ptr<scalar_t>();
     scalar_t* pdz = dz.mutable_data_ptr<scalar_t>();
     dispatch_prior(prior, [&](auto prior_c) {

@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/dispatch.h"
 #include "common/invconv_host.h"
 
 namespace fastgen {
@@ -256,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor> invconv_cpu(const at::Tensor& x_in, const at:
   const int64_t n = sh.n, c = sh.c, s = sh.s;
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto t = opmath_dtype(x.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgen_invconv", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "fastgen_invconv", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto parts = small_parts<T>(perm, lower, upper, sign, log_s, inverse);
     if (x.numel()) apply_rows<scalar_t, T>(parts.m, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), n, c, s);
@@ -293,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> invconv_backward_cpu(
     for (int64_t i = 0; i < n; ++i) gl_total += p[i];
   }
   gl_total *= inverse ? -static_cast<double>(s) : static_cast<double>(s);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastgen_invconv_backward", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "fastgen_invconv_backward", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto parts = small_parts<T>(perm, lower, upper, sign, log_s, inverse);
     const auto mt = small_transpose(parts.m, c);

@@ -17,6 +17,7 @@
 
 #include "common/attention.h"
 #include "common/checks.h"
+#include "common/dispatch.h"
 #include "common/philox.h"
 #include "attention_mma.cuh"
 #include "cuda/device_guard.h"
@@ -213,9 +214,6 @@ const bool* padding_ptr(const c10::optional<at::Tensor>& kpm, at::Tensor& holder
 
 unsigned warp_blocks(int64_t rows) { return static_cast<unsigned>((rows + kWarps - 1) / kWarps); }
 
-#define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
 // (checked by check_attention_options)
 Dropout dropout_args(double dropout_p, const c10::optional<at::Tensor>& seed) {
   if (!(dropout_p > 0)) return {nullptr, 0.f, 1.f};
@@ -269,9 +267,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
                                                         const at::Tensor& v_in, bool causal, c10::optional<double> scale,
                                                         const c10::optional<at::Tensor>& key_padding_mask,
                                                         double dropout_p, const c10::optional<at::Tensor>& seed) {
-  check_attention(q_in, k_in, v_in);
-  check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
-  check_scale(scale);
+  check_flash_attention(q_in, k_in, v_in, key_padding_mask, dropout_p, seed, scale);
   const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
@@ -306,10 +302,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
     const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
-  check_attention(q_in, k_in, v_in);
-  check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
-  check_scale(scale);
-  check_attention_backward(grad_out, grad_lse, q_in, out, lse);
+  check_flash_attention_backward(grad_out, grad_lse, q_in, k_in, v_in, out, lse, key_padding_mask, dropout_p, seed,
+                                 scale);
   const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);

@@ -10,11 +10,13 @@
 #include <algorithm>
 #include <optional>
 
+#include "common/dispatch.h"
 #include "common/flow_host.h"
 #include "common/invconv_host.h"
 #include "cuda/device_guard.h"
 #include "cuda/launch.h"
 #include "cuda/reduce.cuh"
+#include "cuda/row_launch.h"
 
 namespace fastgen {
 namespace {
@@ -25,13 +27,6 @@ template <typename T>
 __device__ __forceinline__ T block_sum(T v) {
   return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
 }
-
-// grid (sample, chunk): csrc/cuda/reduce.cuh
-struct Launch : reduce::RowTiling {
-  explicit Launch(const at::Tensor& t) : reduce::RowTiling(t.size(0), t.numel()) {
-    TORCH_CHECK_VALUE(fits(), "fastgen: batch size ", rows, " exceeds 2^31-1");
-  }
-};
 
 // -- affine coupling ----------------------------------------------------------------------------
 
@@ -86,13 +81,13 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, 
   const int fn = parse_scale_fn(scale_fn);
   const auto guard = device_guard(x_in, "x_b");
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
-  const Launch l(x);
+  const RowLaunch l(x);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto acc_dtype = opmath_dtype(x.scalar_type());
   if (l.rows == 0) return {y, at::empty({0}, x.options().dtype(acc_dtype))};
   auto partial = at::empty({l.rows, l.chunks}, x.options().dtype(acc_dtype));
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "affine_coupling_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_coupling(fn, inverse, [&](auto fn_c, auto inv_c) {
       FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, coupling_forward_kernel<decltype(fn_c)::value, decltype(inv_c)::value, scalar_t, acc_t>)(
@@ -109,19 +104,17 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, 
 std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(
     const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& t_in,
     const at::Tensor& r_in, c10::string_view scale_fn, double clamp, bool inverse) {
-  check_coupling(x_in, t_in, r_in, clamp);
-  check_same_float_tensor(x_in, "x_b", gy_in, "grad_y");
-  check_per_sample(x_in, "x_b", gl_in, "grad_logdet");
+  check_coupling_backward(gy_in, gl_in, x_in, t_in, r_in, clamp);
   const int fn = parse_scale_fn(scale_fn);
   const auto guard = device_guard(x_in, "x_b");
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const auto gy = gy_in.contiguous();
-  const Launch l(x);
+  const RowLaunch l(x);
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto dr = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (l.rows == 0 || l.cols == 0) return {dx, dr};
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_backward_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "affine_coupling_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto gl = gl_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     dispatch_coupling(fn, inverse, [&](auto fn_c, auto inv_c) {
@@ -191,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> actnorm_cuda(const at::Tensor& x_in, const at
   if (x.numel() == 0) return {y, logdet};
   const auto [scale, loc] = actnorm_channel_params(loc_in, ls_in, inverse);
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "actnorm_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto launch = [&](auto inv_c) {
       FASTGEN_LAUNCH(elementwise_blocks(x.numel()), kThreads, 0, stream, actnorm_elementwise_kernel<decltype(inv_c)::value, false, scalar_t, acc_t>)(
@@ -208,9 +201,7 @@ std::tuple<at::Tensor, at::Tensor> actnorm_cuda(const at::Tensor& x_in, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
     const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& loc_in,
     const at::Tensor& ls_in, bool inverse) {
-  check_actnorm(x_in, loc_in, ls_in);
-  check_same_float_tensor(x_in, "x", gy_in, "grad_y");
-  check_per_sample(x_in, "x", gl_in, "grad_logdet");
+  check_actnorm_backward(gy_in, gl_in, x_in, loc_in, ls_in);
   const auto guard = device_guard(x_in, "x");
   const ActnormShape sh(x_in);
   const auto x = x_in.contiguous(), gy = gy_in.contiguous();
@@ -229,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
     auto part_g = at::empty({chunks, sh.c}, x.options().dtype(math_t));
     auto part_gx = at::empty({chunks, sh.c}, x.options().dtype(math_t));
     auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_backward_cuda", [&] {
+    FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "actnorm_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       FASTGEN_LAUNCH(elementwise_blocks(x.numel()), kThreads, 0, stream, actnorm_elementwise_kernel<false, true, scalar_t, acc_t>)(
               gy.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
@@ -280,12 +271,11 @@ prior_grad_kernel(const acc_t* __restrict__ g, const scalar_t* __restrict__ z, s
 
 at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::string_view prior_name,
                          std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins);
-  check_per_sample(z_in, "z", logdet, "logdet");
+  check_flow_nll(z_in, n_bins, logdet, "logdet");
   const int prior = parse_prior(prior_name);
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
-  const Launch l(z);
+  const RowLaunch l(z);
   const auto acc_dtype = opmath_dtype(z.scalar_type());
   at::Tensor terms;
   if (l.rows == 0 || l.cols == 0) {
@@ -293,7 +283,7 @@ at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::
   } else {
     auto partial = at::empty({l.rows, l.chunks}, z.options().dtype(acc_dtype));
     auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_cuda", [&] {
+    FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "flow_nll_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       dispatch_prior(prior, [&](auto prior_c) {
         FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, prior_terms_kernel<decltype(prior_c)::value, scalar_t, acc_t>)(
@@ -308,18 +298,17 @@ at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::
 
 at::Tensor flow_nll_backward_cuda(const at::Tensor& g_in, const at::Tensor& z_in, c10::string_view prior_name,
                                   std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins);
-  check_per_sample(z_in, "z", g_in, "grad_nll");
+  check_flow_nll(z_in, n_bins, g_in, "grad_nll");
   const int prior = parse_prior(prior_name);
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
-  const Launch l(z);
+  const RowLaunch l(z);
   auto dz = at::empty_like(z, at::MemoryFormat::Contiguous);
   if (l.rows == 0 || l.cols == 0) return dz;
   const auto acc_dtype = opmath_dtype(z.scalar_type());
   const auto g = (g_in.to(acc_dtype) * nll_grad_scale(dims_per_sample(z), n_bins)).contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_backward_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "flow_nll_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_prior(prior, [&](auto prior_c) {
       FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, prior_grad_kernel<decltype(prior_c)::value, scalar_t, acc_t>)(

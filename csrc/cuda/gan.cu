@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "common/checks.h"
+#include "common/dispatch.h"
 #include "common/gan.h"
 #include "common/gan_host.h"
 #include "common/info_nce.h"
@@ -26,32 +27,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename F>
-void dispatch_act(c10::string_view act, F&& f) {
-  if (act == "leaky_relu") return f(std::integral_constant<Act, Act::kLeakyRelu>());
-  if (act == "relu") return f(std::integral_constant<Act, Act::kRelu>());
-  if (act == "silu") return f(std::integral_constant<Act, Act::kSilu>());
-  if (act == "gelu") return f(std::integral_constant<Act, Act::kGelu>());
-  TORCH_CHECK_VALUE(false, "fastgen: act must be one of leaky_relu, relu, silu, gelu, got '",
-                    std::string(act), "'");
-}
-
 // Sum of v over the block; the result is valid in thread 0.
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {
   return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
 }
-
-struct ChannelView {
-  int64_t outer, channels, inner;
-  ChannelView(const at::Tensor& x, int64_t dim) {
-    dim = dim < 0 ? dim + x.dim() : dim;
-    channels = x.size(dim);
-    inner = 1;
-    for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
-    outer = channels * inner == 0 ? 0 : x.numel() / (channels * inner);
-  }
-};
 
 template <Act A, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
@@ -118,7 +98,7 @@ at::Tensor bias_act_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>
   const ChannelView v(x, dim);
   const int64_t blocks = std::min<int64_t>((x.numel() + kThreads - 1) / kThreads, 65536 * 8);
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "bias_act_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_act(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
@@ -136,8 +116,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
                                                           const std::optional<at::Tensor>& bias_in,
                                                           c10::string_view act, double alpha, double gain,
                                                           int64_t dim) {
-  check_bias_act(x_in, bias_in, dim, alpha, gain);
-  check_same_float_tensor(x_in, "x", grad_in, "grad");
+  check_bias_act_backward(grad_in, x_in, bias_in, dim, alpha, gain);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -156,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
   const auto acc_dtype = opmath_dtype(x.scalar_type());
   auto partial = want_db ? at::empty({grid.y, v.channels}, x.options().dtype(acc_dtype)) : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_backward_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "bias_act_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_act(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
@@ -174,7 +153,6 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
   auto db = want_db ? partial.sum(0).to(bias_in->scalar_type()) : at::empty({0}, x.options());
   return {dx, db};
 }
-
 
 // ---- group_norm_silu ---------------------------------------------------------------------------
 // One block per (sample, group); the group's m = Cg * HW elements are contiguous. Forward: mean,
@@ -285,8 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
                                                                     const std::optional<at::Tensor>& weight_in,
                                                                     const std::optional<at::Tensor>& bias_in,
                                                                     int64_t num_groups, double eps, bool act) {
-  check_group_norm(x_in, weight_in, bias_in, num_groups);
-  check_group_norm_eps(eps);
+  check_group_norm_forward(x_in, weight_in, bias_in, num_groups, eps);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous();
   const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
@@ -300,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
   if (n == 0 || cg * hw == 0) return {y, mean, rstd};
   TORCH_CHECK_VALUE(n * num_groups <= INT32_MAX, "fastgen: N * num_groups exceeds 2^31-1");
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "group_norm_silu_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto launch = [&](auto act_tag) {
       FASTGEN_LAUNCH(static_cast<unsigned>(n * num_groups), kThreads, 0, stream, group_norm_forward_kernel<decltype(act_tag)::value, scalar_t, acc_t>)(
@@ -319,9 +296,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& x_in, const std::optional<at::Tensor>& weight_in,
     const std::optional<at::Tensor>& bias_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
     int64_t num_groups, bool act) {
-  check_group_norm(x_in, weight_in, bias_in, num_groups);
-  check_same_float_tensor(x_in, "x", grad_in, "grad");
-  check_group_norm_stats(x_in, mean_in, rstd_in, num_groups);
+  check_group_norm_backward(grad_in, x_in, weight_in, bias_in, mean_in, rstd_in, num_groups);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
@@ -336,7 +311,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
   if (n > 0 && cg * hw > 0) {
     TORCH_CHECK_VALUE(n * num_groups <= INT32_MAX, "fastgen: N * num_groups exceeds 2^31-1");
     auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_backward_cuda", [&] {
+    FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "group_norm_silu_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto launch = [&](auto act_tag) {
         FASTGEN_LAUNCH(static_cast<unsigned>(n * num_groups), kThreads, 0, stream, group_norm_backward_kernel<decltype(act_tag)::value, scalar_t, acc_t>)(
