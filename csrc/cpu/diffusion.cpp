@@ -1,4 +1,7 @@
-// CPU kernels for the diffusion family (math in csrc/common/diffusion.h).
+// CPU kernels for the diffusion sampler family: add_noise / get_velocity, the DDPM / DDIM steps
+// and the flow-matching (rectified-flow) Euler / Heun steps, flow_*_step, which are sampler
+// steps like DDIM's, not normalizing flows (those are csrc/*/flow.*). Math in
+// csrc/common/diffusion.h, argument checks in csrc/common/diffusion_host.h.
 // The step's scalars are read from the schedule tables on the host once per call; the
 // elementwise pass is vectorized (at::vec) and split into chunks across threads.
 #include <ATen/ATen.h>

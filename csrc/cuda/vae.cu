@@ -1,4 +1,4 @@
-// CUDA kernels for gaussian_reparam_kl (see csrc/common/vae.h for the math).
+// CUDA launchers for gaussian_reparam_kl (kernels in csrc/cuda/vae.cuh, math in csrc/common/vae.h).
 // Grid: x = sample, y = chunk of that sample's elements. Each block writes one partial KL sum;
 // partials are summed per sample afterwards in a fixed order (deterministic, no atomics).
 #include <ATen/ATen.h>
@@ -12,58 +12,12 @@
 #include "common/vae_host.h"
 #include "cuda/device_guard.h"
 #include "cuda/launch.h"
+#include "cuda/vae.cuh"
 #include "cuda/reduce.cuh"
 #include "cuda/row_launch.h"
 
 namespace fastgen {
 namespace {
-
-constexpr int kThreads = 256;
-
-template <typename T>
-__device__ __forceinline__ T block_sum(T v) {
-  return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-reparam_kl_forward_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
-                          const scalar_t* __restrict__ eps, scalar_t* __restrict__ z,
-                          acc_t* __restrict__ partial, int64_t cols, int64_t chunk) {
-  const int64_t row = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(cols, start + chunk);
-  const int64_t base = row * cols;
-  acc_t acc = 0;
-  for (int64_t i = base + start + threadIdx.x; i < base + end; i += kThreads) {
-    acc_t term;
-    z[i] = static_cast<scalar_t>(reparam_kl_forward<acc_t>(
-        static_cast<acc_t>(mu[i]), static_cast<acc_t>(lv[i]), static_cast<acc_t>(eps[i]), &term));
-    acc += term;
-  }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) partial[row * gridDim.y + blockIdx.y] = acc_t(-0.5) * acc;
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-reparam_kl_backward_kernel(const scalar_t* __restrict__ gz, const acc_t* __restrict__ gkl,
-                           const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
-                           const scalar_t* __restrict__ eps, scalar_t* __restrict__ dmu,
-                           scalar_t* __restrict__ dlv, int64_t cols, int64_t chunk) {
-  const int64_t row = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(cols, start + chunk);
-  const int64_t base = row * cols;
-  const acc_t g = gkl[row];
-  for (int64_t i = base + start + threadIdx.x; i < base + end; i += kThreads) {
-    acc_t a, b;
-    reparam_kl_backward<acc_t>(static_cast<acc_t>(gz[i]), g, static_cast<acc_t>(mu[i]),
-                               static_cast<acc_t>(lv[i]), static_cast<acc_t>(eps[i]), &a, &b);
-    dmu[i] = static_cast<scalar_t>(a);
-    dlv[i] = static_cast<scalar_t>(b);
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor> reparam_kl_cuda(const at::Tensor& mu_in, const at::Tensor& lv_in,
                                                    const at::Tensor& eps_in) {
