@@ -88,4 +88,22 @@ inline void check_decode(const at::Tensor& q, const at::Tensor& k_cache, const a
   }
 }
 
+// Every check of flash_attention's entry points (the CUDA ones add their head-dim and stride limits).
+inline void check_flash_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const std::optional<at::Tensor>& key_padding_mask, double dropout_p,
+                                  const std::optional<at::Tensor>& seed, const std::optional<double>& scale) {
+  check_attention(q, k, v);
+  check_attention_options(q, k, key_padding_mask, dropout_p, seed);
+  check_scale(scale);
+}
+
+inline void check_flash_attention_backward(const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q,
+                                           const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                           const at::Tensor& lse, const std::optional<at::Tensor>& key_padding_mask,
+                                           double dropout_p, const std::optional<at::Tensor>& seed,
+                                           const std::optional<double>& scale) {
+  check_flash_attention(q, k, v, key_padding_mask, dropout_p, seed, scale);
+  check_attention_backward(grad_out, grad_lse, q, out, lse);
+}
+
 }  // namespace fastgen

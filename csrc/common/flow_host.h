@@ -160,4 +160,26 @@ void dispatch_prior(int prior, F&& f) {
   else f(std::integral_constant<int, kLogistic>{});
 }
 
+// The backward entry points' checks: the forward's, and the incoming gradients.
+inline void check_coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
+                                    const at::Tensor& shift, const at::Tensor& raw, double clamp) {
+  check_coupling(x, shift, raw, clamp);
+  check_same_float_tensor(x, "x_b", grad_y, "grad_y");
+  check_per_sample(x, "x_b", grad_logdet, "grad_logdet");
+}
+
+inline void check_actnorm_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
+                                   const at::Tensor& loc, const at::Tensor& log_scale) {
+  check_actnorm(x, loc, log_scale);
+  check_same_float_tensor(x, "x", grad_y, "grad_y");
+  check_per_sample(x, "x", grad_logdet, "grad_logdet");
+}
+
+// flow_nll (t: logdet) and its backward (t: grad_nll): one value per sample of z.
+inline void check_flow_nll(const at::Tensor& z, std::optional<int64_t> n_bins, const at::Tensor& t,
+                           const char* name) {
+  check_flow_nll(z, n_bins);
+  check_per_sample(z, "z", t, name);
+}
+
 }  // namespace fastgen

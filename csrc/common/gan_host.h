@@ -1,15 +1,42 @@
 #pragma once
-#include <cmath>
-// Argument checks of the bias_act and group_norm_silu entry points, shared by the CPU and CUDA
-// kernels (direct torch.ops.fastgen.*_native callers get an error that names the argument).
+// Host-side pieces of the bias_act and group_norm_silu entry points, shared by the CPU and CUDA
+// kernels: argument checks (direct torch.ops.fastgen.*_native callers get an error that names the
+// argument), the activation name's dispatch and the (outer, C, inner) view of x.
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <optional>
+#include <string>
+#include <type_traits>
 #include <utility>
 
 #include "common/checks.h"
+#include "common/gan.h"
 
 namespace fastgen {
+
+// f(std::integral_constant<Act, A>) for the activation named `act`.
+template <typename F>
+void dispatch_act(c10::string_view act, F&& f) {
+  if (act == "leaky_relu") return f(std::integral_constant<Act, Act::kLeakyRelu>());
+  if (act == "relu") return f(std::integral_constant<Act, Act::kRelu>());
+  if (act == "silu") return f(std::integral_constant<Act, Act::kSilu>());
+  if (act == "gelu") return f(std::integral_constant<Act, Act::kGelu>());
+  TORCH_CHECK_VALUE(false, "fastgen: act must be one of leaky_relu, relu, silu, gelu, got '",
+                    std::string(act), "'");
+}
+
+// x viewed as (outer, C, inner) around dim (checked by check_bias_act), C = x.shape[dim].
+struct ChannelView {
+  int64_t outer, channels, inner;
+  ChannelView(const at::Tensor& x, int64_t dim) {
+    dim = dim < 0 ? dim + x.dim() : dim;
+    channels = x.size(dim);
+    inner = 1;
+    for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
+    outer = channels * inner == 0 ? 0 : x.numel() / (channels * inner);
+  }
+};
 
 // Complete: the Python layer skips its own checks on the cpu / cuda backends (native_checks).
 inline void check_bias_act(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim, double alpha,
@@ -30,6 +57,12 @@ inline void check_bias_act(const at::Tensor& x, const std::optional<at::Tensor>&
                      " but x has ", x.scalar_type());
     check_same_device(x, "x", b, "bias");
   }
+}
+
+inline void check_bias_act_backward(const at::Tensor& grad, const at::Tensor& x,
+                                    const std::optional<at::Tensor>& bias, int64_t dim, double alpha, double gain) {
+  check_bias_act(x, bias, dim, alpha, gain);
+  check_same_float_tensor(x, "x", grad, "grad");
 }
 
 inline void check_group_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
@@ -54,6 +87,12 @@ inline void check_group_norm_eps(double eps) {
   TORCH_CHECK_VALUE(eps > 0 && std::isfinite(eps), "fastgen: eps must be a positive finite float, got ", eps);
 }
 
+inline void check_group_norm_forward(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                     const std::optional<at::Tensor>& bias, int64_t num_groups, double eps) {
+  check_group_norm(x, weight, bias, num_groups);
+  check_group_norm_eps(eps);
+}
+
 // The backward's saved statistics: the forward's (N, num_groups) mean and rstd in the math dtype.
 inline void check_group_norm_stats(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
                                    int64_t num_groups) {
@@ -65,6 +104,14 @@ inline void check_group_norm_stats(const at::Tensor& x, const at::Tensor& mean, 
                     stat_dtype, " statistics");
   check_same_device(x, "x", mean, "mean");
   check_same_device(x, "x", rstd, "rstd");
+}
+
+inline void check_group_norm_backward(const at::Tensor& grad, const at::Tensor& x,
+                                      const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                                      const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups) {
+  check_group_norm(x, weight, bias, num_groups);
+  check_same_float_tensor(x, "x", grad, "grad");
+  check_group_norm_stats(x, mean, rstd, num_groups);
 }
 
 }  // namespace fastgen

@@ -173,9 +173,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cpu(const at::Tensor& q_in, c
                                                        const at::Tensor& v_in, bool causal, c10::optional<double> scale,
                                                        const c10::optional<at::Tensor>& key_padding_mask,
                                                        double dropout_p, const c10::optional<at::Tensor>& seed) {
-  check_attention(q_in, k_in, v_in);
-  check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
-  check_scale(scale);
+  check_flash_attention(q_in, k_in, v_in, key_padding_mask, dropout_p, seed, scale);
   const auto q = head_dim_contiguous(q_in), k = head_dim_contiguous(k_in), v = head_dim_contiguous(v_in);
   const int64_t group = q.size(1) / k.size(1);
   const auto math = opmath_dtype(q.scalar_type());
@@ -203,10 +201,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
     const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
-  check_attention(q_in, k_in, v_in);
-  check_attention_options(q_in, k_in, key_padding_mask, dropout_p, seed);
-  check_scale(scale);
-  check_attention_backward(grad_out, grad_lse, q_in, out, lse);
+  check_flash_attention_backward(grad_out, grad_lse, q_in, k_in, v_in, out, lse, key_padding_mask, dropout_p, seed,
+                                 scale);
   const auto q = head_dim_contiguous(q_in), k = head_dim_contiguous(k_in), v = head_dim_contiguous(v_in);
   const int64_t group = q.size(1) / k.size(1);
   if (q.numel() == 0 || k.size(2) == 0)

@@ -1,4 +1,7 @@
-// CPU kernels for the diffusion family (math in csrc/common/diffusion.h).
+// CPU kernels for the diffusion sampler family: add_noise / get_velocity, the DDPM / DDIM steps
+// and the flow-matching (rectified-flow) Euler / Heun steps, flow_*_step, which are sampler
+// steps like DDIM's, not normalizing flows (those are csrc/*/flow.*). Math in
+// csrc/common/diffusion.h, argument checks in csrc/common/diffusion_host.h.
 // The step's scalars are read from the schedule tables on the host once per call; the
 // elementwise pass is vectorized (at::vec) and split into chunks across threads.
 #include <ATen/ATen.h>
@@ -18,7 +21,9 @@
 
 #include "cpu/vec_lanes.h"
 #include "common/checks.h"
+#include "common/dispatch.h"
 #include "common/diffusion.h"
+#include "common/diffusion_host.h"
 #include "cpu/philox_block.h"
 
 namespace fastgen {
@@ -51,23 +56,11 @@ void for_each_span(int64_t rows, int64_t cols, const F& f) {
   });
 }
 
+// A host index tensor's value (the CPU kernels read the step's scalars on the host).
 int64_t host_index(const at::Tensor& index, const at::Tensor& sample, int64_t upper, const char* name) {
-  TORCH_CHECK_TYPE(at::isIntegralType(index.scalar_type(), /*includeBool=*/false), "fastgen: ", name,
-                   " must be an integer tensor, got ", index.scalar_type());
-  TORCH_CHECK_VALUE(index.numel() == 1, "fastgen: ", name, " must hold one value, got shape ",
-                    index.sizes());
+  check_scalar_index(index, name);
   check_same_device(sample, "sample", index, name);
-  const int64_t v = index.item<int64_t>();
-  TORCH_CHECK_VALUE(v >= 0 && v < upper, "fastgen: ", name, " must be in [0, ", upper, "), got ", v);
-  return v;
-}
-
-void check_table(const at::Tensor& table, const at::Tensor& sample, const char* name, int64_t min_len) {
-  TORCH_CHECK_TYPE(table.scalar_type() == at::kFloat || table.scalar_type() == at::kDouble,
-                   "fastgen: ", name, " must be float32 or float64, got ", table.scalar_type());
-  TORCH_CHECK_VALUE(table.dim() == 1 && table.size(0) >= min_len, "fastgen: ", name,
-                    " must be a 1-D table with at least ", min_len, " entries, got ", table.sizes());
-  check_same_device(sample, "sample", table, name);
+  return host_index_value(index, upper, name);
 }
 
 double table_at(const at::Tensor& table, int64_t i) {
@@ -75,52 +68,19 @@ double table_at(const at::Tensor& table, int64_t i) {
                                             : table.const_data_ptr<float>()[i * table.stride(0)];
 }
 
-bool optional_like(const at::Tensor& t, const at::Tensor& sample, const char* name) {
-  if (t.numel() == 0 && t.dim() == 1) return false;
-  check_same_float_tensor(sample, "sample", t, name);
-  return true;
-}
-
-int parse_prediction(const std::string& s) {
-  if (s == "epsilon") return kEpsilon;
-  if (s == "sample") return kSample;
-  if (s == "v_prediction") return kVPrediction;
-  TORCH_CHECK_VALUE(false, "fastgen: prediction_type must be one of epsilon, sample, v_prediction, got '", s, "'");
-  return -1;
-}
-
-int parse_variance(const std::string& s) {
-  if (s == "fixed_small") return kFixedSmall;
-  if (s == "fixed_small_log") return kFixedSmallLog;
-  if (s == "fixed_large") return kFixedLarge;
-  if (s == "fixed_large_log") return kFixedLargeLog;
-  TORCH_CHECK_VALUE(false, "fastgen: variance_type must be one of fixed_small, fixed_small_log, "
-                    "fixed_large, fixed_large_log, got '", s, "'");
-  return -1;
-}
-
 // -- add_noise / get_velocity ---------------------------------------------------------------------
 
 at::Tensor mix_cpu(const at::Tensor& first_in, const at::Tensor& noise_in, const at::Tensor& timesteps,
                    const at::Tensor& table, bool velocity) {
-  const char* first_name = velocity ? "sample" : "original_samples";
-  TORCH_CHECK_VALUE(first_in.dim() >= 1, "fastgen: ", first_name, " must have a leading batch dim");
-  check_same_float_tensor(first_in, first_name, noise_in, "noise");
-  check_table(table, first_in, "alphas_cumprod", 1);
+  check_mix(first_in, noise_in, timesteps, table, velocity);
   const int64_t rows = first_in.size(0);
-  TORCH_CHECK_TYPE(at::isIntegralType(timesteps.scalar_type(), false),
-                   "fastgen: timesteps must be an integer tensor, got ", timesteps.scalar_type());
-  TORCH_CHECK_VALUE(timesteps.dim() <= 1 && (timesteps.numel() == rows || timesteps.numel() == 1),
-                    "fastgen: timesteps must have shape (", rows, ",) or hold one value, got ",
-                    timesteps.sizes());
-  check_same_device(first_in, first_name, timesteps, "timesteps");
   const auto first = first_in.contiguous(), noise = noise_in.contiguous();
   auto out = at::empty_like(first, at::MemoryFormat::Contiguous);
   if (first.numel() == 0) return out;
   const auto t = timesteps.to(at::kLong).contiguous();
   const int64_t* pt = t.const_data_ptr<int64_t>();
   const int64_t cols = first.numel() / rows;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "mix_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(first.scalar_type(), "mix_cpu", [&] {
     using L = Lanes<scalar_t>;
     using opmath_t = typename L::opmath_t;
     using VecM = typename L::VecM;
@@ -157,16 +117,6 @@ at::Tensor mix_cpu(const at::Tensor& first_in, const at::Tensor& noise_in, const
     });
   });
   return out;
-}
-
-at::Tensor add_noise_cpu(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& timesteps,
-                         const at::Tensor& alphas_cumprod) {
-  return mix_cpu(x0, noise, timesteps, alphas_cumprod, false);
-}
-
-at::Tensor get_velocity_cpu(const at::Tensor& sample, const at::Tensor& noise, const at::Tensor& timesteps,
-                            const at::Tensor& alphas_cumprod) {
-  return mix_cpu(sample, noise, timesteps, alphas_cumprod, true);
 }
 
 // -- DDPM / DDIM ------------------------------------------------------------------------------------
@@ -239,40 +189,13 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
                                                int variance, bool clip, double clip_range,
                                                bool use_clipped, const std::optional<at::Tensor>& seed_in,
                                                int64_t seed_offset) {
-  TORCH_CHECK_VALUE(x_in.dim() >= 1, "fastgen: sample must have a leading batch dim");
-  check_same_float_tensor(x_in, "sample", m_in, "model_output");
-  bool noise_given = optional_like(noise_in, x_in, "noise");
-  // In-kernel noise: element i gets philox::randn(seed, seed_offset + i) (common/philox.h).
-  const bool seeded = seed_in.has_value();
-  uint64_t seed = 0;
-  if (seeded) {
-    TORCH_CHECK_VALUE(!noise_given, "fastgen: pass either noise or seed (in-kernel noise), not both");
-    TORCH_CHECK_TYPE(at::isIntegralType(seed_in->scalar_type(), false),
-                     "fastgen: seed must be an integer tensor, got ", seed_in->scalar_type());
-    TORCH_CHECK_VALUE(seed_in->numel() == 1, "fastgen: seed must hold one value, got shape ", seed_in->sizes());
-    check_same_device(x_in, "sample", *seed_in, "seed");
-    TORCH_CHECK_VALUE(seed_offset >= 0, "fastgen: seed_offset must be >= 0, got ", seed_offset);
-    seed = static_cast<uint64_t>(seed_in->item<int64_t>());
-    noise_given = true;
-  }
-  const bool guided = optional_like(uncond_in, x_in, "model_output_uncond");
-  check_table(table, x_in, "alphas_cumprod", 1);
-  check_table(prev_table, x_in, "alphas_cumprod_prev", 1);
-  TORCH_CHECK_VALUE(prev_table.size(0) == table.size(0),
-                    "fastgen: alphas_cumprod_prev and alphas_cumprod differ in length");
+  const DenoisePlan plan = check_denoise(ddpm, m_in, x_in, noise_in, timestep, table, prev_table, threshold_in,
+                                         uncond_in, guidance, eta, clip_range, seed_in, seed_offset);
+  const bool guided = plan.guided, thresholding = plan.thresholding, has_noise = plan.has_noise,
+             gen_noise = plan.gen_noise;
+  if (seed_in.has_value()) check_same_device(x_in, "sample", *seed_in, "seed");
+  const uint64_t seed = gen_noise ? static_cast<uint64_t>(seed_in->item<int64_t>()) : 0;
   const int64_t t = host_index(timestep, x_in, table.size(0), "timestep");
-  const bool thresholding = threshold_in.numel() > 0;
-  if (thresholding) {
-    TORCH_CHECK_VALUE(threshold_in.dim() == 1 && threshold_in.size(0) == x_in.size(0),
-                      "fastgen: threshold must have shape (", x_in.size(0), ",), got ", threshold_in.sizes());
-    check_same_device(x_in, "sample", threshold_in, "threshold");
-  }
-  TORCH_CHECK_VALUE(clip_range > 0, "fastgen: clip_sample_range must be > 0");
-  TORCH_CHECK_VALUE(std::isfinite(guidance), "fastgen: guidance_scale must be finite, got ", guidance);
-  TORCH_CHECK_VALUE(eta >= 0, "fastgen: eta must be >= 0");
-  const bool has_noise = noise_given && (ddpm || eta > 0);
-  TORCH_CHECK_VALUE(ddpm || eta == 0 || noise_given, "fastgen: noise is required when eta > 0 (or a seed for in-kernel noise)");
-  const bool gen_noise = seeded && has_noise;
   const auto m = m_in.contiguous(), x = x_in.contiguous();
   const auto z = has_noise && !gen_noise ? noise_in.contiguous() : x;
   const auto u = guided ? uncond_in.contiguous() : m;
@@ -280,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
   auto x0 = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return {prev, x0};
   const auto thr = thresholding ? threshold_in.to(at::kDouble).contiguous() : threshold_in;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "denoise_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "denoise_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const auto c = denoise_coeffs<opmath_t>(ddpm, prediction, variance,
                                             static_cast<opmath_t>(table_at(table, t)),
@@ -333,35 +256,6 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
   return {prev, x0};
 }
 
-std::tuple<at::Tensor, at::Tensor> ddim_step_cpu(const at::Tensor& model_output, const at::Tensor& sample,
-                                                 const at::Tensor& noise, const at::Tensor& timestep,
-                                                 const at::Tensor& alphas_cumprod,
-                                                 const at::Tensor& alphas_cumprod_prev,
-                                                 const at::Tensor& threshold, const at::Tensor& uncond,
-                                                 double guidance_scale, double eta,
-                                                 c10::string_view prediction_type, bool clip_sample,
-                                                 double clip_sample_range, bool use_clipped_model_output,
-                                                 const std::optional<at::Tensor>& seed, int64_t seed_offset) {
-  return denoise_cpu(false, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                     threshold, uncond, guidance_scale, eta, parse_prediction(std::string(prediction_type)), kFixedSmall,
-                     clip_sample, clip_sample_range, use_clipped_model_output, seed, seed_offset);
-}
-
-std::tuple<at::Tensor, at::Tensor> ddpm_step_cpu(const at::Tensor& model_output, const at::Tensor& sample,
-                                                 const at::Tensor& noise, const at::Tensor& timestep,
-                                                 const at::Tensor& alphas_cumprod,
-                                                 const at::Tensor& alphas_cumprod_prev,
-                                                 const at::Tensor& threshold, const at::Tensor& uncond,
-                                                 double guidance_scale, c10::string_view prediction_type,
-                                                 c10::string_view variance_type, bool clip_sample,
-                                                 double clip_sample_range, const std::optional<at::Tensor>& seed,
-                                                 int64_t seed_offset) {
-  return denoise_cpu(true, model_output, sample, noise, timestep, alphas_cumprod, alphas_cumprod_prev,
-                     threshold, uncond, guidance_scale, 0.0, parse_prediction(std::string(prediction_type)),
-                     parse_variance(std::string(variance_type)), clip_sample, clip_sample_range, false, seed,
-                     seed_offset);
-}
-
 // -- flow matching -----------------------------------------------------------------------------------
 
 // kGuided: v2 is the unconditional velocity and v becomes v2 + g (v - v2) (Euler only).
@@ -405,21 +299,16 @@ void flow_span(const scalar_t* v, const scalar_t* v2, const scalar_t* x, const s
 
 at::Tensor flow_cpu(const at::Tensor& v_in, const at::Tensor* v2_in, const at::Tensor& x_in,
                     const at::Tensor* noise_in, const at::Tensor& step_index, const at::Tensor& sigmas,
-                    const at::Tensor* uncond_in = nullptr, double guidance = 1.0) {
-  TORCH_CHECK_VALUE(x_in.dim() >= 1, "fastgen: sample must have a leading batch dim");
-  check_same_float_tensor(x_in, "sample", v_in, "model_output");
-  if (v2_in) check_same_float_tensor(x_in, "sample", *v2_in, "model_output_next");
-  const bool stochastic = noise_in && optional_like(*noise_in, x_in, "noise");
-  const bool guided = uncond_in && optional_like(*uncond_in, x_in, "model_output_uncond");
-  TORCH_CHECK_VALUE(std::isfinite(guidance), "fastgen: guidance_scale must be finite, got ", guidance);
-  check_table(sigmas, x_in, "sigmas", 2);
+                    const at::Tensor* uncond_in, double guidance) {
+  const FlowPlan plan = check_flow_step(v_in, v2_in, x_in, noise_in, step_index, sigmas, uncond_in, guidance);
+  const bool stochastic = plan.stochastic, guided = plan.guided;
   const int64_t i = host_index(step_index, x_in, sigmas.size(0) - 1, "step_index");
   const auto v = v_in.contiguous(), x = x_in.contiguous();
   const auto w = v2_in ? v2_in->contiguous() : (stochastic ? noise_in->contiguous() : x);
   const auto un = guided ? uncond_in->contiguous() : v;
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "flow_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "flow_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const auto c = flow_coeffs<opmath_t>(static_cast<opmath_t>(table_at(sigmas, i)),
                                          static_cast<opmath_t>(table_at(sigmas, i + 1)), v2_in != nullptr,
@@ -441,26 +330,15 @@ at::Tensor flow_cpu(const at::Tensor& v_in, const at::Tensor* v2_in, const at::T
   return out;
 }
 
-at::Tensor flow_euler_step_cpu(const at::Tensor& model_output, const at::Tensor& sample,
-                               const at::Tensor& noise, const at::Tensor& step_index, const at::Tensor& sigmas,
-                               const at::Tensor& model_output_uncond, double guidance_scale) {
-  return flow_cpu(model_output, nullptr, sample, &noise, step_index, sigmas, &model_output_uncond, guidance_scale);
-}
-
-at::Tensor flow_heun_step_cpu(const at::Tensor& model_output, const at::Tensor& model_output_next,
-                              const at::Tensor& sample, const at::Tensor& step_index, const at::Tensor& sigmas) {
-  return flow_cpu(model_output, &model_output_next, sample, nullptr, step_index, sigmas);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
-  m.impl("add_noise_native", &add_noise_cpu);
-  m.impl("get_velocity_native", &get_velocity_cpu);
-  m.impl("ddim_step_native", &ddim_step_cpu);
-  m.impl("ddpm_step_native", &ddpm_step_cpu);
-  m.impl("flow_euler_step_native", &flow_euler_step_cpu);
-  m.impl("flow_heun_step_native", &flow_heun_step_cpu);
+  m.impl("add_noise_native", &diffusion::add_noise<mix_cpu>);
+  m.impl("get_velocity_native", &diffusion::get_velocity<mix_cpu>);
+  m.impl("ddim_step_native", &diffusion::ddim_step<denoise_cpu>);
+  m.impl("ddpm_step_native", &diffusion::ddpm_step<denoise_cpu>);
+  m.impl("flow_euler_step_native", &diffusion::flow_euler_step<flow_cpu>);
+  m.impl("flow_heun_step_native", &diffusion::flow_heun_step<flow_cpu>);
 }
 
 }  // namespace fastgen

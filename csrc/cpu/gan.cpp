@@ -42,6 +42,7 @@ inline at::vec::Vectorized<T> fselect_nonpos(const at::vec::Vectorized<T>& y, co
 
 #include "cpu/vec_lanes.h"
 #include "common/checks.h"
+#include "common/dispatch.h"
 #include "common/gan_host.h"
 #include "common/gan.h"
 #include "common/info_nce.h"
@@ -54,27 +55,6 @@ using at::vec::Vectorized;
 // fp16/bf16 widen to two fp32 vectors (csrc/cpu/vec_lanes.h)
 template <typename scalar_t>
 using Lanes = VecLanes<scalar_t>;
-
-template <typename F>
-void dispatch_act(c10::string_view act, F&& f) {
-  if (act == "leaky_relu") return f(std::integral_constant<Act, Act::kLeakyRelu>());
-  if (act == "relu") return f(std::integral_constant<Act, Act::kRelu>());
-  if (act == "silu") return f(std::integral_constant<Act, Act::kSilu>());
-  if (act == "gelu") return f(std::integral_constant<Act, Act::kGelu>());
-  TORCH_CHECK_VALUE(false, "fastgen: act must be one of leaky_relu, relu, silu, gelu, got '",
-                    std::string(act), "'");
-}
-
-struct ChannelView {
-  int64_t outer, channels, inner, dim;
-  ChannelView(const at::Tensor& x, int64_t d) {
-    dim = d < 0 ? d + x.dim() : d;
-    channels = x.size(dim);
-    inner = 1;
-    for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
-    outer = channels * inner == 0 ? 0 : x.numel() / (channels * inner);
-  }
-};
 
 // Bias in the math type (zeros when absent), so the inner loops never convert it.
 template <typename opmath_t>
@@ -152,7 +132,7 @@ at::Tensor bias_act_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>&
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return out;
   const ChannelView v(x, dim);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "bias_act_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const auto b = math_bias<opmath_t>(bias, v.channels);
     const scalar_t* px = x.const_data_ptr<scalar_t>();
@@ -183,15 +163,14 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cpu(const at::Tensor& grad_
                                                          const std::optional<at::Tensor>& bias,
                                                          c10::string_view act, double alpha, double gain,
                                                          int64_t dim) {
-  check_bias_act(x_in, bias, dim, alpha, gain);
-  check_same_float_tensor(x_in, "x", grad_in, "grad");
+  check_bias_act_backward(grad_in, x_in, bias, dim, alpha, gain);
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const ChannelView v(x, dim);
   const bool want_db = bias.has_value();
   auto db = want_db ? at::zeros_like(*bias) : at::empty({0}, x.options());
   if (x.numel() == 0) return {dx, db};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_backward_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "bias_act_backward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const auto b = math_bias<opmath_t>(bias, v.channels);
     const scalar_t* px = x.const_data_ptr<scalar_t>();
@@ -238,7 +217,6 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cpu(const at::Tensor& grad_
   });
   return {dx, db};
 }
-
 
 // ---- group_norm_silu ---------------------------------------------------------------------------
 // SiLU of the normalized values with ATen's exp_u20 (a degree-5 polynomial, <= 20 ulp in fp32)
@@ -322,15 +300,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Ten
                                                                    const std::optional<at::Tensor>& weight,
                                                                    const std::optional<at::Tensor>& bias,
                                                                    int64_t num_groups, double eps, bool act) {
-  check_group_norm(x_in, weight, bias, num_groups);
-  check_group_norm_eps(eps);
+  check_group_norm_forward(x_in, weight, bias, num_groups, eps);
   const auto x = x_in.contiguous();
   const GroupView v(x, num_groups);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto stat_opts = x.options().dtype(opmath_dtype(x.scalar_type()));
   auto mean = at::empty({v.n, v.groups}, stat_opts);
   auto rstd = at::empty({v.n, v.groups}, stat_opts);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "group_norm_silu_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     using L = Lanes<scalar_t>;
     using VecM = typename L::VecM;
@@ -382,15 +359,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& x_in, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& mean_in, const at::Tensor& rstd_in,
     int64_t num_groups, bool act) {
-  check_group_norm(x_in, weight, bias, num_groups);
-  check_same_float_tensor(x_in, "x", grad_in, "grad");
-  check_group_norm_stats(x_in, mean_in, rstd_in, num_groups);
+  check_group_norm_backward(grad_in, x_in, weight, bias, mean_in, rstd_in, num_groups);
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   const GroupView v(x, num_groups);
   const auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   std::vector<double> sa(v.n * v.c, 0.0), sb(v.n * v.c, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_backward_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "group_norm_silu_backward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     using L = Lanes<scalar_t>;
     using VecM = typename L::VecM;

@@ -22,40 +22,22 @@ inline at::vec::Vectorized<T> fexp(const at::vec::Vectorized<T>& x) { return x.e
 }  // namespace fastgen
 
 #include "common/checks.h"
+#include "common/dispatch.h"
+#include "cpu/row_tiling.h"
+#include "cpu/vec_lanes.h"
 #include "common/vae.h"
+#include "common/vae_host.h"
 
 namespace fastgen {
 namespace {
 
 using at::vec::Vectorized;
 
-constexpr int64_t kChunk = 1 << 14;  // elements per task
 constexpr int64_t kBlock = 512;      // elements per float accumulator flush (keeps sums accurate)
 
+// fp16/bf16 widen to two fp32 vectors (csrc/cpu/vec_lanes.h)
 template <typename scalar_t>
-struct Lanes {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using VecM = Vectorized<opmath_t>;
-  static constexpr bool reduced = !std::is_same_v<scalar_t, opmath_t>;
-  // Number of math-type vectors per Vectorized<scalar_t>.
-  static constexpr int64_t parts = reduced ? 2 : 1;
-
-  static void load(const scalar_t* p, VecM* out) {
-    if constexpr (reduced) {
-      auto v = Vectorized<scalar_t>::loadu(p);
-      std::tie(out[0], out[1]) = at::vec::convert_to_float<scalar_t>(v);
-    } else {
-      out[0] = VecM::loadu(p);
-    }
-  }
-  static void store(scalar_t* p, const VecM* in) {
-    if constexpr (reduced) {
-      at::vec::convert_from_float<scalar_t>(in[0], in[1]).store(p);
-    } else {
-      in[0].store(p);
-    }
-  }
-};
+using Lanes = VecLanes<scalar_t>;
 
 // z for n elements; returns sum of kl_term over them.
 template <typename scalar_t>
@@ -64,7 +46,7 @@ double forward_span(const scalar_t* mu, const scalar_t* lv, const scalar_t* eps,
   using L = Lanes<scalar_t>;
   using opmath_t = typename L::opmath_t;
   using VecM = typename L::VecM;
-  constexpr int64_t step = Vectorized<scalar_t>::size();
+  constexpr int64_t step = L::step;
   double total = 0;
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const int64_t b1 = std::min(n, b0 + kBlock);
@@ -100,7 +82,7 @@ void backward_span(const scalar_t* gz, double gkl, const scalar_t* mu, const sca
   using L = Lanes<scalar_t>;
   using opmath_t = typename L::opmath_t;
   using VecM = typename L::VecM;
-  constexpr int64_t step = Vectorized<scalar_t>::size();
+  constexpr int64_t step = L::step;
   const opmath_t g = static_cast<opmath_t>(gkl);
   const VecM gv(g);
   int64_t i = 0;
@@ -122,50 +104,28 @@ void backward_span(const scalar_t* gz, double gkl, const scalar_t* mu, const sca
   }
 }
 
-struct Tiling {
-  int64_t rows, cols, chunks_per_row, tasks, grain;
-  explicit Tiling(const at::Tensor& t) {
-    rows = t.size(0);
-    cols = rows == 0 ? 0 : t.numel() / rows;
-    chunks_per_row = std::max<int64_t>(1, (cols + kChunk - 1) / kChunk);
-    tasks = rows * chunks_per_row;
-    grain = std::max<int64_t>(1, kChunk / std::max<int64_t>(1, std::min(cols, kChunk)));
-  }
-  int64_t start(int64_t task) const { return (task % chunks_per_row) * kChunk; }
-  int64_t length(int64_t task) const { return std::min(kChunk, cols - start(task)); }
-};
-
 std::tuple<at::Tensor, at::Tensor> reparam_kl_cpu(const at::Tensor& mu_in, const at::Tensor& lv_in,
                                                   const at::Tensor& eps_in) {
-  TORCH_CHECK_VALUE(mu_in.dim() >= 1, "fastgen: mu must have a leading batch dim");
-  check_same_float_tensor(mu_in, "mu", lv_in, "logvar");
-  check_same_float_tensor(mu_in, "mu", eps_in, "eps");
+  check_reparam_kl(mu_in, lv_in, eps_in);
   const auto mu = mu_in.contiguous(), lv = lv_in.contiguous(), eps = eps_in.contiguous();
-  const Tiling t(mu);
+  const RowTasks t(mu);
   auto z = at::empty_like(mu, at::MemoryFormat::Contiguous);
   auto kl = at::empty({t.rows}, mu.options().dtype(opmath_dtype(mu.scalar_type())));
   if (t.rows == 0) return {z, kl};
   std::vector<double> partial(t.tasks, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparam_kl_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(mu.scalar_type(), "reparam_kl_cpu", [&] {
     const scalar_t* pm = mu.const_data_ptr<scalar_t>();
     const scalar_t* pl = lv.const_data_ptr<scalar_t>();
     const scalar_t* pe = eps.const_data_ptr<scalar_t>();
     scalar_t* pz = z.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, t.tasks, t.grain, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t off = (task / t.chunks_per_row) * t.cols + t.start(task);
+        const int64_t off = t.offset(task);
         partial[task] = forward_span(pm + off, pl + off, pe + off, pz + off, t.length(task));
       }
     });
   });
-  AT_DISPATCH_FLOATING_TYPES(kl.scalar_type(), "reparam_kl_cpu_sum", [&] {
-    scalar_t* out = kl.mutable_data_ptr<scalar_t>();
-    for (int64_t r = 0; r < t.rows; ++r) {
-      double s = 0;
-      for (int64_t c = 0; c < t.chunks_per_row; ++c) s += partial[r * t.chunks_per_row + c];
-      out[r] = static_cast<scalar_t>(-0.5 * s);
-    }
-  });
+  t.reduce_rows(partial, kl, -0.5);
   return {z, kl};
 }
 
@@ -174,26 +134,19 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_backward_cpu(const at::Tensor& gz_
                                                            const at::Tensor& mu_in,
                                                            const at::Tensor& lv_in,
                                                            const at::Tensor& eps_in) {
-  TORCH_CHECK_VALUE(mu_in.dim() >= 1, "fastgen: mu must have a leading batch dim");
-  check_same_float_tensor(mu_in, "mu", lv_in, "logvar");
-  check_same_float_tensor(mu_in, "mu", eps_in, "eps");
-  check_same_float_tensor(mu_in, "mu", gz_in, "grad_z");
-  TORCH_CHECK_VALUE(gkl_in.dim() == 1 && gkl_in.size(0) == mu_in.size(0),
-                    "fastgen: grad_kl must have shape [", mu_in.size(0), "], got ", gkl_in.sizes());
-  check_same_device(mu_in, "mu", gkl_in, "grad_kl");
+  check_reparam_kl_backward(gz_in, gkl_in, mu_in, lv_in, eps_in);
   const auto mu = mu_in.contiguous(), lv = lv_in.contiguous(), eps = eps_in.contiguous();
   const auto gz = gz_in.contiguous();
   const auto gkl = gkl_in.to(at::kDouble).contiguous();
-  const Tiling t(mu);
+  const RowTasks t(mu);
   auto dmu = at::empty_like(mu, at::MemoryFormat::Contiguous);
   auto dlv = at::empty_like(mu, at::MemoryFormat::Contiguous);
   if (t.rows == 0) return {dmu, dlv};
   const double* pg = gkl.const_data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparam_kl_backward_cpu", [&] {
+  FASTGEN_DISPATCH_FLOATS(mu.scalar_type(), "reparam_kl_backward_cpu", [&] {
     at::parallel_for(0, t.tasks, t.grain, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t row = task / t.chunks_per_row;
-        const int64_t off = row * t.cols + t.start(task);
+        const int64_t row = t.row(task), off = t.offset(task);
         backward_span(gz.const_data_ptr<scalar_t>() + off, pg[row], mu.const_data_ptr<scalar_t>() + off,
                       lv.const_data_ptr<scalar_t>() + off, eps.const_data_ptr<scalar_t>() + off,
                       dmu.mutable_data_ptr<scalar_t>() + off, dlv.mutable_data_ptr<scalar_t>() + off,

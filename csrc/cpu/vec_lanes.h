@@ -1,7 +1,7 @@
 #pragma once
 // Loads and stores that give the math type's SIMD vectors for any input dtype: fp16/bf16 widen
-// to two fp32 vectors per Vectorized<scalar_t>, fp32/fp64 pass through. (csrc/cpu/vae.cpp has
-// the same helper privately; new CPU kernels include this one.)
+// to two fp32 vectors per Vectorized<scalar_t>, fp32/fp64 pass through. Every CPU kernel that
+// widens uses this one.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>

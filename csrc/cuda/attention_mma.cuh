@@ -12,18 +12,10 @@
 // mask of every backend) scales or zeroes P before the P V product; the sums l stay undropped.
 #pragma once
 
-#ifdef FASTGEN_CUDA_EMU
-#include "emu/cuda_emu.h"  // __half, __nv_bfloat16 and nvcuda::wmma of the CPU execution model
-#else
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <mma.h>
-#endif
-
 #include <cstdint>
 
 #include "common/philox.h"
-#include "cuda/launch.h"
+#include "cuda/kernel.h"  // __half, __nv_bfloat16 and nvcuda::wmma (CUDA's, or the CPU execution model's)
 
 namespace fastgen {
 namespace mma_attention {

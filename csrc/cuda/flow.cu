@@ -1,4 +1,6 @@
-// CUDA kernels for the normalizing-flow ops (math in csrc/common/flow.h).
+// CUDA launchers for the normalizing-flow ops: affine coupling, actnorm, flow_nll (kernels in
+// csrc/cuda/flow.cuh, math in csrc/common/flow.h) and invertible_conv1x1 (ATen ops only,
+// csrc/common/invconv_host.h).
 // Per-sample reductions: grid x = sample, y = chunk of its elements; each block writes one
 // partial and the partials are summed per sample afterwards in a fixed order (deterministic,
 // no atomics).
@@ -10,74 +12,19 @@
 #include <algorithm>
 #include <optional>
 
+#include "common/dispatch.h"
 #include "common/flow_host.h"
 #include "common/invconv_host.h"
 #include "cuda/device_guard.h"
 #include "cuda/launch.h"
+#include "cuda/flow.cuh"
 #include "cuda/reduce.cuh"
+#include "cuda/row_launch.h"
 
 namespace fastgen {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <typename T>
-__device__ __forceinline__ T block_sum(T v) {
-  return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
-}
-
-// grid (sample, chunk): csrc/cuda/reduce.cuh
-struct Launch : reduce::RowTiling {
-  explicit Launch(const at::Tensor& t) : reduce::RowTiling(t.size(0), t.numel()) {
-    TORCH_CHECK_VALUE(fits(), "fastgen: batch size ", rows, " exceeds 2^31-1");
-  }
-};
-
 // -- affine coupling ----------------------------------------------------------------------------
-
-template <int FN, bool INVERSE, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-coupling_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ t,
-                        const scalar_t* __restrict__ r, scalar_t* __restrict__ y,
-                        acc_t* __restrict__ partial, int64_t cols, int64_t chunk, acc_t clamp) {
-  const int64_t row = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(cols, start + chunk);
-  const int64_t base = row * cols;
-  const CouplingParams<acc_t> p(clamp);
-  acc_t acc = 0;
-  for (int64_t i = base + start + threadIdx.x; i < base + end; i += kThreads) {
-    acc_t ls;
-    y[i] = static_cast<scalar_t>(coupling_forward<FN, INVERSE, acc_t>(
-        static_cast<acc_t>(x[i]), static_cast<acc_t>(t[i]), static_cast<acc_t>(r[i]), p, &ls));
-    acc += ls;
-  }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) partial[row * gridDim.y + blockIdx.y] = INVERSE ? -acc : acc;
-}
-
-template <int FN, bool INVERSE, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-coupling_backward_kernel(const scalar_t* __restrict__ gy, const acc_t* __restrict__ gl,
-                         const scalar_t* __restrict__ x, const scalar_t* __restrict__ t,
-                         const scalar_t* __restrict__ r, scalar_t* __restrict__ dx,
-                         scalar_t* __restrict__ dr, int64_t cols, int64_t chunk, acc_t clamp) {
-  const int64_t row = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(cols, start + chunk);
-  const int64_t base = row * cols;
-  const CouplingParams<acc_t> p(clamp);
-  const acc_t g = gl[row];
-  for (int64_t i = base + start + threadIdx.x; i < base + end; i += kThreads) {
-    acc_t a, b;
-    // the forward direction never reads shift
-    const acc_t ti = INVERSE ? static_cast<acc_t>(t[i]) : acc_t(0);
-    coupling_backward<FN, INVERSE, acc_t>(static_cast<acc_t>(gy[i]), g, static_cast<acc_t>(x[i]), ti,
-                                          static_cast<acc_t>(r[i]), p, &a, &b);
-    dx[i] = static_cast<scalar_t>(a);
-    dr[i] = static_cast<scalar_t>(b);
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, const at::Tensor& t_in,
                                                         const at::Tensor& r_in, c10::string_view scale_fn,
@@ -86,13 +33,13 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, 
   const int fn = parse_scale_fn(scale_fn);
   const auto guard = device_guard(x_in, "x_b");
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
-  const Launch l(x);
+  const RowLaunch l(x);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto acc_dtype = opmath_dtype(x.scalar_type());
   if (l.rows == 0) return {y, at::empty({0}, x.options().dtype(acc_dtype))};
   auto partial = at::empty({l.rows, l.chunks}, x.options().dtype(acc_dtype));
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "affine_coupling_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_coupling(fn, inverse, [&](auto fn_c, auto inv_c) {
       FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, coupling_forward_kernel<decltype(fn_c)::value, decltype(inv_c)::value, scalar_t, acc_t>)(
@@ -109,19 +56,17 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, 
 std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(
     const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& t_in,
     const at::Tensor& r_in, c10::string_view scale_fn, double clamp, bool inverse) {
-  check_coupling(x_in, t_in, r_in, clamp);
-  check_same_float_tensor(x_in, "x_b", gy_in, "grad_y");
-  check_per_sample(x_in, "x_b", gl_in, "grad_logdet");
+  check_coupling_backward(gy_in, gl_in, x_in, t_in, r_in, clamp);
   const int fn = parse_scale_fn(scale_fn);
   const auto guard = device_guard(x_in, "x_b");
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const auto gy = gy_in.contiguous();
-  const Launch l(x);
+  const RowLaunch l(x);
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto dr = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (l.rows == 0 || l.cols == 0) return {dx, dr};
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "affine_coupling_backward_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "affine_coupling_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto gl = gl_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     dispatch_coupling(fn, inverse, [&](auto fn_c, auto inv_c) {
@@ -140,42 +85,6 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(
 // x = channel, y = chunk of that channel's N * S elements, one partial per block, added over
 // chunks in a fixed order. (For (N, D) input, S = 1, a channel's elements are strided by C.)
 
-template <bool INVERSE, bool BACKWARD, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-actnorm_elementwise_kernel(const scalar_t* __restrict__ in, const acc_t* __restrict__ loc,
-                           const acc_t* __restrict__ scale, scalar_t* __restrict__ out, int64_t numel,
-                           int64_t c, int64_t s) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t ch = (i / s) % c;
-    const acc_t v = static_cast<acc_t>(in[i]);
-    out[i] = static_cast<scalar_t>(BACKWARD ? v * scale[ch] : actnorm_forward<INVERSE>(v, loc[ch], scale[ch]));
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-actnorm_channel_sums_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                            acc_t* __restrict__ part_g, acc_t* __restrict__ part_gx, int64_t c, int64_t s,
-                            int64_t per_channel, int64_t chunk) {
-  const int64_t ch = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(per_channel, start + chunk);
-  acc_t ag = 0, agx = 0;
-  for (int64_t k = start + threadIdx.x; k < end; k += kThreads) {
-    const int64_t i = ((k / s) * c + ch) * s + k % s;  // k = n * S + spatial
-    const acc_t gv = static_cast<acc_t>(g[i]);
-    ag += gv;
-    agx += gv * static_cast<acc_t>(x[i]);
-  }
-  ag = block_sum(ag);
-  agx = block_sum(agx);  // (block_sum begins with a barrier: no other needed between the two)
-  if (threadIdx.x == 0) {
-    part_g[blockIdx.y * c + ch] = ag;
-    part_gx[blockIdx.y * c + ch] = agx;
-  }
-}
-
 unsigned elementwise_blocks(int64_t numel) {
   return static_cast<unsigned>(std::min<int64_t>((numel + kThreads - 1) / kThreads, 65535LL * 8));
 }
@@ -191,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> actnorm_cuda(const at::Tensor& x_in, const at
   if (x.numel() == 0) return {y, logdet};
   const auto [scale, loc] = actnorm_channel_params(loc_in, ls_in, inverse);
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "actnorm_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto launch = [&](auto inv_c) {
       FASTGEN_LAUNCH(elementwise_blocks(x.numel()), kThreads, 0, stream, actnorm_elementwise_kernel<decltype(inv_c)::value, false, scalar_t, acc_t>)(
@@ -208,9 +117,7 @@ std::tuple<at::Tensor, at::Tensor> actnorm_cuda(const at::Tensor& x_in, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
     const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& loc_in,
     const at::Tensor& ls_in, bool inverse) {
-  check_actnorm(x_in, loc_in, ls_in);
-  check_same_float_tensor(x_in, "x", gy_in, "grad_y");
-  check_per_sample(x_in, "x", gl_in, "grad_logdet");
+  check_actnorm_backward(gy_in, gl_in, x_in, loc_in, ls_in);
   const auto guard = device_guard(x_in, "x");
   const ActnormShape sh(x_in);
   const auto x = x_in.contiguous(), gy = gy_in.contiguous();
@@ -229,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
     auto part_g = at::empty({chunks, sh.c}, x.options().dtype(math_t));
     auto part_gx = at::empty({chunks, sh.c}, x.options().dtype(math_t));
     auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "actnorm_backward_cuda", [&] {
+    FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "actnorm_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       FASTGEN_LAUNCH(elementwise_blocks(x.numel()), kThreads, 0, stream, actnorm_elementwise_kernel<false, true, scalar_t, acc_t>)(
               gy.const_data_ptr<scalar_t>(), scale.const_data_ptr<acc_t>(), scale.const_data_ptr<acc_t>(),
@@ -249,43 +156,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
 
 // -- flow NLL -----------------------------------------------------------------------------------
 
-template <int PRIOR, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-prior_terms_kernel(const scalar_t* __restrict__ z, acc_t* __restrict__ partial, int64_t cols, int64_t chunk) {
-  const int64_t row = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(cols, start + chunk);
-  const int64_t base = row * cols;
-  const PriorConsts<acc_t> k(acc_t(0));
-  acc_t acc = 0;
-  for (int64_t i = base + start + threadIdx.x; i < base + end; i += kThreads)
-    acc += prior_term<PRIOR, acc_t>(static_cast<acc_t>(z[i]), k);
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) partial[row * gridDim.y + blockIdx.y] = acc;
-}
-
-template <int PRIOR, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-prior_grad_kernel(const acc_t* __restrict__ g, const scalar_t* __restrict__ z, scalar_t* __restrict__ dz,
-                  int64_t cols, int64_t chunk) {
-  const int64_t row = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(cols, start + chunk);
-  const int64_t base = row * cols;
-  const PriorConsts<acc_t> k(acc_t(0));
-  const acc_t gr = g[row];
-  for (int64_t i = base + start + threadIdx.x; i < base + end; i += kThreads)
-    dz[i] = static_cast<scalar_t>(gr * prior_term_grad<PRIOR, acc_t>(static_cast<acc_t>(z[i]), k));
-}
-
 at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::string_view prior_name,
                          std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins);
-  check_per_sample(z_in, "z", logdet, "logdet");
+  check_flow_nll(z_in, n_bins, logdet, "logdet");
   const int prior = parse_prior(prior_name);
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
-  const Launch l(z);
+  const RowLaunch l(z);
   const auto acc_dtype = opmath_dtype(z.scalar_type());
   at::Tensor terms;
   if (l.rows == 0 || l.cols == 0) {
@@ -293,7 +170,7 @@ at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::
   } else {
     auto partial = at::empty({l.rows, l.chunks}, z.options().dtype(acc_dtype));
     auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_cuda", [&] {
+    FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "flow_nll_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       dispatch_prior(prior, [&](auto prior_c) {
         FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, prior_terms_kernel<decltype(prior_c)::value, scalar_t, acc_t>)(
@@ -308,18 +185,17 @@ at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::
 
 at::Tensor flow_nll_backward_cuda(const at::Tensor& g_in, const at::Tensor& z_in, c10::string_view prior_name,
                                   std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins);
-  check_per_sample(z_in, "z", g_in, "grad_nll");
+  check_flow_nll(z_in, n_bins, g_in, "grad_nll");
   const int prior = parse_prior(prior_name);
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
-  const Launch l(z);
+  const RowLaunch l(z);
   auto dz = at::empty_like(z, at::MemoryFormat::Contiguous);
   if (l.rows == 0 || l.cols == 0) return dz;
   const auto acc_dtype = opmath_dtype(z.scalar_type());
   const auto g = (g_in.to(acc_dtype) * nll_grad_scale(dims_per_sample(z), n_bins)).contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "flow_nll_backward_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(z.scalar_type(), "flow_nll_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_prior(prior, [&](auto prior_c) {
       FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, prior_grad_kernel<decltype(prior_c)::value, scalar_t, acc_t>)(

@@ -1,4 +1,6 @@
-// CUDA kernels for the GAN / SimCLR family (math in csrc/common/gan.h).
+// CUDA launchers for the GAN / SimCLR family: bias_act, group_norm_silu and info_nce_loss
+// (kernels in csrc/cuda/gan.cuh, math in csrc/common/gan.h, the info_nce driver in
+// csrc/common/info_nce.h).
 //
 // bias_act views x as (outer, C, inner), C = x.shape[dim]. The forward is a grid-stride
 // elementwise kernel. The backward's grid is (channel tiles, row blocks): each block writes its
@@ -14,97 +16,17 @@
 #include <optional>
 
 #include "common/checks.h"
+#include "common/dispatch.h"
 #include "common/gan.h"
 #include "common/gan_host.h"
 #include "common/info_nce.h"
 #include "cuda/device_guard.h"
 #include "cuda/launch.h"
+#include "cuda/gan.cuh"
 #include "cuda/reduce.cuh"
 
 namespace fastgen {
 namespace {
-
-constexpr int kThreads = 256;
-
-template <typename F>
-void dispatch_act(c10::string_view act, F&& f) {
-  if (act == "leaky_relu") return f(std::integral_constant<Act, Act::kLeakyRelu>());
-  if (act == "relu") return f(std::integral_constant<Act, Act::kRelu>());
-  if (act == "silu") return f(std::integral_constant<Act, Act::kSilu>());
-  if (act == "gelu") return f(std::integral_constant<Act, Act::kGelu>());
-  TORCH_CHECK_VALUE(false, "fastgen: act must be one of leaky_relu, relu, silu, gelu, got '",
-                    std::string(act), "'");
-}
-
-// Sum of v over the block; the result is valid in thread 0.
-template <typename T>
-__device__ __forceinline__ T block_sum(T v) {
-  return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
-}
-
-struct ChannelView {
-  int64_t outer, channels, inner;
-  ChannelView(const at::Tensor& x, int64_t dim) {
-    dim = dim < 0 ? dim + x.dim() : dim;
-    channels = x.size(dim);
-    inner = 1;
-    for (int64_t i = dim + 1; i < x.dim(); ++i) inner *= x.size(i);
-    outer = channels * inner == 0 ? 0 : x.numel() / (channels * inner);
-  }
-};
-
-template <Act A, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-bias_act_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias,
-                        scalar_t* __restrict__ out, int64_t numel, int64_t channels, int64_t inner,
-                        acc_t alpha, acc_t gain) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(gridDim.x) * kThreads) {
-    acc_t y = static_cast<acc_t>(x[i]);
-    if (bias != nullptr) y += static_cast<acc_t>(bias[(i / inner) % channels]);
-    out[i] = static_cast<scalar_t>(act_forward<A>(y, alpha) * gain);
-  }
-}
-
-// kPlanes (inner > 1): block (c, row block) walks its rows' `inner`-long planes of channel c.
-// Otherwise (inner == 1): thread t of block (tile, row block) owns channel tile*kThreads + t
-// and walks the rows, so neighbouring threads read neighbouring channels.
-template <Act A, bool kPlanes, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-bias_act_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                         const scalar_t* __restrict__ bias, scalar_t* __restrict__ dx,
-                         acc_t* __restrict__ partial, int64_t outer, int64_t channels, int64_t inner,
-                         int64_t rows_per_block, acc_t alpha, acc_t gain) {
-  const int64_t r0 = blockIdx.y * rows_per_block;
-  const int64_t r1 = min(outer, r0 + rows_per_block);
-  acc_t acc = 0;
-  if constexpr (kPlanes) {
-    const int64_t c = blockIdx.x;
-    const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t base = (r * channels + c) * inner;
-      for (int64_t j = threadIdx.x; j < inner; j += kThreads) {
-        const acc_t d = static_cast<acc_t>(grad[base + j]) *
-                        act_slope<A>(static_cast<acc_t>(x[base + j]) + b, alpha) * gain;
-        dx[base + j] = static_cast<scalar_t>(d);
-        acc += d;
-      }
-    }
-    acc = block_sum(acc);
-    if (partial != nullptr && threadIdx.x == 0) partial[blockIdx.y * channels + c] = acc;
-  } else {
-    const int64_t c = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
-    if (c >= channels) return;
-    const acc_t b = bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t i = r * channels + c;
-      const acc_t d = static_cast<acc_t>(grad[i]) * act_slope<A>(static_cast<acc_t>(x[i]) + b, alpha) * gain;
-      dx[i] = static_cast<scalar_t>(d);
-      acc += d;
-    }
-    if (partial != nullptr) partial[blockIdx.y * channels + c] = acc;
-  }
-}
 
 at::Tensor bias_act_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in, c10::string_view act,
                          double alpha, double gain, int64_t dim) {
@@ -118,7 +40,7 @@ at::Tensor bias_act_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>
   const ChannelView v(x, dim);
   const int64_t blocks = std::min<int64_t>((x.numel() + kThreads - 1) / kThreads, 65536 * 8);
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "bias_act_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_act(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
@@ -136,8 +58,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
                                                           const std::optional<at::Tensor>& bias_in,
                                                           c10::string_view act, double alpha, double gain,
                                                           int64_t dim) {
-  check_bias_act(x_in, bias_in, dim, alpha, gain);
-  check_same_float_tensor(x_in, "x", grad_in, "grad");
+  check_bias_act_backward(grad_in, x_in, bias_in, dim, alpha, gain);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -156,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
   const auto acc_dtype = opmath_dtype(x.scalar_type());
   auto partial = want_db ? at::empty({grid.y, v.channels}, x.options().dtype(acc_dtype)) : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_backward_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "bias_act_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_act(act, [&](auto tag) {
       constexpr Act A = decltype(tag)::value;
@@ -175,109 +96,11 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
   return {dx, db};
 }
 
-
 // ---- group_norm_silu ---------------------------------------------------------------------------
 // One block per (sample, group); the group's m = Cg * HW elements are contiguous. Forward: mean,
 // centred variance (two passes, the second mostly from L2), output. Backward: per channel of
 // the group, block sums of gy and gy * (x - mean) (written out for dweight / dbias, which are
 // reduced over the batch afterwards), then dx.
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t broadcast_from_thread0(acc_t v) {
-  __shared__ acc_t slot;
-  if (threadIdx.x == 0) slot = v;
-  __syncthreads();
-  v = slot;
-  __syncthreads();
-  return v;
-}
-
-template <bool kAct, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-group_norm_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-                          const scalar_t* __restrict__ b, scalar_t* __restrict__ y, acc_t* __restrict__ mean,
-                          acc_t* __restrict__ rstd, int64_t groups, int64_t cg, int64_t hw, acc_t eps) {
-  const int64_t t = blockIdx.x;
-  const int64_t g = t % groups;
-  const int64_t m = cg * hw;
-  const scalar_t* xs = x + t * m;
-  acc_t s = 0;
-  for (int64_t i = threadIdx.x; i < m; i += kThreads) s += static_cast<acc_t>(xs[i]);
-  const acc_t mu = broadcast_from_thread0(block_sum(s) / static_cast<acc_t>(m));
-  s = 0;
-  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
-    const acc_t d = static_cast<acc_t>(xs[i]) - mu;
-    s += d * d;
-  }
-  const acc_t rs = broadcast_from_thread0(acc_t(1) / ::sqrt(block_sum(s) / static_cast<acc_t>(m) + eps));
-  if (threadIdx.x == 0) {
-    mean[t] = mu;
-    rstd[t] = rs;
-  }
-  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
-    const int64_t c = g * cg + i / hw;
-    const acc_t scale = rs * (w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1));
-    const acc_t shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
-    acc_t o = static_cast<acc_t>(xs[i]) * scale + shift;
-    if constexpr (kAct) o = act_forward<Act::kSilu>(o, acc_t(0));
-    y[t * m + i] = static_cast<scalar_t>(o);
-  }
-}
-
-template <bool kAct, typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t group_norm_gy(scalar_t g, acc_t y) {
-  acc_t gy = static_cast<acc_t>(g);
-  if constexpr (kAct) gy *= act_slope<Act::kSilu>(y, acc_t(0));
-  return gy;
-}
-
-template <bool kAct, typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-group_norm_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                           const scalar_t* __restrict__ w, const scalar_t* __restrict__ b,
-                           const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd,
-                           scalar_t* __restrict__ dx, acc_t* __restrict__ sa, acc_t* __restrict__ sb,
-                           int64_t groups, int64_t cg, int64_t hw) {
-  const int64_t t = blockIdx.x;
-  const int64_t g = t % groups;
-  const int64_t m = cg * hw;
-  const scalar_t* xs = x + t * m;
-  const scalar_t* gs = grad + t * m;
-  const acc_t mu = mean[t], rs = rstd[t];
-  acc_t s1 = 0, s2 = 0;  // meaningful in thread 0
-  for (int64_t cl = 0; cl < cg; ++cl) {
-    const int64_t c = g * cg + cl;
-    const acc_t wc = w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1);
-    const acc_t scale = rs * wc, shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
-    acc_t a = 0, bs = 0;
-    for (int64_t i = cl * hw + threadIdx.x; i < (cl + 1) * hw; i += kThreads) {
-      const acc_t xv = static_cast<acc_t>(xs[i]);
-      const acc_t gy = group_norm_gy<kAct, scalar_t, acc_t>(gs[i], xv * scale + shift);
-      a += gy * (xv - mu);
-      bs += gy;
-    }
-    a = block_sum(a);
-    bs = block_sum(bs);
-    if (threadIdx.x == 0) {
-      sa[t * cg + cl] = a;
-      sb[t * cg + cl] = bs;
-      s1 += wc * bs;
-      s2 += wc * rs * a;
-    }
-  }
-  acc_t k1, k2;
-  group_norm_dx_coefs<acc_t>(rs, s1, s2, static_cast<acc_t>(m), &k1, &k2);
-  k1 = broadcast_from_thread0(k1);
-  k2 = broadcast_from_thread0(k2);
-  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
-    const int64_t c = g * cg + i / hw;
-    const acc_t wc = w != nullptr ? static_cast<acc_t>(w[c]) : acc_t(1);
-    const acc_t scale = rs * wc, shift = (b != nullptr ? static_cast<acc_t>(b[c]) : acc_t(0)) - mu * scale;
-    const acc_t xv = static_cast<acc_t>(xs[i]);
-    const acc_t gy = group_norm_gy<kAct, scalar_t, acc_t>(gs[i], xv * scale + shift);
-    dx[t * m + i] = static_cast<scalar_t>(scale * gy + k1 * (xv - mu) + k2);
-  }
-}
 
 const void* opt_ptr(const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
 
@@ -285,8 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
                                                                     const std::optional<at::Tensor>& weight_in,
                                                                     const std::optional<at::Tensor>& bias_in,
                                                                     int64_t num_groups, double eps, bool act) {
-  check_group_norm(x_in, weight_in, bias_in, num_groups);
-  check_group_norm_eps(eps);
+  check_group_norm_forward(x_in, weight_in, bias_in, num_groups, eps);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous();
   const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
@@ -300,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
   if (n == 0 || cg * hw == 0) return {y, mean, rstd};
   TORCH_CHECK_VALUE(n * num_groups <= INT32_MAX, "fastgen: N * num_groups exceeds 2^31-1");
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "group_norm_silu_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto launch = [&](auto act_tag) {
       FASTGEN_LAUNCH(static_cast<unsigned>(n * num_groups), kThreads, 0, stream, group_norm_forward_kernel<decltype(act_tag)::value, scalar_t, acc_t>)(
@@ -319,9 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& x_in, const std::optional<at::Tensor>& weight_in,
     const std::optional<at::Tensor>& bias_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
     int64_t num_groups, bool act) {
-  check_group_norm(x_in, weight_in, bias_in, num_groups);
-  check_same_float_tensor(x_in, "x", grad_in, "grad");
-  check_group_norm_stats(x_in, mean_in, rstd_in, num_groups);
+  check_group_norm_backward(grad_in, x_in, weight_in, bias_in, mean_in, rstd_in, num_groups);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
@@ -336,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
   if (n > 0 && cg * hw > 0) {
     TORCH_CHECK_VALUE(n * num_groups <= INT32_MAX, "fastgen: N * num_groups exceeds 2^31-1");
     auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_backward_cuda", [&] {
+    FASTGEN_DISPATCH_FLOATS(x.scalar_type(), "group_norm_silu_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto launch = [&](auto act_tag) {
         FASTGEN_LAUNCH(static_cast<unsigned>(n * num_groups), kThreads, 0, stream, group_norm_backward_kernel<decltype(act_tag)::value, scalar_t, acc_t>)(
@@ -357,38 +177,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_backward_cuda(
 // ---- info_nce_loss ------------------------------------------------------------------------------
 // Driver: common/info_nce.h (tile GEMMs on cuBLAS). Epilogue: one block per tile row computes
 // the row's max and sum of exp and folds them into the running logsumexp.
-
-template <typename T>
-__device__ __forceinline__ T block_max(T v) {
-  return reduce::block_max<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-info_nce_lse_kernel(const T* __restrict__ s, T* __restrict__ running, int64_t cols) {
-  const T* row = s + blockIdx.x * cols;
-  T mx = -std::numeric_limits<T>::infinity();
-  for (int64_t j = threadIdx.x; j < cols; j += kThreads) mx = max(mx, row[j]);
-  mx = broadcast_from_thread0(block_max(mx));
-  const T hi = max(mx, running[blockIdx.x]);
-  if (hi == -std::numeric_limits<T>::infinity()) return;
-  T sum = 0;
-  for (int64_t j = threadIdx.x; j < cols; j += kThreads) sum += fexp(row[j] - hi);
-  sum = block_sum(sum);
-  if (threadIdx.x == 0) running[blockIdx.x] = hi + ::log(sum + fexp(running[blockIdx.x] - hi));
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-info_nce_weights_kernel(const T* __restrict__ s, const T* __restrict__ lse_rows, const T* __restrict__ lse_cols,
-                        T* __restrict__ p, int64_t cols) {
-  const T l = lse_rows[blockIdx.x];
-  const int64_t base = blockIdx.x * cols;
-  for (int64_t j = threadIdx.x; j < cols; j += kThreads) {
-    const T x = s[base + j];
-    p[base + j] = fexp(x - l) + fexp(x - lse_cols[j]);
-  }
-}
 
 struct CudaInfoNceEpilogue {
   void lse_update(const at::Tensor& s, at::Tensor& running) const {
@@ -429,6 +217,7 @@ std::tuple<at::Tensor, at::Tensor> info_nce_loss_backward_cuda(const at::Tensor&
   return info_nce_backward_tiled(grad_loss, z1, z2, lse, temperature, kInfoNceTile,
                                  CudaInfoNceEpilogue());
 }
+
 }  // namespace
 
 FASTGEN_CUDA_LIBRARY_IMPL(m) {

@@ -11,12 +11,10 @@
 //     buffer of the previous call (same T) is no longer being read. Callers add no barrier.
 //   - the order of the additions is fixed (shuffle tree per warp, then over the warps): the
 //     same inputs give the same bits on every run.
-#ifdef FASTGEN_CUDA_EMU
-#include "emu/cuda_emu.h"
-#endif
-
 #include <cstdint>
 #include <limits>
+
+#include "cuda/kernel.h"
 
 namespace fastgen {
 namespace reduce {

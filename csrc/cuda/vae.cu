@@ -1,4 +1,4 @@
-// CUDA kernels for gaussian_reparam_kl (see csrc/common/vae.h for the math).
+// CUDA launchers for gaussian_reparam_kl (kernels in csrc/cuda/vae.cuh, math in csrc/common/vae.h).
 // Grid: x = sample, y = chunk of that sample's elements. Each block writes one partial KL sum;
 // partials are summed per sample afterwards in a fixed order (deterministic, no atomics).
 #include <ATen/ATen.h>
@@ -7,83 +7,30 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/dispatch.h"
 #include "common/vae.h"
+#include "common/vae_host.h"
 #include "cuda/device_guard.h"
 #include "cuda/launch.h"
+#include "cuda/vae.cuh"
 #include "cuda/reduce.cuh"
+#include "cuda/row_launch.h"
 
 namespace fastgen {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <typename T>
-__device__ __forceinline__ T block_sum(T v) {
-  return reduce::block_sum<kThreads>(v);  // csrc/cuda/reduce.cuh: the contract
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-reparam_kl_forward_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
-                          const scalar_t* __restrict__ eps, scalar_t* __restrict__ z,
-                          acc_t* __restrict__ partial, int64_t cols, int64_t chunk) {
-  const int64_t row = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(cols, start + chunk);
-  const int64_t base = row * cols;
-  acc_t acc = 0;
-  for (int64_t i = base + start + threadIdx.x; i < base + end; i += kThreads) {
-    acc_t term;
-    z[i] = static_cast<scalar_t>(reparam_kl_forward<acc_t>(
-        static_cast<acc_t>(mu[i]), static_cast<acc_t>(lv[i]), static_cast<acc_t>(eps[i]), &term));
-    acc += term;
-  }
-  acc = block_sum(acc);
-  if (threadIdx.x == 0) partial[row * gridDim.y + blockIdx.y] = acc_t(-0.5) * acc;
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-reparam_kl_backward_kernel(const scalar_t* __restrict__ gz, const acc_t* __restrict__ gkl,
-                           const scalar_t* __restrict__ mu, const scalar_t* __restrict__ lv,
-                           const scalar_t* __restrict__ eps, scalar_t* __restrict__ dmu,
-                           scalar_t* __restrict__ dlv, int64_t cols, int64_t chunk) {
-  const int64_t row = blockIdx.x;
-  const int64_t start = blockIdx.y * chunk;
-  const int64_t end = min(cols, start + chunk);
-  const int64_t base = row * cols;
-  const acc_t g = gkl[row];
-  for (int64_t i = base + start + threadIdx.x; i < base + end; i += kThreads) {
-    acc_t a, b;
-    reparam_kl_backward<acc_t>(static_cast<acc_t>(gz[i]), g, static_cast<acc_t>(mu[i]),
-                               static_cast<acc_t>(lv[i]), static_cast<acc_t>(eps[i]), &a, &b);
-    dmu[i] = static_cast<scalar_t>(a);
-    dlv[i] = static_cast<scalar_t>(b);
-  }
-}
-
-// grid (sample, chunk): csrc/cuda/reduce.cuh
-struct Launch : reduce::RowTiling {
-  explicit Launch(const at::Tensor& t) : reduce::RowTiling(t.size(0), t.numel()) {
-    TORCH_CHECK_VALUE(fits(), "fastgen: batch size ", rows, " exceeds 2^31-1");
-  }
-};
-
 std::tuple<at::Tensor, at::Tensor> reparam_kl_cuda(const at::Tensor& mu_in, const at::Tensor& lv_in,
                                                    const at::Tensor& eps_in) {
-  TORCH_CHECK_VALUE(mu_in.dim() >= 1, "fastgen: mu must have a leading batch dim");
-  check_same_float_tensor(mu_in, "mu", lv_in, "logvar");
-  check_same_float_tensor(mu_in, "mu", eps_in, "eps");
+  check_reparam_kl(mu_in, lv_in, eps_in);
   const auto guard = device_guard(mu_in, "mu");
   const auto mu = mu_in.contiguous(), lv = lv_in.contiguous(), eps = eps_in.contiguous();
-  const Launch l(mu);
-  TORCH_CHECK_VALUE(l.rows <= INT32_MAX, "fastgen: batch size ", l.rows, " exceeds 2^31-1");
+  const RowLaunch l(mu);
   auto z = at::empty_like(mu, at::MemoryFormat::Contiguous);
   const auto acc_dtype = opmath_dtype(mu.scalar_type());
   if (l.rows == 0) return {z, at::empty({0}, mu.options().dtype(acc_dtype))};
   auto partial = at::empty({l.rows, l.chunks}, mu.options().dtype(acc_dtype));
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparam_kl_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(mu.scalar_type(), "reparam_kl_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, reparam_kl_forward_kernel<scalar_t, acc_t>)(
         mu.const_data_ptr<scalar_t>(), lv.const_data_ptr<scalar_t>(), eps.const_data_ptr<scalar_t>(),
@@ -99,23 +46,16 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_backward_cuda(const at::Tensor& gz
                                                             const at::Tensor& mu_in,
                                                             const at::Tensor& lv_in,
                                                             const at::Tensor& eps_in) {
-  TORCH_CHECK_VALUE(mu_in.dim() >= 1, "fastgen: mu must have a leading batch dim");
-  check_same_float_tensor(mu_in, "mu", lv_in, "logvar");
-  check_same_float_tensor(mu_in, "mu", eps_in, "eps");
-  check_same_float_tensor(mu_in, "mu", gz_in, "grad_z");
-  TORCH_CHECK_VALUE(gkl_in.dim() == 1 && gkl_in.size(0) == mu_in.size(0),
-                    "fastgen: grad_kl must have shape [", mu_in.size(0), "], got ", gkl_in.sizes());
-  check_same_device(mu_in, "mu", gkl_in, "grad_kl");
+  check_reparam_kl_backward(gz_in, gkl_in, mu_in, lv_in, eps_in);
   const auto guard = device_guard(mu_in, "mu");
   const auto mu = mu_in.contiguous(), lv = lv_in.contiguous(), eps = eps_in.contiguous();
   const auto gz = gz_in.contiguous();
-  const Launch l(mu);
-  TORCH_CHECK_VALUE(l.rows <= INT32_MAX, "fastgen: batch size ", l.rows, " exceeds 2^31-1");
+  const RowLaunch l(mu);
   auto dmu = at::empty_like(mu, at::MemoryFormat::Contiguous);
   auto dlv = at::empty_like(mu, at::MemoryFormat::Contiguous);
   if (l.rows == 0) return {dmu, dlv};
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparam_kl_backward_cuda", [&] {
+  FASTGEN_DISPATCH_FLOATS(mu.scalar_type(), "reparam_kl_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto gkl = gkl_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     FASTGEN_LAUNCH(l.grid(), kThreads, 0, stream, reparam_kl_backward_kernel<scalar_t, acc_t>)(
