@@ -52,6 +52,22 @@ def test_flash_attention_nan_in_q_propagates(device_backend):
     _same_with_nan(lse.cpu(), lse_ref.cpu(), backend, "lse")
 
 
+def test_flash_attention_row_of_minus_inf_scores(device_backend):
+    """q = -inf against positive keys: every score of that row is -inf. The reference gives out 0
+    and lse -inf (no key has any weight); so must every kernel (the CUDA FMA kernel gave NaN from
+    exp(-inf - -inf))."""
+    device, backend = device_backend
+    require_backend("flash_attention", device, backend)
+    q, k, v = (t.to(device) for t in _qkv())
+    k = k.abs() + 0.5
+    q[0, 1, 2] = -INF
+    out, lse = fastgen.ops.flash_attention(q, k, v, backend=backend)
+    out_ref, lse_ref = reference.flash_attention(q, k, v)
+    assert bool((lse_ref[0, 1, 2] == -INF).all()) and bool((out_ref[0, 1, 2] == 0).all())
+    _same_with_nan(out.cpu(), out_ref.cpu(), backend, "out")
+    _same_with_nan(lse.cpu(), lse_ref.cpu(), backend, "lse")
+
+
 @pytest.mark.parametrize("scale", [INF, NAN, 0.0, -1.0])
 def test_flash_attention_rejects_bad_scale(device_backend, scale):
     device, backend = device_backend

@@ -83,7 +83,10 @@ __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k
     load_row(kb + j * g.skn, g.d, kr);
     const A s = dot(qr, kr) * scale;
     const A m_new = s > m ? s : m;
-    const A alpha = exp(m - m_new), p = exp(s - m_new);
+    // a row whose scores so far are all -inf (infinite inputs) stays at l = 0: exp(-inf - -inf)
+    // would be NaN; out 0 and lse -inf, as the reference and the tensor-core kernel give
+    const A base = m_new == -INFINITY ? A(0) : m_new;
+    const A alpha = exp(m - base), p = exp(s - base);
     const A p_kept = drop.seed == nullptr ? p : p * static_cast<A>(drop.mult(seed_value, row, g.lk, j));
     load_row(vb + j * g.svn, g.d, vr);
 #pragma unroll
