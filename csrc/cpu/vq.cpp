@@ -23,6 +23,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/dispatch.h"
 #include "common/vq.h"
 #include "cpu/vq_search.h"
 
@@ -659,9 +660,6 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_exact_cpu(const at::Tensor& z_in, 
 namespace {
 
 // -- vq_quantize ---------------------------------------------------------------------------------
-
-#define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 constexpr int64_t kRowGrain = 64;
 

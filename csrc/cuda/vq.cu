@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/dispatch.h"
 #include "common/vq.h"
 #include "common/vq_bound.h"
 #include "cuda/device_guard.h"
@@ -126,9 +127,6 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest_cuda(const at::Tensor& z, const at
 }
 
 // -- vq_quantize -------------------------------------------------------------------------------
-
-#define FASTGEN_DISPATCH_FLOATS(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 inline unsigned blocks_for(int64_t n, int64_t per_block) {
   return static_cast<unsigned>(std::min<int64_t>((n + per_block - 1) / per_block, int64_t(1) << 30));
