@@ -55,7 +55,10 @@ def _cuda_function_bodies():
         # (FASTGEN_CUDA_LIBRARY_IMPL: csrc/cuda/launch.h's spelling, the CUDA key in the CUDA build)
         for block in re.findall(r"(?:TORCH_LIBRARY_IMPL\(fastgen, CUDA, m\)|FASTGEN_CUDA_LIBRARY_IMPL\(m\)) \{(.*?)\n\}",
                                 src, re.S):
-            registered += re.findall(r'm\.impl\("(\w+)", &(\w+)\)', block)
+            # `&fn`, or `&family::entry<impl>`: a shared host entry point (csrc/common/<family>_host.h)
+            # that hands the call to this file's `impl`, which is then the function to check
+            registered += [(op, impl or fn) for op, fn, impl in
+                           re.findall(r'm\.impl\("(\w+)", &(?:\w+::)?(\w+)(?:<(\w+)>)?\)', block)]
     return bodies, registered
 
 
