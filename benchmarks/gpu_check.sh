@@ -10,15 +10,19 @@
 #
 # Steps, in this order, each under its own `timeout` (seconds; the env var overrides it):
 #   info          nvidia-smi, python / torch / triton / nvcc / ninja versions    GPU_CHECK_INFO_S=30
-#   test_triton   pytest -m gpu -k triton: the Triton backend's GPU tests; no build needed (a
-#                 FASTGEN_SKIP_EXT=1 editable install first if fastgen does not import yet)
-#                                                                             GPU_CHECK_TRITON_TESTS_S=150
 #   build         TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 pip install -e . --no-build-isolation
 #                 --no-deps, then checks fastgen._C has its CUDA kernels     GPU_CHECK_BUILD_S=150
+#   test_triton   pytest -m gpu -k triton: the Triton backend's GPU tests (a FASTGEN_SKIP_EXT=1
+#                 editable install first if the build failed and fastgen does not import)
+#                                                                             GPU_CHECK_TRITON_TESTS_S=200
 #   test_cuda     pytest -m gpu -k "not triton": the CUDA C++ backend and the other GPU tests
-#                 (cuda-reference, default backend); skipped if build failed GPU_CHECK_CUDA_TESTS_S=120
+#                 (cuda-reference, default backend), AT THE SAME TIME as test_triton (two pytest
+#                 runs of GPU_CHECK_TEST_WORKERS workers each); skipped if build failed
+#                                                                             GPU_CHECK_CUDA_TESTS_S=200
 #   bench_quick .. bench_gpt_sampling  the headline benchmarks (`fastgen bench --quick --device
 #                 cuda` first), one at a time, each at most                   GPU_CHECK_BENCH_S=150
+# (The first H200 run, 2026-12-04, ran the tests one after the other with 150 + 120 s: neither
+# finished, and the benchmarks after bench_quick got no time.)
 # All steps share one deadline, GPU_CHECK_TOTAL_S=540 from the start: a step gets the smaller of
 # its budget and what is left, and one that would get under GPU_CHECK_MIN_S=10 is skipped ("no
 # time left"), so the benchmarks get whatever the tests and the build leave and the command ends
@@ -226,8 +230,8 @@ else
   OUT="${OUT:-benchmarks/results/gpu-$STAMP}"
   DEV=cuda
   unset TRITON_INTERPRET
-  T_TOTAL="${GPU_CHECK_TOTAL_S:-540}" T_INFO="${GPU_CHECK_INFO_S:-30}" T_TRITON="${GPU_CHECK_TRITON_TESTS_S:-150}"
-  T_BUILD="${GPU_CHECK_BUILD_S:-150}" T_CUDA="${GPU_CHECK_CUDA_TESTS_S:-120}" T_BENCH="${GPU_CHECK_BENCH_S:-150}"
+  T_TOTAL="${GPU_CHECK_TOTAL_S:-540}" T_INFO="${GPU_CHECK_INFO_S:-30}" T_TRITON="${GPU_CHECK_TRITON_TESTS_S:-200}"
+  T_BUILD="${GPU_CHECK_BUILD_S:-150}" T_CUDA="${GPU_CHECK_CUDA_TESTS_S:-200}" T_BENCH="${GPU_CHECK_BENCH_S:-150}"
   T_MIN="${GPU_CHECK_MIN_S:-10}" BENCH_JOBS="${GPU_CHECK_BENCH_JOBS:-1}"
 fi
 mkdir -p "$OUT" || exit 2
@@ -279,24 +283,26 @@ run_step() {  # run_step NAME BUDGET [SKIP_REASON]: run step_NAME under timeout,
   record "$idx" "$name" "$status" "$secs" "$budget" "$note"
 }
 
-bench_step() {  # like run_step, BENCH_JOBS at a time (the dry run overlaps CPU benchmarks)
-  if [ "$BENCH_JOBS" -le 1 ]; then run_step "$@"; return; fi
-  while [ "$(jobs -rp | wc -l)" -ge "$BENCH_JOBS" ]; do wait -n; done
+parallel_step() {  # parallel_step JOBS NAME BUDGET [SKIP]: run_step with at most JOBS running
+  local jobs_max=$1; shift
+  if [ "$jobs_max" -le 1 ]; then run_step "$@"; return; fi
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n; done
   NSTEP=$((NSTEP + 1)); local idx=$NSTEP
   ( NSTEP=$((idx - 1)); run_step "$@" ) &
 }
 
 echo "gpu_check.sh$([ "$DRY" = 1 ] && echo " --dry-run"): OUT=$OUT, total budget ${T_TOTAL}s"
 run_step info "$T_INFO"
-run_step test_triton "$T_TRITON"
 run_step build "$T_BUILD"
+parallel_step 2 test_triton "$T_TRITON"
 case "$(step_status build)" in
-  ok|skipped) run_step test_cuda "$T_CUDA" ;;
-  *) run_step test_cuda "$T_CUDA" "build $(step_status build)" ;;
+  ok|skipped) parallel_step 2 test_cuda "$T_CUDA" ;;
+  *) parallel_step 2 test_cuda "$T_CUDA" "build $(step_status build)" ;;
 esac
+wait  # both test runs end before the benchmarks time anything
 for b in bench_quick bench_gaussian_reparam_kl bench_vq_nearest bench_vq_nearest_bf16 bench_vq \
          bench_attention_fp16 bench_attention_bf16 glow_step glow_step_32 bench_gpt_sampling; do
-  bench_step "$b" "$T_BENCH"
+  parallel_step "$BENCH_JOBS" "$b" "$T_BENCH"
 done
 wait
 echo "steps done in $(($(date +%s) - T0))s"

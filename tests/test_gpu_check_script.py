@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
-STEPS = ["info", "test_triton", "build", "test_cuda", "bench_quick", "bench_gaussian_reparam_kl",
+STEPS = ["info", "build", "test_triton", "test_cuda", "bench_quick", "bench_gaussian_reparam_kl",
          "bench_vq_nearest", "bench_vq_nearest_bf16", "bench_vq", "bench_attention_fp16",
          "bench_attention_bf16", "glow_step", "glow_step_32", "bench_gpt_sampling"]
 

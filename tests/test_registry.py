@@ -9,6 +9,7 @@ import torch
 
 import fastgen
 from fastgen import _ext
+from fastgen.kernels import _compat as _triton
 from fastgen.ops import REGISTRY
 
 from conftest import require_cuda_build
@@ -224,3 +225,46 @@ def test_eager_call_keeps_the_graph_for_parameters_only():
     torch.testing.assert_close(bias.grad, expected)
     with torch.no_grad():
         assert not fastgen.ops.bias_act(x, bias, backend="cpu").requires_grad
+
+
+# An install without the native extension (FASTGEN_SKIP_EXT=1, or a failed build) still runs
+# the Triton kernels, with the Python checks. Found on an H200: ops whose C++ kernels check their
+# own arguments (native_checks) looked the missing C++ op up on their first Triton call and failed
+# with AttributeError, then KeyError, on every later call.
+_WITHOUT_NATIVE = r"""
+import sys
+sys.modules["fastgen._C"] = None  # the import fails, as in an install without the extension
+sys.path.insert(0, "tests")
+import torch
+import fastgen
+from fastgen import _ext
+from fastgen.ops import REGISTRY
+from op_samples import SAMPLES
+assert _ext.NATIVE is None
+names = [n for n, op in sorted(REGISTRY.items()) if op.native_checks and op.triton is not None]
+assert len(names) >= 10, names
+for name in names:
+    op, s = REGISTRY[name], SAMPLES[name]("cpu", 3)
+    for _ in range(2):  # the first call selects the kernel, the second reuses it
+        got = op.op(*s.args, backend="triton")
+    want = op.op(*s.args, backend="reference")
+    for g, w in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, want))):
+        if isinstance(w, torch.Tensor):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=name)
+    bad = list(s.args)
+    first = next(i for i, a in enumerate(bad) if isinstance(a, torch.Tensor) and a.is_floating_point())
+    bad[first] = bad[first].to(torch.int32)
+    try:
+        op.op(*bad, backend="triton")
+    except TypeError as e:
+        assert str(e).startswith("fastgen"), (name, e)
+    else:
+        raise AssertionError(name + ": an int32 argument was accepted")
+print(len(names), "ops")
+"""
+
+
+@pytest.mark.skipif(bool(_triton.TRITON_ERROR), reason=f"Triton: {_triton.TRITON_ERROR}")
+def test_triton_backend_runs_without_the_native_extension():
+    r = _run_python(_WITHOUT_NATIVE, TRITON_INTERPRET="1")
+    assert r.returncode == 0, r.stderr[-3000:]

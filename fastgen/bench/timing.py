@@ -9,9 +9,14 @@ median and an interquartile range (IQR). This is `blocked_autorange`'s method (b
 calls, median of blocks), interleaved across providers; `blocked_autorange` itself times one
 statement to completion before the next, so a burst of load lands on whichever ran then.
 
-GPU: `triton.testing.do_bench` (quantiles 25/50/75 over its repeats) for ops above
-CUDAGRAPH_BELOW_MS, and `do_bench_cudagraph` for the microsecond-scale step ops, whose launch
-overhead would otherwise be what is measured. Providers are again visited round-robin.
+GPU: one method for every provider of a group. `do_bench_cudagraph` (CUDA graph replay: device
+time, no launch overhead) when any provider's first estimate is under CUDAGRAPH_BELOW_MS, else
+`triton.testing.do_bench` (quantiles 25/50/75 over its repeats). Deciding per provider made the
+first H200 table compare graph-replayed rows with host-bound ones: eager ddim_step at 4x4x64x64
+"took" 334 us (its Python and five launches, timed by do_bench) against 1.6 us for torch.compile
+(replayed), and a slow Python wrapper hid the same way. A provider that cannot be captured (a
+host sync) falls back to do_bench, and its timer says so. Providers are again visited
+round-robin.
 """
 import statistics
 import time
@@ -113,12 +118,13 @@ def time_gpu_group(calls, *, rounds=3, testing=None):
     if testing is None:
         import triton.testing as testing
     estimate = {name: testing.do_bench(fn, warmup=5, rep=20, return_mode="median") for name, fn in calls.items()}
+    graphs = min(estimate.values(), default=0.0) < CUDAGRAPH_BELOW_MS  # the whole group, or none of it
     passes = {name: [] for name in calls}
     how = {}
     for _ in range(rounds):
         for name, fn in calls.items():
             q = None
-            if estimate[name] < CUDAGRAPH_BELOW_MS:
+            if graphs:
                 try:
                     q = testing.do_bench_cudagraph(fn, rep=50, quantiles=[0.25, 0.5, 0.75])
                     how[name] = "triton do_bench_cudagraph"

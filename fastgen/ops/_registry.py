@@ -213,8 +213,9 @@ class FusedOp:
         key = self._key(device, backend, tensors)
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = self._kernels[key] = self._select(*key)
+            kernel = self._select(*key)
             self._checked[key] = not (self.native_checks and kernel is self._native_kernel())
+            self._kernels[key] = kernel
         if self._checked[key]:
             self.check(*tensors)
             return kernel(*tensors)
@@ -235,7 +236,11 @@ class FusedOp:
         self.check(*tensors)
 
     def _native_kernel(self):
-        return None if self.native_qualname is None else self._implementation("cpu")
+        """The C++ op (one OpOverload for the cpu and cuda backends); None without one, or where
+        fastgen._C is not loaded (a FASTGEN_SKIP_EXT=1 install: Triton kernels, Python checks)."""
+        if self.native_qualname is None or _ext.NATIVE is None:
+            return None
+        return self._implementation("cpu")
 
     def _key(self, device, backend, tensors):
         """(device, backend), plus a marker when `auto` must skip Triton for these dtypes."""
