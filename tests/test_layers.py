@@ -17,6 +17,9 @@ FORBIDDEN = {
     "fastgen.models": ["fastgen.train", "fastgen.cli", "fastgen.bench"],
     "fastgen.train": ["fastgen.cli"],
     "fastgen.data.base": ["fastgen.data.loaders"],
+    "fastgen.bench.plots": ["fastgen.bench.harness"],
+    "fastgen.bench.compare": ["fastgen.bench.harness"],
+    "fastgen.diffusion._config": ["fastgen.diffusion.schedulers"],
 }
 
 

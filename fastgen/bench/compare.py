@@ -13,6 +13,8 @@ import json
 import math
 import sys
 
+from .rows import unreliable
+
 MIN_CHANGE = 0.03  # below 3% no verdict: medians of separate runs drift by that much on a quiet box
 KEY = ("op", "mode", "shape", "provider", "dtype", "device")
 
@@ -34,14 +36,10 @@ def load(path):
     return rows
 
 
-def _unreliable(r):
-    return bool(r.get("noisy")) or "incoherent" in (r.get("flags") or "")
-
-
 def verdict(old, new, min_change=MIN_CHANGE):
     """(ratio new/old, verdict) for two rows of the same key."""
     ratio = new["time_ms"] / old["time_ms"]
-    if _unreliable(old) or _unreliable(new):
+    if unreliable(old) or unreliable(new):
         return ratio, "noisy"
     o25, o75 = old.get("q25_ms") or old["time_ms"], old.get("q75_ms") or old["time_ms"]
     n25, n75 = new.get("q25_ms") or new["time_ms"], new.get("q75_ms") or new["time_ms"]

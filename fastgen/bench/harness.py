@@ -37,6 +37,7 @@ from fastgen._info import device_name
 from fastgen.kernels import _compat
 
 from . import machine, timing
+from .rows import trusted
 
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -397,11 +398,6 @@ def flag_incoherent(rows, max_ratio=MAX_RATIO):
             if r["time_ms"] > max_ratio * fastest:
                 _add_flag(r, f"incoherent: {r['time_ms'] / fastest:.0f}x the group's fastest (limit {max_ratio:g}x)")
     return rows
-
-
-def trusted(row):
-    """A timed row the table may print a speedup for: ok, not noisy, not incoherent."""
-    return row.get("status") == "ok" and not row.get("noisy") and "incoherent" not in (row.get("flags") or "")
 
 
 def format_table(rows):

@@ -1,6 +1,7 @@
 """Plots of bench rows: one PNG per op (speedup vs eager per provider, error bars from the
 quartiles), and one summary PNG (every op at its headline shape). Noisy or incoherent rows are
 drawn hatched and pale: a reader sees which bars not to believe."""
+from .rows import trusted
 
 
 def _pyplot():
@@ -10,11 +11,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _believable(r):
-    from .harness import trusted
-    return trusted(r)
 
 
 def _errors(rows):
@@ -49,10 +45,10 @@ def plot_op(rows, path):
         bars = ax.bar(xs, values, width, label=provider, yerr=_errors(cells), capsize=2,
                       error_kw={"lw": 0.8})
         for bar, c in zip(bars, cells):
-            if not _believable(c):
+            if not trusted(c):
                 bar.set_hatch("//")
                 bar.set_alpha(0.4)
-        ax.bar_label(bars, labels=[f"{v:.1f}" + ("" if _believable(c) else "?") for v, c in zip(values, cells)],
+        ax.bar_label(bars, labels=[f"{v:.1f}" + ("" if trusted(c) else "?") for v, c in zip(values, cells)],
                      fontsize=7)
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(groups))])
     ax.set_xticklabels([f"{shape}\n{mode}" for shape, mode in groups], fontsize=8)
@@ -103,10 +99,10 @@ def plot_summary(rows, path, providers=None):
                       xerr=_errors([c]), capsize=2,
                       label=c["provider"] if c["provider"] not in labels else None)
         labels.append(c["provider"])
-        if not _believable(c):
+        if not trusted(c):
             bar[0].set_hatch("//")
             bar[0].set_alpha(0.4)
-        ax.text(c["speedup_vs_eager"], y, f" {c['speedup_vs_eager']:.2f}x" + ("" if _believable(c) else "?"),
+        ax.text(c["speedup_vs_eager"], y, f" {c['speedup_vs_eager']:.2f}x" + ("" if trusted(c) else "?"),
                 va="center", fontsize=6)
     ax.set_yticks(range(len(cells)))
     ax.set_yticklabels([f"{c['op']} {c['mode']} {c['shape']}" for c in cells], fontsize=6)

@@ -89,6 +89,11 @@ class _FallbackSchedulerBase:
     config_name = "scheduler_config.json"
     _compatibles = []
     _deprecated_kwargs = []
+    _classes = {}  # every scheduler class defined on this base, by name (for `compatibles`)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _FallbackSchedulerBase._classes[cls.__name__] = cls
 
     @property
     def config(self) -> FrozenConfig:
@@ -147,10 +152,8 @@ class _FallbackSchedulerBase:
 
     @classmethod
     def _get_compatibles(cls):
-        from . import schedulers
-
         names = set([cls.__name__] + list(cls._compatibles))
-        return [getattr(schedulers, n) for n in sorted(names) if hasattr(schedulers, n)]
+        return [cls._classes[n] for n in sorted(names) if n in cls._classes]
 
 
 @dataclasses.dataclass
