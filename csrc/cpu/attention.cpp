@@ -260,8 +260,11 @@ at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
   const auto visible = at::arange(lmax, opts).view({1, 1, lmax}) < limit.unsqueeze(-1);      // [B, rows, Lmax]
   const auto mask = at::zeros({b, 1, rows, lmax}, q.options())
                         .masked_fill_(visible.logical_not().unsqueeze(1), -std::numeric_limits<double>::infinity());
-  const auto qf = q.reshape({b, hkv, rows, d});
-  auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(qf, k_cache, v_cache, 0.0, false, mask, scale);
+  // head dims unit-stride (head_dim_contiguous): torch 2.11's kernel gave NaN here for strided
+  // q / caches (test_op_contract's non-contiguous case); 2.14's happens to read them right
+  const auto qf = head_dim_contiguous(q.reshape({b, hkv, rows, d}));
+  auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(
+      qf, head_dim_contiguous(k_cache), head_dim_contiguous(v_cache), 0.0, false, mask, scale);
   const auto sees = (limit > 0).view({b, 1, rows, 1});
   return at::where(sees, out, at::zeros({}, out.options())).reshape({b, h, lq, d}).contiguous();
 }
