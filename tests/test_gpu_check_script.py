@@ -48,3 +48,21 @@ def test_dry_run_runs_every_step_and_packs_at_most_8_files(tmp_path):
         logs = sorted(m.name for m in tar.getmembers() if m.isfile())
     assert logs == sorted(f"logs/{s}.log" for s in STEPS), logs
     assert not list(tmp_path.glob("gpu_check.*")), "the temp dir was not removed"
+
+
+def test_only_the_named_steps_run(tmp_path):
+    """GPU_CHECK_ONLY: a second call on a warm machine runs the benchmarks the first had no time
+    for; info always runs, every other step is reported as skipped."""
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, TMPDIR=str(tmp_path),
+               GPU_CHECK_ONLY="bench_gaussian_reparam_kl")
+    proc = subprocess.run(["bash", SCRIPT, "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    summary = (out / "summary.md").read_text()
+    statuses = dict(re.findall(r"^\| (\w+) \| (ok|failed|skipped|timed-out) \|", summary, re.M))
+    assert list(statuses) == STEPS, summary
+    ran = {k for k, v in statuses.items() if v != "skipped"}
+    assert ran == {"info", "bench_gaussian_reparam_kl"} and statuses["bench_gaussian_reparam_kl"] == "ok", summary
+    why = re.findall(r"^\| \w+ \| skipped \|.*not in GPU_CHECK_ONLY \|$", summary, re.M)
+    assert len(why) == len(STEPS) - 2, summary
