@@ -162,3 +162,24 @@ def native_device_tests(cases):
             check_native_on_second_gpu(name, args)
 
     return test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus
+
+
+# Model-training tests run on one intra-op thread per test process. CI runs two pytest-xdist
+# workers on two cores, and torch's default of one thread per core gave each worker two OpenMP
+# threads: four threads on two cores stall at every barrier. test_models_vqgan's 300-step
+# training test took 165 s in CI and 31 s alone on one thread. The kernels' own tests keep
+# torch's default, because their parallel paths are what they check.
+_ONE_THREAD_MODULES = ("test_models_", "test_train", "test_diffusion_models")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_training_tests(request):
+    if os.environ.get("PYTEST_XDIST_WORKER") is None or not request.module.__name__.startswith(_ONE_THREAD_MODULES):
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
