@@ -241,11 +241,13 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, kpm_ptr
 # whose dots run on FMAs with operands in registers, so its tiles are small. Every entry is
 # compiled for sm_80 and sm_90 by fastgen.compile_check (no spills for 16-bit operands, shared
 # memory within the limit); the table in benchmarks/results/compile/ has the numbers.
+# dK/dV at d=128 takes 4 warps: on 32 x 64 tiles with 8 warps, Triton 3.6's code for sm_90 gave
+# different dk / dv on identical calls (a race; H200, benchmarks/results/nvidia-h200-20261204b).
 _TILES = {
     # kind, class: {head-dim bucket: tiles}
     ("fwd", "mma"): {64: (64, 64, 4, 3), 128: (64, 32, 4, 3), 256: (64, 32, 8, 2)},
     ("fwd", "ieee"): {64: (32, 32, 8, 2), 128: (32, 32, 8, 2), 256: (16, 32, 8, 2)},
-    ("dkdv", "mma"): {64: (32, 32, 4, 3), 128: (32, 64, 8, 2), 256: (16, 32, 8, 2)},
+    ("dkdv", "mma"): {64: (32, 32, 4, 3), 128: (32, 32, 4, 2), 256: (16, 32, 8, 2)},
     ("dkdv", "ieee"): {64: (32, 32, 8, 2), 128: (16, 32, 8, 2), 256: (16, 16, 8, 2)},
     ("dq", "mma"): {64: (32, 64, 4, 3), 128: (64, 32, 8, 3), 256: (32, 32, 4, 2)},
     ("dq", "ieee"): {64: (32, 32, 8, 2), 128: (32, 32, 8, 2), 256: (16, 32, 8, 2)},

@@ -1,10 +1,11 @@
 #pragma once
 // Argument checks shared by the CPU and CUDA entry points; they raise ValueError / TypeError
 // (TORCH_CHECK_VALUE / _TYPE) naming the argument. Where they run (fastgen/ops/_registry.py):
-// - ops registered with native_checks=True: on the cpu / cuda backends these checks are the only
-//   ones before the kernel (the Python check is skipped; it runs only after a rejection here, to
+// - ops registered with native_checks=True: on the cpu backend these checks are the only ones
+//   before the kernel (the Python check is skipped; it runs only after a rejection here, to
 //   raise the Python wording where the two differ). They must be complete for such an op.
-//   Tracing (the fake) and the reference / triton / cuda_emu backends run the Python check.
+//   Tracing (the fake), the reference / triton / cuda_emu backends and CUDA tensors run the
+//   Python check first (NATIVE_CHECK_DEVICES in _registry.py says why not CUDA).
 // - other ops: the Python check runs first on every backend; these guard what it does not cover
 //   and direct torch.ops.fastgen.*_native callers.
 // tests/test_op_contract.py checks that every backend rejects the same bad inputs with the same words.

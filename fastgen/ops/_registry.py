@@ -21,6 +21,17 @@ LIB = torch.library.Library("fastgen", "FRAGMENT")
 REGISTRY = {}
 
 _DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+# Devices on which a native_checks op leaves argument checking to its C++ kernel. Not CUDA: on
+# the H200 image of 2026-12-04 (torch 2.11, nvcc 13.0 with its /opt/gcc host compiler) every
+# CUDA entry point whose C++ check rejected a shape died with SIGSEGV while raising: a message
+# with an integer or a shape in it (bias "must have shape (8,), got [1, 8]"), and also from a
+# direct torch.ops.fastgen.*_native call, while the dtype and device messages (no integer
+# formatted in fastgen's code) raised cleanly; the same build against torch 2.11 here (gcc 12)
+# raises every one. Until that is understood on a GPU, CUDA calls are checked in Python first,
+# so no bad input reaches that path (a few microseconds per eager call; none under CUDA graphs
+# or torch.compile). benchmarks/results/nvidia-h200-20261204/README.md has the runs;
+# tests/test_gpu_regressions.py runs both layers' bad inputs in processes of their own.
+NATIVE_CHECK_DEVICES = ("cpu",)
 
 
 class FusedOp:
@@ -40,10 +51,11 @@ class FusedOp:
     triton_dtypes: the floating dtypes the Triton kernel takes (None: all). On CUDA tensors,
                `auto` skips Triton for a call with a floating tensor of another dtype (fp64
                attention or VQ goes to the CUDA C++ kernel, which takes it).
-    native_checks: the C++ kernels validate every argument themselves, so on the cpu / cuda
-               backends the Python `check` (several microseconds per call, much of a small op's
-               time) runs only when the kernel rejects its arguments, to raise its own error
-               message. The fake (tracing) and the reference / triton backends always run it.
+    native_checks: the C++ kernels validate every argument themselves, so on CPU tensors
+               (NATIVE_CHECK_DEVICES) the cpu backend's Python `check` (several microseconds per
+               call, much of a small op's time) runs only when the kernel rejects its arguments,
+               to raise its own error message. The fake (tracing), the reference / triton /
+               cuda_emu backends and CUDA tensors always run it first (see NATIVE_CHECK_DEVICES).
                Such an op also skips its own dispatcher entry in eager calls on plain tensors
                that need no gradient (no autograd, or grad mode off, or no input requiring grad):
                once a (device, backend) has resolved to the C++ kernel, `__call__` calls
@@ -54,7 +66,7 @@ class FusedOp:
                equivalent to `autograd`. Eager calls that need a gradient then call the native
                op itself, once resolved as above, so the engine runs a C++ node instead of a
                Python one (tens of microseconds per forward + backward at small sizes). Needs
-               native_checks; backends other than cpu / cuda keep the autograd.Function below.
+               native_checks; other backends and CUDA tensors keep the autograd.Function below.
 
     An eager call of an op with autograd that needs no gradient runs the selected kernel alone
     (`_run`: no autograd node, ~10 us less than an autograd.Function under no_grad).
@@ -214,7 +226,8 @@ class FusedOp:
         kernel = self._kernels.get(key)
         if kernel is None:
             kernel = self._select(*key)
-            self._checked[key] = not (self.native_checks and kernel is self._native_kernel())
+            self._checked[key] = not (self.native_checks and kernel is self._native_kernel()
+                                      and device in NATIVE_CHECK_DEVICES)
             self._kernels[key] = kernel
         if self._checked[key]:
             self.check(*tensors)
