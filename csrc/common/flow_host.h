@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -14,34 +16,110 @@
 
 namespace fastgen {
 
+// Python's spelling of the scalars the flow checks print (the messages read exactly like the
+// Python checks of fastgen/ops/flow.py). Not in common/checks.h: only this family prints them.
+
+// repr(v) of a Python float: the shortest digits that read back as v, in fixed notation for
+// decimal exponents -4 <= e < 16 (with ".0" when whole), else "1e-05" / "1.5e+16"; inf, nan.
+inline std::string flow_repr_float(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v < 0 ? "-inf" : "inf";
+  if (v == 0) return std::signbit(v) ? "-0.0" : "0.0";
+  char buf[64];
+  for (int p = 1; p <= 17; ++p) {
+    std::snprintf(buf, sizeof buf, "%.*e", p - 1, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string s(buf);  // [-]d[.ddd]e(+|-)XX
+  const bool neg = s[0] == '-';
+  if (neg) s.erase(0, 1);
+  const size_t e = s.find('e');
+  const int exp10 = std::atoi(s.c_str() + e + 1);
+  std::string digits;
+  for (size_t i = 0; i < e; ++i)
+    if (s[i] != '.') digits += s[i];
+  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+  const int decpt = exp10 + 1;  // v = 0.digits * 10^decpt
+  const int nd = static_cast<int>(digits.size());
+  std::string out;
+  if (decpt <= -4 || decpt > 16) {
+    out = digits.substr(0, 1);
+    if (nd > 1) out += "." + digits.substr(1);
+    char eb[16];
+    std::snprintf(eb, sizeof eb, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
+    out += eb;
+  } else if (decpt <= 0) {
+    out = "0." + std::string(-decpt, '0') + digits;
+  } else if (decpt >= nd) {
+    out = digits + std::string(decpt - nd, '0') + ".0";
+  } else {
+    out = digits.substr(0, decpt) + "." + digits.substr(decpt);
+  }
+  return neg ? "-" + out : out;
+}
+
+// f"{v:g}" of a Python float (C's %g, but nan unsigned as Python prints it).
+inline std::string flow_format_g(double v) {
+  if (std::isnan(v)) return "nan";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// repr(s) of a Python str: single quotes unless s holds ' and no ", backslash escapes for the
+// quote, backslash and control characters (non-ASCII text is passed through as printable).
+inline std::string flow_repr_str(c10::string_view s) {
+  const bool dq = s.find('\'') != c10::string_view::npos && s.find('"') == c10::string_view::npos;
+  const char q = dq ? '"' : '\'';
+  std::string out(1, q);
+  for (const char ch : s) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (ch == q || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (ch == '\n') {
+      out += "\\n";
+    } else if (ch == '\r') {
+      out += "\\r";
+    } else if (ch == '\t') {
+      out += "\\t";
+    } else if (u < 0x20 || u == 0x7f) {
+      char eb[8];
+      std::snprintf(eb, sizeof eb, "\\x%02x", u);
+      out += eb;
+    } else {
+      out += ch;
+    }
+  }
+  return out + q;
+}
+
+// _check_scale_args (scale_fn, then clamp; the schema types the three): the scale function's id.
 inline int parse_scale_fn(c10::string_view name) {
   if (name == "exp") return kExp;
   if (name == "sigmoid") return kSigmoid;
   if (name == "tanh_exp") return kTanhExp;
   if (name == "atan_exp") return kAtanExp;
-  TORCH_CHECK_VALUE(false, "fastgen: scale_fn must be one of 'exp', 'sigmoid', 'tanh_exp', "
-                    "'atan_exp', got '", std::string(name), "'");
+  TORCH_CHECK_VALUE(false, std::string("fastgen: scale_fn must be one of ('exp', 'sigmoid', 'tanh_exp', "
+                    "'atan_exp'), got ") + flow_repr_str(name));
   return kExp;
 }
 
-inline void check_coupling(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& raw,
-                           double clamp) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, "fastgen: x_b must have a leading batch dim");
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x_b must be a floating-point "
-                   "tensor, got ", x.scalar_type());
-  check_same_float_tensor(x, "x_b", shift, "shift");
-  check_same_float_tensor(x, "x_b", raw, "raw_scale");
-  TORCH_CHECK_VALUE(clamp > 0 && clamp < INFINITY, "fastgen: clamp must be a finite float > 0, got ",
-                    clamp);
+inline int check_scale_args(c10::string_view scale_fn, double clamp) {
+  const int fn = parse_scale_fn(scale_fn);
+  TORCH_CHECK_VALUE(std::isfinite(clamp) && clamp > 0,
+                    std::string("fastgen: clamp must be a finite float > 0, got ") + flow_repr_float(clamp));
+  return fn;
 }
 
-inline void check_per_sample(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
-                             const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "fastgen: ", name,
-                   " must be a floating-point tensor, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == ref.size(0), "fastgen: ", name, " must have shape (",
-                    ref.size(0), ",), got ", t.sizes());
-  check_same_device(ref, ref_name, t, name);
+// _check_coupling: the tensors, then the scale arguments; returns the scale function's id.
+inline int check_coupling(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& raw,
+                          c10::string_view scale_fn, double clamp) {
+  check_float_tensor(x, "x_b");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "fastgen: x_b must have a leading batch dim, got a 0-d tensor");
+  check_same_float_tensor(x, "x_b", shift, "shift");
+  check_same_float_tensor(x, "x_b", raw, "raw_scale");
+  return check_scale_args(scale_fn, clamp);
 }
 
 // f(std::integral_constant<int, FN>{}, std::bool_constant<INVERSE>{}) for the runtime choice.
@@ -61,15 +139,18 @@ void dispatch_coupling(int fn, bool inverse, F&& f) {
 
 // -- actnorm ------------------------------------------------------------------------------------
 
+// _check_actnorm (inverse is typed by the schema).
 inline void check_actnorm(const at::Tensor& x, const at::Tensor& loc, const at::Tensor& log_scale) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *spatial), got ", x.sizes());
+  check_float_tensor(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *spatial) (NCHW or (N, D)), got " +
+                    py_shape(x.sizes()));
+  const int64_t c = x.size(1);
   auto check_param = [&](const at::Tensor& p, const char* name) {
-    TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) == x.size(1), "fastgen: ", name, " must have shape (",
-                      x.size(1), ",), got ", p.sizes());
-    TORCH_CHECK_TYPE(p.scalar_type() == x.scalar_type(), "fastgen: ", name, " has dtype ",
-                     p.scalar_type(), " but x has ", x.scalar_type());
+    check_float_tensor(p, name);
+    TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) == c, std::string("fastgen: ") + name + " must have shape (" +
+                      py_int(c) + ",) (one entry per channel of x), got " + py_shape(p.sizes()));
+    TORCH_CHECK_TYPE(p.scalar_type() == x.scalar_type(), std::string("fastgen: ") + name + " has dtype " +
+                     py_dtype(p.scalar_type()) + " but x has " + py_dtype(x.scalar_type()));
     check_same_device(x, "x", p, name);
   };
   check_param(loc, "loc");
@@ -119,8 +200,8 @@ inline std::pair<at::Tensor, at::Tensor> actnorm_finish(const at::Tensor& sum_g,
 inline int parse_prior(c10::string_view name) {
   if (name == "gaussian") return kGaussian;
   if (name == "logistic") return kLogistic;
-  TORCH_CHECK_VALUE(false, "fastgen: prior must be one of 'gaussian', 'logistic', got '",
-                    std::string(name), "'");
+  TORCH_CHECK_VALUE(false, std::string("fastgen: prior must be one of ('gaussian', 'logistic'), got ") +
+                    flow_repr_str(name));
   return kGaussian;
 }
 
@@ -130,14 +211,16 @@ inline int64_t dims_per_sample(const at::Tensor& z) {
   return d;
 }
 
-inline void check_flow_nll(const at::Tensor& z, std::optional<int64_t> n_bins) {
-  TORCH_CHECK_TYPE(at::isFloatingType(z.scalar_type()), "fastgen: z must be a floating-point tensor, got ",
-                   z.scalar_type());
-  TORCH_CHECK_VALUE(z.dim() >= 1, "fastgen: z must have a leading batch dim");
-  TORCH_CHECK_VALUE(!n_bins.has_value() || *n_bins >= 1, "fastgen: n_bins must be >= 1, got ",
-                    n_bins.value_or(0));
+// _check_nll_args then _check_nll_z: the prior's id.
+inline int check_flow_nll(const at::Tensor& z, c10::string_view prior_name, std::optional<int64_t> n_bins) {
+  const int prior = parse_prior(prior_name);
+  TORCH_CHECK_VALUE(!n_bins.has_value() || *n_bins >= 1,
+                    "fastgen: n_bins must be >= 1, got " + py_int(n_bins.value_or(0)));
+  check_float_tensor(z, "z");
+  TORCH_CHECK_VALUE(z.dim() >= 1, "fastgen: z must have a leading batch dim, got a 0-d tensor");
   TORCH_CHECK_VALUE(!n_bins.has_value() || dims_per_sample(z) > 0,
-                    "fastgen: bits per dim need at least one dim per sample; z has shape ", z.sizes());
+                    "fastgen: bits per dim need at least one dim per sample; z has shape " + py_shape(z.sizes()));
+  return prior;
 }
 
 // nll or bits/dim (B,) from the per-sample sums of prior_term, as kernels/flow.py:nll_finish.
@@ -161,11 +244,13 @@ void dispatch_prior(int prior, F&& f) {
 }
 
 // The backward entry points' checks: the forward's, and the incoming gradients.
-inline void check_coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
-                                    const at::Tensor& shift, const at::Tensor& raw, double clamp) {
-  check_coupling(x, shift, raw, clamp);
+inline int check_coupling_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
+                                   const at::Tensor& shift, const at::Tensor& raw, c10::string_view scale_fn,
+                                   double clamp) {
+  const int fn = check_coupling(x, shift, raw, scale_fn, clamp);
   check_same_float_tensor(x, "x_b", grad_y, "grad_y");
   check_per_sample(x, "x_b", grad_logdet, "grad_logdet");
+  return fn;
 }
 
 inline void check_actnorm_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x,
@@ -175,11 +260,12 @@ inline void check_actnorm_backward(const at::Tensor& grad_y, const at::Tensor& g
   check_per_sample(x, "x", grad_logdet, "grad_logdet");
 }
 
-// flow_nll (t: logdet) and its backward (t: grad_nll): one value per sample of z.
-inline void check_flow_nll(const at::Tensor& z, std::optional<int64_t> n_bins, const at::Tensor& t,
-                           const char* name) {
-  check_flow_nll(z, n_bins);
+// flow_nll (t: logdet) and its backward (t: grad_nll): one value per sample of z. The prior's id.
+inline int check_flow_nll(const at::Tensor& z, c10::string_view prior_name, std::optional<int64_t> n_bins,
+                          const at::Tensor& t, const char* name) {
+  const int prior = check_flow_nll(z, prior_name, n_bins);
   check_per_sample(z, "z", t, name);
+  return prior;
 }
 
 }  // namespace fastgen

@@ -8,6 +8,7 @@
 // the weight build, the einsum's reshapes and the logdet bookkeeping, forward and backward.
 #include <ATen/ATen.h>
 
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -24,8 +25,8 @@ inline void check_invconv_values(const at::Tensor& perm, const at::Tensor& sign)
   const double* ps = s.const_data_ptr<double>();
   const int64_t c = s.numel();
   for (int64_t i = 0; i < c; ++i)
-    TORCH_CHECK_VALUE(ps[i] == 1 || ps[i] == -1, "fastgen: sign must hold +1 or -1 (the signs of W's diagonal), got ",
-                      ps[i], " at channel ", i);
+    TORCH_CHECK_VALUE(ps[i] == 1 || ps[i] == -1, "fastgen: sign must hold +1 or -1 (the signs of W's diagonal), got " +
+                      flow_format_g(ps[i]) + " at channel " + py_int(i));
   const double* pp = p.const_data_ptr<double>();
   std::vector<int64_t> col_ones(c, 0);
   bool ok = true;
@@ -46,21 +47,23 @@ inline void check_invconv_values(const at::Tensor& perm, const at::Tensor& sign)
   TORCH_CHECK_VALUE(ok, "fastgen: perm must be a permutation matrix (0/1 entries, one 1 in each row and column)");
 }
 
+// _check_invconv (inverse is typed by the schema), then the values.
 inline void check_invconv(const at::Tensor& x, const at::Tensor& perm, const at::Tensor& lower,
                           const at::Tensor& upper, const at::Tensor& sign, const at::Tensor& log_s) {
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastgen: x must be a floating-point tensor, got ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *spatial), got ", x.sizes());
+  check_float_tensor(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 2, "fastgen: x must have shape (N, C, *spatial) (NCHW or (N, C)), got " +
+                    py_shape(x.sizes()));
   const int64_t c = x.size(1);
+  check_float_tensor(log_s, "log_s");
   auto check_param = [&](const at::Tensor& p, const char* name, bool matrix) {
-    TORCH_CHECK_TYPE(at::isFloatingType(p.scalar_type()), "fastgen: ", name,
-                     " must be a floating-point tensor, got ", p.scalar_type());
+    check_float_tensor(p, name);
+    const std::string shape = matrix ? "(" + py_int(c) + ", " + py_int(c) + ")" : "(" + py_int(c) + ",)";
     TORCH_CHECK_VALUE(matrix ? (p.dim() == 2 && p.size(0) == c && p.size(1) == c)
                              : (p.dim() == 1 && p.size(0) == c),
-                      "fastgen: ", name, " must have shape ", matrix ? "(C, C)" : "(C,)", " with C = ", c,
-                      " (the channels of x), got ", p.sizes());
-    TORCH_CHECK_TYPE(p.scalar_type() == log_s.scalar_type(), "fastgen: ", name, " has dtype ",
-                     p.scalar_type(), " but log_s has ", log_s.scalar_type());
+                      std::string("fastgen: ") + name + " must have shape " + shape + " (C = " + py_int(c) +
+                      ", the channels of x), got " + py_shape(p.sizes()));
+    TORCH_CHECK_TYPE(p.scalar_type() == log_s.scalar_type(), std::string("fastgen: ") + name + " has dtype " +
+                     py_dtype(p.scalar_type()) + " but log_s has " + py_dtype(log_s.scalar_type()));
     check_same_device(x, "x", p, name);
   };
   check_param(log_s, "log_s", false);
@@ -71,13 +74,10 @@ inline void check_invconv(const at::Tensor& x, const at::Tensor& perm, const at:
   check_invconv_values(perm, sign);
 }
 
+// The rest of _check_invconv_backward: the incoming gradients.
 inline void check_invconv_grads(const at::Tensor& grad_y, const at::Tensor& grad_logdet, const at::Tensor& x) {
   check_same_float_tensor(x, "x", grad_y, "grad_y");
-  TORCH_CHECK_TYPE(at::isFloatingType(grad_logdet.scalar_type()), "fastgen: grad_logdet must be a "
-                   "floating-point tensor, got ", grad_logdet.scalar_type());
-  TORCH_CHECK_VALUE(grad_logdet.dim() == 1 && grad_logdet.size(0) == x.size(0), "fastgen: grad_logdet "
-                    "must have shape (", x.size(0), ",), got ", grad_logdet.sizes());
-  check_same_device(x, "x", grad_logdet, "grad_logdet");
+  check_per_sample(x, "x", grad_logdet, "grad_logdet");
 }
 
 struct InvconvParts {

@@ -139,8 +139,7 @@ void coupling_backward_span(const scalar_t* gy, double gl, const scalar_t* x, co
 std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x_in, const at::Tensor& t_in,
                                                        const at::Tensor& r_in, c10::string_view scale_fn,
                                                        double clamp, bool inverse) {
-  check_coupling(x_in, t_in, r_in, clamp);
-  const int fn = parse_scale_fn(scale_fn);
+  const int fn = check_coupling(x_in, t_in, r_in, scale_fn, clamp);
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const RowTasks tl(x);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -169,8 +168,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cpu(const at::Tensor& x_in, c
 std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cpu(
     const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& t_in,
     const at::Tensor& r_in, c10::string_view scale_fn, double clamp, bool inverse) {
-  check_coupling_backward(gy_in, gl_in, x_in, t_in, r_in, clamp);
-  const int fn = parse_scale_fn(scale_fn);
+  const int fn = check_coupling_backward(gy_in, gl_in, x_in, t_in, r_in, scale_fn, clamp);
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const auto gy = gy_in.contiguous();
   const auto gl = gl_in.to(at::kDouble).contiguous();
@@ -492,8 +490,7 @@ void prior_grad_span(double g, const scalar_t* z, scalar_t* dz, int64_t n) {
 
 at::Tensor flow_nll_cpu(const at::Tensor& z_in, const at::Tensor& logdet, c10::string_view prior_name,
                         std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins, logdet, "logdet");
-  const int prior = parse_prior(prior_name);
+  const int prior = check_flow_nll(z_in, prior_name, n_bins, logdet, "logdet");
   const auto z = z_in.contiguous();
   const RowTasks tl(z);
   auto terms = at::zeros({tl.rows}, z.options().dtype(at::kDouble));
@@ -515,8 +512,7 @@ at::Tensor flow_nll_cpu(const at::Tensor& z_in, const at::Tensor& logdet, c10::s
 
 at::Tensor flow_nll_backward_cpu(const at::Tensor& g_in, const at::Tensor& z_in, c10::string_view prior_name,
                                  std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins, g_in, "grad_nll");
-  const int prior = parse_prior(prior_name);
+  const int prior = check_flow_nll(z_in, prior_name, n_bins, g_in, "grad_nll");
   const auto z = z_in.contiguous();
   const RowTasks tl(z);
   auto dz = at::empty_like(z, at::MemoryFormat::Contiguous);

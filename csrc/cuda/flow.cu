@@ -29,8 +29,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, const at::Tensor& t_in,
                                                         const at::Tensor& r_in, c10::string_view scale_fn,
                                                         double clamp, bool inverse) {
-  check_coupling(x_in, t_in, r_in, clamp);
-  const int fn = parse_scale_fn(scale_fn);
+  const int fn = check_coupling(x_in, t_in, r_in, scale_fn, clamp);
   const auto guard = device_guard(x_in, "x_b");
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const RowLaunch l(x);
@@ -56,8 +55,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_cuda(const at::Tensor& x_in, 
 std::tuple<at::Tensor, at::Tensor> affine_coupling_backward_cuda(
     const at::Tensor& gy_in, const at::Tensor& gl_in, const at::Tensor& x_in, const at::Tensor& t_in,
     const at::Tensor& r_in, c10::string_view scale_fn, double clamp, bool inverse) {
-  check_coupling_backward(gy_in, gl_in, x_in, t_in, r_in, clamp);
-  const int fn = parse_scale_fn(scale_fn);
+  const int fn = check_coupling_backward(gy_in, gl_in, x_in, t_in, r_in, scale_fn, clamp);
   const auto guard = device_guard(x_in, "x_b");
   const auto x = x_in.contiguous(), t = t_in.contiguous(), r = r_in.contiguous();
   const auto gy = gy_in.contiguous();
@@ -128,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
     sum_g = at::zeros({sh.c}, x.options().dtype(math_t));
     sum_gx = at::zeros({sh.c}, x.options().dtype(math_t));
   } else {
-    TORCH_CHECK_VALUE(sh.c <= INT32_MAX, "fastgen: channel count ", sh.c, " exceeds 2^31-1");
+    TORCH_CHECK_VALUE(sh.c <= INT32_MAX, "fastgen: x has " + py_int(sh.c) + " channels, more than 2^31-1");
     const auto scale = actnorm_channel_params(loc_in, ls_in, inverse).first;
     const int64_t per_channel = sh.n * sh.s;
     const reduce::RowTiling tiling(sh.c, sh.c * per_channel);  // grid (channel, chunk)
@@ -158,8 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cuda(
 
 at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::string_view prior_name,
                          std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins, logdet, "logdet");
-  const int prior = parse_prior(prior_name);
+  const int prior = check_flow_nll(z_in, prior_name, n_bins, logdet, "logdet");
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const RowLaunch l(z);
@@ -185,8 +182,7 @@ at::Tensor flow_nll_cuda(const at::Tensor& z_in, const at::Tensor& logdet, c10::
 
 at::Tensor flow_nll_backward_cuda(const at::Tensor& g_in, const at::Tensor& z_in, c10::string_view prior_name,
                                   std::optional<int64_t> n_bins) {
-  check_flow_nll(z_in, n_bins, g_in, "grad_nll");
-  const int prior = parse_prior(prior_name);
+  const int prior = check_flow_nll(z_in, prior_name, n_bins, g_in, "grad_nll");
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const RowLaunch l(z);
