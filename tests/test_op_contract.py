@@ -517,6 +517,54 @@ def test_generated_bad_inputs(device_backend, name):
         pytest.xfail("; ".join(known))
 
 
+def _native_cases(name):
+    """(what, args, must_reject): the generated bad inputs a CPU tensor can carry (a meta
+    argument goes to the dispatcher's own error: the native ops have no Meta kernel), plus a
+    second float tensor of another float dtype, which both layers must reject or both accept."""
+    cases = [(what, args, True) for what, args, _ in _bad_cases(name, "cpu") if what != "wrong device"]
+    s = _sample(name, "cpu")
+    floats = [i for i, a in enumerate(s.args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    if len(floats) > 1:  # rejected where it must share the main input's dtype (per-sample ones need not)
+        args = list(_clone(s.args))
+        i = floats[1]
+        args[i] = args[i].to(torch.float64 if args[i].dtype != torch.float64 else torch.float32)
+        cases.append((f"{_arg_names(name)[i]} of another float dtype", args, False))
+    return cases
+
+
+def _error(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001 -- the point is to compare whatever is raised
+        return type(e).__name__, str(e).split("\n")[0]
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in fastgen.ops.REGISTRY.items() if op.native_qualname))
+def test_native_errors_are_worded_as_the_python_checks(name):
+    """Issue 18: one wording per check. The C++ op called directly (no Python check before it)
+    rejects each bad input with the exception type and the exact words of the Python check, or
+    accepts it where the Python check does
+    (fastgen/ops/_checks.py helpers, mirrored by csrc/common/checks.h), in the CPU build and in
+    the CUDA execution model's build of the CUDA entry points."""
+    from fastgen import _ext
+    if _ext.NATIVE is None:
+        pytest.skip(_ext.NATIVE_ERROR)
+    op = fastgen.ops.REGISTRY[name]
+    namespaces = ["fastgen"] + (["fastgen_emu"] if _ext.EMU is not None else [])
+    differ = []
+    for what, args, must_reject in _native_cases(name):
+        full = tuple(args) + tuple(op.defaults[len(args):])
+        python = _error(lambda: op.check(*_clone(full)))
+        assert python is not None or not must_reject, f"{name}: the Python check accepts the case {what!r}"
+        for namespace in namespaces:
+            native = getattr(getattr(torch.ops, namespace), f"{name}_native")
+            got = _error(lambda: native(*_clone(args)))
+            if got != python:
+                differ.append(f"{namespace} | {what}\n    C++:    {got}\n    Python: {python}")
+    assert not differ, "\n".join(differ)
+
+
 @pytest.mark.parametrize("name", [n for n in OPS if fastgen.ops.REGISTRY[n]._autograd is not None or _mutated(n)])
 def test_generated_compile_forward_and_backward(device_backend, name):
     """torch.compile(fullgraph=True) of the op and a backward through it: the same values and

@@ -12,9 +12,62 @@
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 
+#include <cctype>
 #include <optional>
+#include <string>
 
 namespace fastgen {
+
+// Python's spelling of shapes, dtypes and devices. Every C++ message reads exactly like the
+// Python check's (fastgen/ops/_checks.py words them): "(3, 4)", "(3,)", "torch.int32", "cuda:0".
+// Integers go through std::to_string and devices through Device::str(), not through an
+// ostream in this library's code (see NATIVE_CHECK_DEVICES in fastgen/ops/_registry.py).
+inline std::string py_int(int64_t v) { return std::to_string(v); }
+
+inline std::string py_shape(c10::IntArrayRef sizes) {
+  std::string out = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(sizes[i]);
+  }
+  return out + (sizes.size() == 1 ? ",)" : ")");
+}
+
+inline std::string py_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kComplexHalf: return "torch.complex32";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    case at::kBool: return "torch.bool";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    default: {
+      std::string name = c10::toString(t);
+      for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      return "torch." + name;
+    }
+  }
+}
+
+inline std::string py_device(const at::Device& d) { return d.str(); }
+
+// The dtypes fastgen's kernels take (FLOAT_DTYPES in fastgen/ops/_checks.py).
+inline bool is_float_dtype(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+// _checks.float_tensor
+inline void check_float_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), std::string("fastgen: ") + name +
+                   " must be float16, bfloat16, float32 or float64, got " + py_dtype(t.scalar_type()));
+}
 
 // Every tensor argument of a kernel must lie on its main input's device: a CUDA kernel handed
 // host memory or another GPU's memory faults or reads garbage, a CPU kernel handed device memory
@@ -22,8 +75,8 @@ namespace fastgen {
 // input, so a host main input next to a CUDA argument is reported here, by name).
 inline void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
                               const char* name) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), "fastgen: ", name, " is on ", t.device(), " but ",
-                    ref_name, " is on ", ref.device());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), std::string("fastgen: ") + name + " is on " +
+                    py_device(t.device()) + " but " + ref_name + " is on " + py_device(ref.device()));
 }
 
 inline void check_same_device(const at::Tensor& ref, const char* ref_name,
@@ -31,14 +84,23 @@ inline void check_same_device(const at::Tensor& ref, const char* ref_name,
   if (t.has_value()) check_same_device(ref, ref_name, *t, name);
 }
 
+// _checks.like: t matches ref in dtype (a float one), shape and device.
 inline void check_same_float_tensor(const at::Tensor& ref, const char* ref_name,
                                     const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "fastgen: ", name,
-                   " must be a floating-point tensor, got ", t.scalar_type());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "fastgen: ", name, " has dtype ",
-                   t.scalar_type(), " but ", ref_name, " has ", ref.scalar_type());
-  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), "fastgen: ", name, " has shape ", t.sizes(),
-                    " but ", ref_name, " has shape ", ref.sizes());
+  check_float_tensor(t, name);
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), std::string("fastgen: ") + name + " has dtype " +
+                   py_dtype(t.scalar_type()) + " but " + ref_name + " has " + py_dtype(ref.scalar_type()));
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), std::string("fastgen: ") + name + " has shape " +
+                    py_shape(t.sizes()) + " but " + ref_name + " has " + py_shape(ref.sizes()));
+  check_same_device(ref, ref_name, t, name);
+}
+
+// _checks.per_sample: a float vector with one entry per sample of ref, on ref's device.
+inline void check_per_sample(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                             const char* name) {
+  check_float_tensor(t, name);
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == ref.size(0), std::string("fastgen: ") + name +
+                    " must have shape (" + py_int(ref.size(0)) + ",), got " + py_shape(t.sizes()));
   check_same_device(ref, ref_name, t, name);
 }
 
