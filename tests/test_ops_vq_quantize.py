@@ -7,7 +7,7 @@ import fastgen
 from fastgen.ops import reference
 from fastgen.testing import assert_close, tolerance
 
-from conftest import native_device_tests, require_backend
+from conftest import CPU_KEYS, _native_op, check_native_on_second_gpu, native_device_tests, require_backend, two_gpus
 from test_ops_vq import _check_nearest
 
 SHAPES = [(1, 1, 1), (7, 5, 3), (100, 37, 16), (130, 300, 33), (3, 70, 300)]  # (N, K, D)
@@ -195,10 +195,46 @@ def _device_cases(device):
     idx = torch.tensor([0, 4, 1, 1, 3, 0], device=device)
     cluster_size, embed_sum = torch.ones(5, device=device), torch.ones(5, 3, device=device)
     return [("vq_quantize_native", (z, e, 0.25, True), "z"),
-            ("vq_quantize_backward_native", (torch.randn_like(z), torch.ones((), device=device), z, e, idx, 0.25, True),
-             "z"),
             ("vq_code_sums_native", (z, idx, 5), "z"),
             ("vq_ema_update_native", (z, idx, cluster_size, embed_sum, 0.99, 1e-5), "z")]
 
 
 test_native_kernels_check_devices, test_native_kernels_check_devices_two_gpus = native_device_tests(_device_cases)
+
+
+def _backward_args(device):
+    z, e = torch.randn(6, 3, device=device), torch.randn(5, 3, device=device)
+    idx = torch.tensor([0, 4, 1, 1, 3, 0], device=device)
+    return (torch.randn_like(z), torch.ones((), device=device), z, e, idx, 0.25, True)
+
+
+def _check_backward_devices(device, other):
+    """vq_quantize_backward_native with one argument on `other`: grad_loss gets
+    _check_quantize_backward's one message for its size and device, the others the common
+    "<arg> is on <other> but z is on <device>" (conftest.check_native_devices)."""
+    op = _native_op("vq_quantize_backward_native")
+    args = _backward_args(device)
+    z = args[2]
+    for i, name in ((0, "grad_zq"), (1, "grad_loss"), (3, "codebook"), (4, "indices")):
+        moved = list(args)
+        moved[i] = args[i].to(other)
+        if name == "grad_loss":
+            match = rf"fastgen: grad_loss must be a one-element tensor on {z.device}, got shape \(\) on {moved[i].device}"
+        else:
+            match = f"fastgen: {name} is on {moved[i].device} but z is on {z.device}"
+        with pytest.raises(ValueError, match=match):
+            if z.device.type == "cpu":
+                op.redispatch(CPU_KEYS, *moved)
+            else:
+                op(*moved)
+
+
+def test_native_quantize_backward_checks_devices():
+    _check_backward_devices("cpu", "meta")
+
+
+@pytest.mark.gpu
+def test_native_quantize_backward_checks_devices_two_gpus():
+    two_gpus()
+    _check_backward_devices("cuda:1", "cuda:0")
+    check_native_on_second_gpu("vq_quantize_backward_native", _backward_args("cuda:1"))

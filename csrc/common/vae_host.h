@@ -8,19 +8,20 @@
 
 namespace fastgen {
 
+// fastgen/ops/vae.py _check, in its order.
 inline void check_reparam_kl(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& eps) {
-  TORCH_CHECK_VALUE(mu.dim() >= 1, "fastgen: mu must have a leading batch dim");
+  check_float_tensor(mu, "mu");
+  TORCH_CHECK_VALUE(mu.dim() >= 1, "fastgen: mu must have a leading batch dim, got a 0-d tensor");
   check_same_float_tensor(mu, "mu", logvar, "logvar");
   check_same_float_tensor(mu, "mu", eps, "eps");
 }
 
+// _check_backward.
 inline void check_reparam_kl_backward(const at::Tensor& grad_z, const at::Tensor& grad_kl, const at::Tensor& mu,
                                       const at::Tensor& logvar, const at::Tensor& eps) {
   check_reparam_kl(mu, logvar, eps);
   check_same_float_tensor(mu, "mu", grad_z, "grad_z");
-  TORCH_CHECK_VALUE(grad_kl.dim() == 1 && grad_kl.size(0) == mu.size(0),
-                    "fastgen: grad_kl must have shape [", mu.size(0), "], got ", grad_kl.sizes());
-  check_same_device(mu, "mu", grad_kl, "grad_kl");
+  check_per_sample(mu, "mu", grad_kl, "grad_kl");
 }
 
 }  // namespace fastgen

@@ -665,6 +665,8 @@ constexpr int64_t kRowGrain = 64;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_quantize_cpu(const at::Tensor& z_in, const at::Tensor& e_in,
                                                                double beta, bool legacy) {
+  check_vq_nearest(z_in, e_in, "l2");  // _check_quantize: the search's checks, then beta
+  check_vq_beta(beta);
   auto [idx, dist] = vq_nearest_cpu(z_in, e_in, "l2");  // the certified fast search where it runs
   const auto z = z_in.contiguous();
   const auto e = e_in.contiguous();
@@ -712,8 +714,7 @@ CodeGroups group_rows(const at::Tensor& indices, int64_t k) {
   g.starts.assign(k + 1, 0);
   g.order.resize(n);
   for (int64_t r = 0; r < n; ++r) {
-    TORCH_CHECK_VALUE(pi[r] >= 0 && pi[r] < k, "fastgen: indices must lie in [0, ", k, "), got ", pi[r],
-                      " at position ", r);
+    if (pi[r] < 0 || pi[r] >= k) check_vq_indices_range(idx, k);  // raises (the entry points checked already)
     ++g.starts[pi[r] + 1];
   }
   std::partial_sum(g.starts.begin(), g.starts.end(), g.starts.begin());
@@ -751,10 +752,7 @@ void for_each_code_sum(const T* z, const T* sub, int64_t d, const CodeGroups& g,
 std::tuple<at::Tensor, at::Tensor> vq_quantize_backward_cpu(const at::Tensor& gzq_in, const at::Tensor& grad_loss,
                                                             const at::Tensor& z_in, const at::Tensor& e_in,
                                                             const at::Tensor& indices, double beta, bool legacy) {
-  check_vq_nearest(z_in, e_in, "l2");
-  check_same_float_tensor(z_in, "z", gzq_in, "grad_zq");
-  check_vq_indices(indices, z_in.size(0), z_in);
-  check_vq_grad_loss(grad_loss, z_in);
+  check_vq_quantize_backward(gzq_in, grad_loss, z_in, e_in, indices, beta);
   const auto z = z_in.contiguous();
   const auto e = e_in.contiguous();
   const auto gzq = gzq_in.contiguous();
@@ -795,10 +793,7 @@ std::tuple<at::Tensor, at::Tensor> vq_quantize_backward_cpu(const at::Tensor& gz
 
 std::tuple<at::Tensor, at::Tensor> vq_code_sums_cpu(const at::Tensor& z_in, const at::Tensor& indices,
                                                     int64_t num_codes) {
-  TORCH_CHECK_TYPE(at::isFloatingType(z_in.scalar_type()), "fastgen: z must be a floating-point tensor");
-  TORCH_CHECK_VALUE(z_in.dim() == 2, "fastgen: z must have shape (N, D), got ", z_in.sizes());
-  TORCH_CHECK_VALUE(num_codes > 0, "fastgen: num_codes must be positive, got ", num_codes);
-  check_vq_indices(indices, z_in.size(0), z_in);
+  check_vq_code_sums(z_in, indices, num_codes);
   const auto z = z_in.contiguous();
   const int64_t d = z.size(1);
   const auto groups = group_rows(indices, num_codes);
@@ -821,7 +816,7 @@ std::tuple<at::Tensor, at::Tensor> vq_code_sums_cpu(const at::Tensor& z_in, cons
 std::tuple<at::Tensor, at::Tensor> vq_ema_update_cpu(const at::Tensor& z_in, const at::Tensor& indices,
                                                      at::Tensor cluster_size, at::Tensor embed_sum,
                                                      double decay, double eps) {
-  check_vq_ema(z_in, indices, cluster_size, embed_sum);
+  check_vq_ema(z_in, indices, cluster_size, embed_sum, decay, eps);
   const auto z = z_in.contiguous();
   const int64_t d = z.size(1), k = embed_sum.size(0);
   const auto groups = group_rows(indices, k);

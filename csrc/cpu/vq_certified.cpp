@@ -91,12 +91,17 @@ bool exact_only_env() {
   return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
 }
 
+// vq_certified.vq_nearest_search checks the mode first (CPU_MODES), before the search's checks.
+void check_mode(c10::string_view mode) {
+  TORCH_CHECK_VALUE(mode == "auto" || mode == "exact" || mode == "bf16" || mode == "bf16_emulated",
+                    "fastgen: mode must be one of ('auto', 'exact', 'bf16', 'bf16_emulated'), got " + py_str(mode));
+}
+
 Stage1 parse_mode(c10::string_view mode, int64_t d) {
+  check_mode(mode);
   if (mode == "exact") return Stage1::kExact;
   if (mode == "bf16") return Stage1::kBf16;
   if (mode == "bf16_emulated") return Stage1::kBf16Emulated;
-  TORCH_CHECK_VALUE(mode == "auto", "fastgen: mode must be 'auto', 'exact', 'bf16' or 'bf16_emulated', got '",
-                    std::string(mode), "'");
   if (exact_only_env() || bf16_isa() == 0 || d < kAutoMinD) return Stage1::kExact;
   return Stage1::kBf16;
 }
@@ -194,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> exact_with_status(const at::Tenso
 // kernel, 0 everywhere when the whole call ran the exact kernel.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_nearest_search_cpu(const at::Tensor& z_in, const at::Tensor& e_in,
                                                                      c10::string_view metric, c10::string_view mode_name) {
+  check_mode(mode_name);
   check_vq_nearest(z_in, e_in, metric);
   const int64_t n = z_in.size(0), k = e_in.size(0), d = z_in.size(1);
   const Stage1 mode = parse_mode(mode_name, d);

@@ -40,11 +40,16 @@ bool exact_only_env() {
   return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
 }
 
+// vq_certified.vq_nearest_search checks the mode first (CUDA_MODES), before the search's checks.
+void check_mode(c10::string_view mode) {
+  TORCH_CHECK_VALUE(mode == "auto" || mode == "exact" || mode == "bf16",
+                    "fastgen: mode must be one of ('auto', 'exact', 'bf16'), got " + py_str(mode));
+}
+
 Search parse_mode(c10::string_view mode, int64_t k, int64_t d) {
+  check_mode(mode);
   if (mode == "exact") return Search::kExact;
   if (mode == "bf16") return Search::kBf16;
-  TORCH_CHECK_VALUE(mode == "auto", "fastgen: mode must be 'auto', 'exact' or 'bf16' for the CUDA kernel, got '",
-                    std::string(mode), "'");
   if (exact_only_env() || d < kAutoMinD || k < kAutoMinK) return Search::kExact;
   return Search::kBf16;
 }
@@ -100,6 +105,7 @@ void launch_certified(const at::Tensor& z, const at::Tensor& e, const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_nearest_search_cuda(const at::Tensor& z_in, const at::Tensor& e_in,
                                                                       c10::string_view metric,
                                                                       c10::string_view mode_name) {
+  check_mode(mode_name);
   check_vq_nearest(z_in, e_in, metric);
   const auto guard = device_guard(z_in, "z");
   const int64_t n = z_in.size(0), k = e_in.size(0), d = z_in.size(1);
@@ -152,6 +158,8 @@ void launch_segment(const T* z, const T* e, const at::Tensor& order, const at::T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_quantize_cuda(const at::Tensor& z_in, const at::Tensor& e_in,
                                                                 double beta, bool legacy) {
+  check_vq_nearest(z_in, e_in, "l2");  // _check_quantize: the search's checks, then beta
+  check_vq_beta(beta);
   auto [idx, dist] = vq_nearest_cuda(z_in, e_in, "l2");
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
@@ -176,10 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vq_quantize_cuda(const at::Tensor
 std::tuple<at::Tensor, at::Tensor> vq_quantize_backward_cuda(const at::Tensor& gzq_in, const at::Tensor& grad_loss,
                                                              const at::Tensor& z_in, const at::Tensor& e_in,
                                                              const at::Tensor& indices, double beta, bool legacy) {
-  check_vq_nearest(z_in, e_in, "l2");
-  check_same_float_tensor(z_in, "z", gzq_in, "grad_zq");
-  check_vq_indices(indices, z_in.size(0), z_in);
-  check_vq_grad_loss(grad_loss, z_in);
+  check_vq_quantize_backward(gzq_in, grad_loss, z_in, e_in, indices, beta);
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const auto e = e_in.contiguous();
@@ -212,10 +217,7 @@ std::tuple<at::Tensor, at::Tensor> vq_quantize_backward_cuda(const at::Tensor& g
 
 std::tuple<at::Tensor, at::Tensor> vq_code_sums_cuda(const at::Tensor& z_in, const at::Tensor& indices,
                                                      int64_t num_codes) {
-  TORCH_CHECK_TYPE(at::isFloatingType(z_in.scalar_type()), "fastgen: z must be a floating-point tensor");
-  TORCH_CHECK_VALUE(z_in.dim() == 2, "fastgen: z must have shape (N, D), got ", z_in.sizes());
-  TORCH_CHECK_VALUE(num_codes > 0, "fastgen: num_codes must be positive, got ", num_codes);
-  check_vq_indices(indices, z_in.size(0), z_in);
+  check_vq_code_sums(z_in, indices, num_codes);
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const auto [order, starts] = group_rows_cuda(indices.contiguous(), num_codes);
@@ -231,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor> vq_code_sums_cuda(const at::Tensor& z_in, con
 std::tuple<at::Tensor, at::Tensor> vq_ema_update_cuda(const at::Tensor& z_in, const at::Tensor& indices,
                                                       at::Tensor cluster_size, at::Tensor embed_sum,
                                                       double decay, double eps) {
-  check_vq_ema(z_in, indices, cluster_size, embed_sum);
+  check_vq_ema(z_in, indices, cluster_size, embed_sum, decay, eps);
   const auto guard = device_guard(z_in, "z");
   const auto z = z_in.contiguous();
   const int64_t k = embed_sum.size(0);
