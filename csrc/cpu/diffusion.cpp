@@ -56,11 +56,11 @@ void for_each_span(int64_t rows, int64_t cols, const F& f) {
   });
 }
 
-// A host index tensor's value (the CPU kernels read the step's scalars on the host).
-int64_t host_index(const at::Tensor& index, const at::Tensor& sample, int64_t upper, const char* name) {
-  check_scalar_index(index, name);
-  check_same_device(sample, "sample", index, name);
-  return host_index_value(index, upper, name);
+// The CPU kernels read the timesteps / the step index on the host: every argument is a CPU tensor
+// once the checks pass, unless the kernel was reached (by redispatch) with a sample elsewhere.
+void check_on_host(bool on_host, const at::Tensor& sample, const char* name) {
+  TORCH_CHECK_VALUE(on_host, std::string("fastgen: ") + name + " is on " + py_device(sample.device()) +
+                    " but the cpu kernel runs CPU tensors");
 }
 
 double table_at(const at::Tensor& table, int64_t i) {
@@ -72,12 +72,13 @@ double table_at(const at::Tensor& table, int64_t i) {
 
 at::Tensor mix_cpu(const at::Tensor& first_in, const at::Tensor& noise_in, const at::Tensor& timesteps,
                    const at::Tensor& table, bool velocity) {
-  check_mix(first_in, noise_in, timesteps, table, velocity);
+  const MixPlan plan = check_mix(first_in, noise_in, timesteps, table, velocity);
+  check_on_host(plan.host_timesteps.defined(), first_in, plan.first_name);
   const int64_t rows = first_in.size(0);
   const auto first = first_in.contiguous(), noise = noise_in.contiguous();
   auto out = at::empty_like(first, at::MemoryFormat::Contiguous);
   if (first.numel() == 0) return out;
-  const auto t = timesteps.to(at::kLong).contiguous();
+  const auto& t = plan.host_timesteps;  // int64, range-checked (a CPU kernel's timesteps are on the host)
   const int64_t* pt = t.const_data_ptr<int64_t>();
   const int64_t cols = first.numel() / rows;
   FASTGEN_DISPATCH_FLOATS(first.scalar_type(), "mix_cpu", [&] {
@@ -88,8 +89,6 @@ at::Tensor mix_cpu(const at::Tensor& first_in, const at::Tensor& noise_in, const
     std::vector<opmath_t> ca(rows), cb(rows);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t ti = pt[t.numel() == 1 ? 0 : r];
-      TORCH_CHECK_VALUE(ti >= 0 && ti < table.size(0), "fastgen: timesteps must be in [0, ",
-                        table.size(0), "), got ", ti);
       const opmath_t a = static_cast<opmath_t>(table_at(table, ti));
       const opmath_t sa = dsqrt(a), sb = dsqrt(opmath_t(1) - a);
       ca[r] = velocity ? -sb : sa;
@@ -185,17 +184,20 @@ std::tuple<at::Tensor, at::Tensor> denoise_cpu(bool ddpm, const at::Tensor& m_in
                                                const at::Tensor& noise_in, const at::Tensor& timestep,
                                                const at::Tensor& table, const at::Tensor& prev_table,
                                                const at::Tensor& threshold_in, const at::Tensor& uncond_in,
-                                               double guidance, double eta, int prediction,
-                                               int variance, bool clip, double clip_range,
+                                               double guidance, double eta, c10::string_view prediction_type,
+                                               c10::string_view variance_type, bool clip, double clip_range,
                                                bool use_clipped, const std::optional<at::Tensor>& seed_in,
                                                int64_t seed_offset) {
   const DenoisePlan plan = check_denoise(ddpm, m_in, x_in, noise_in, timestep, table, prev_table, threshold_in,
-                                         uncond_in, guidance, eta, clip_range, seed_in, seed_offset);
+                                         uncond_in, guidance, eta, prediction_type, variance_type, clip_range,
+                                         seed_in, seed_offset);
   const bool guided = plan.guided, thresholding = plan.thresholding, has_noise = plan.has_noise,
              gen_noise = plan.gen_noise;
-  if (seed_in.has_value()) check_same_device(x_in, "sample", *seed_in, "seed");
+  const int prediction = plan.prediction, variance = plan.variance;
+  check_on_host(plan.timestep.has_value(), x_in, "sample");
+  // the seed and the timestep are host tensors here (check_denoise: the host or the sample's device)
   const uint64_t seed = gen_noise ? static_cast<uint64_t>(seed_in->item<int64_t>()) : 0;
-  const int64_t t = host_index(timestep, x_in, table.size(0), "timestep");
+  const int64_t t = *plan.timestep;
   const auto m = m_in.contiguous(), x = x_in.contiguous();
   const auto z = has_noise && !gen_noise ? noise_in.contiguous() : x;
   const auto u = guided ? uncond_in.contiguous() : m;
@@ -302,7 +304,8 @@ at::Tensor flow_cpu(const at::Tensor& v_in, const at::Tensor* v2_in, const at::T
                     const at::Tensor* uncond_in, double guidance) {
   const FlowPlan plan = check_flow_step(v_in, v2_in, x_in, noise_in, step_index, sigmas, uncond_in, guidance);
   const bool stochastic = plan.stochastic, guided = plan.guided;
-  const int64_t i = host_index(step_index, x_in, sigmas.size(0) - 1, "step_index");
+  check_on_host(plan.step_index.has_value(), x_in, "sample");
+  const int64_t i = *plan.step_index;  // a host index (check_flow_step: the host or the sample's device)
   const auto v = v_in.contiguous(), x = x_in.contiguous();
   const auto w = v2_in ? v2_in->contiguous() : (stochastic ? noise_in->contiguous() : x);
   const auto un = guided ? uncond_in->contiguous() : v;

@@ -30,19 +30,17 @@ namespace {
 using namespace diffusion;
 
 // A one-value index tensor (checked by check_denoise / check_flow_step): by value from host
-// memory (range-checked, no device sync) or read by the kernel from the sample's device.
-Index make_index(const at::Tensor& index, const at::Tensor& sample, int64_t upper, const char* name,
-                 at::Tensor& keep) {
-  if (index.device().is_cpu()) return {nullptr, host_index_value(index, upper, name)};
-  check_same_device(sample, "sample", index, name);
+// memory (its value range-checked there, no device sync) or read by the kernel from the sample's device.
+Index make_index(const at::Tensor& index, const std::optional<int64_t>& host_value, at::Tensor& keep) {
+  if (host_value.has_value()) return {nullptr, *host_value};
   keep = index.scalar_type() == at::kLong ? index : index.to(at::kLong);
   return {keep.const_data_ptr<int64_t>(), 0};
 }
 
-// A Philox seed: any 64-bit value (int64 bit pattern), by value from the host or read on the device.
-Index make_seed(const at::Tensor& seed, const at::Tensor& sample, at::Tensor& keep) {
+// A Philox seed: any 64-bit value (int64 bit pattern), by value from the host or read on the
+// device (the sample's: check_denoise).
+Index make_seed(const at::Tensor& seed, at::Tensor& keep) {
   if (seed.device().is_cpu()) return {nullptr, seed.item<int64_t>()};
-  check_same_device(sample, "sample", seed, "seed");
   keep = seed.scalar_type() == at::kLong ? seed.reshape({}) : seed.reshape({}).to(at::kLong);
   return {keep.const_data_ptr<int64_t>(), 0};
 }
@@ -62,14 +60,18 @@ unsigned blocks_for(int64_t n) {
 
 at::Tensor mix_cuda(const at::Tensor& first_in, const at::Tensor& noise_in, const at::Tensor& timesteps_in,
                     const at::Tensor& table_in, bool velocity) {
-  const char* first_name = check_mix(first_in, noise_in, timesteps_in, table_in, velocity);
+  const MixPlan plan = check_mix(first_in, noise_in, timesteps_in, table_in, velocity);
+  const char* first_name = plan.first_name;
   const int64_t rows = first_in.size(0);
   const auto guard = device_guard(first_in, first_name);
   const auto first = first_in.contiguous(), noise = noise_in.contiguous();
   auto out = at::empty_like(first, at::MemoryFormat::Contiguous);
   const int64_t n = first.numel();
   if (n == 0) return out;
-  const auto t = timesteps_in.to(at::kLong).contiguous();
+  // host timesteps (range-checked, int64) are copied to the device; device ones are not
+  // range-checked (a sync): the kernel gives NaN for a timestep out of range
+  const auto t = plan.host_timesteps.defined() ? plan.host_timesteps.to(first.device())
+                                               : timesteps_in.to(at::kLong).contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   FASTGEN_DISPATCH_FLOATS(first.scalar_type(), "mix_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -89,17 +91,20 @@ std::tuple<at::Tensor, at::Tensor> denoise_cuda(bool ddpm, const at::Tensor& m_i
                                                 const at::Tensor& noise_in, const at::Tensor& timestep,
                                                 const at::Tensor& table_in, const at::Tensor& prev_table_in,
                                                 const at::Tensor& threshold_in, const at::Tensor& uncond_in,
-                                                double guidance, double eta, int prediction,
-                                                int variance, bool clip, double clip_range, bool use_clipped,
-                                                const std::optional<at::Tensor>& seed_in, int64_t seed_offset) {
+                                                double guidance, double eta, c10::string_view prediction_type,
+                                                c10::string_view variance_type, bool clip, double clip_range,
+                                                bool use_clipped, const std::optional<at::Tensor>& seed_in,
+                                                int64_t seed_offset) {
   const DenoisePlan plan = check_denoise(ddpm, m_in, x_in, noise_in, timestep, table_in, prev_table_in,
-                                         threshold_in, uncond_in, guidance, eta, clip_range, seed_in, seed_offset);
+                                         threshold_in, uncond_in, guidance, eta, prediction_type, variance_type,
+                                         clip_range, seed_in, seed_offset);
   const bool guided = plan.guided, thresholding = plan.thresholding, has_noise = plan.has_noise,
              gen_noise = plan.gen_noise;
+  const int prediction = plan.prediction, variance = plan.variance;
   at::Tensor keep, keep_seed;
-  const Index t = make_index(timestep, x_in, table_in.size(0), "timestep", keep);
+  const Index t = make_index(timestep, plan.timestep, keep);
   // a host seed is passed by value, a device one read by the kernel (no sync); any int64 value
-  const Index seed = gen_noise ? make_seed(*seed_in, x_in, keep_seed) : Index{nullptr, 0};
+  const Index seed = gen_noise ? make_seed(*seed_in, keep_seed) : Index{nullptr, 0};
   const auto guard = device_guard(x_in, "sample");
   const auto m = m_in.contiguous(), x = x_in.contiguous();
   const auto z = has_noise && !gen_noise ? noise_in.contiguous() : x;
@@ -147,7 +152,7 @@ at::Tensor flow_cuda(const at::Tensor& v_in, const at::Tensor* v2_in, const at::
   const FlowPlan plan = check_flow_step(v_in, v2_in, x_in, noise_in, step_index, sigmas_in, uncond_in, guidance);
   const bool stochastic = plan.stochastic, guided = plan.guided;
   at::Tensor keep;
-  const Index i = make_index(step_index, x_in, sigmas_in.size(0) - 1, "step_index", keep);
+  const Index i = make_index(step_index, plan.step_index, keep);
   const auto guard = device_guard(x_in, "sample");
   const auto v = v_in.contiguous(), x = x_in.contiguous();
   const auto w = v2_in ? v2_in->contiguous() : (stochastic ? noise_in->contiguous() : x);
