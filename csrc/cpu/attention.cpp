@@ -248,8 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cpu(
 // keys, so they are folded into the query dimension of that kv head (row r = g * Lq + i).
 at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& cache_seqlens, c10::optional<double> scale) {
-  check_decode(q, k_cache, v_cache, cache_seqlens);
-  check_scale(scale);
+  check_decode(q, k_cache, v_cache, cache_seqlens, scale);
   const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3);
   const int64_t hkv = k_cache.size(1), lmax = k_cache.size(2), group = h / hkv, rows = group * lq;
   if (q.numel() == 0 || lmax == 0) return at::zeros(q.sizes(), q.options());

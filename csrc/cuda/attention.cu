@@ -28,10 +28,12 @@
 namespace fastgen {
 namespace {
 
-// q, k, v as check_attention (common/attention.h) accepted them, with unit last stride.
+// q, k, v as check_attention (common/attention.h) accepted them (head dim <= kAttentionMaxHeadDim),
+// with unit last stride (unit_last).
+static_assert(kAttentionMaxHeadDim == 32 * kMaxPerLane, "the FMA kernels' head-dim limit is the checks'");
 Geometry geometry(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK_VALUE(q.size(3) <= 32 * kMaxPerLane, "fastgen: head dim must be <= 256");
-  TORCH_CHECK_VALUE(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "fastgen: unit last stride expected");
+  TORCH_CHECK_VALUE(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+                    "fastgen: q, k and v must have a unit last stride");
   return {q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3),
           q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
           v.stride(0), v.stride(1), v.stride(2)};
@@ -101,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_cuda(const at::Tensor& q_in, 
                                                         const at::Tensor& v_in, bool causal, c10::optional<double> scale,
                                                         const c10::optional<at::Tensor>& key_padding_mask,
                                                         double dropout_p, const c10::optional<at::Tensor>& seed) {
-  check_flash_attention(q_in, k_in, v_in, key_padding_mask, dropout_p, seed, scale);
+  check_flash_attention(q_in, k_in, v_in, key_padding_mask, dropout_p, seed, scale, kAttentionMaxHeadDim);
   const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
@@ -137,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
     const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse, bool causal, c10::optional<double> scale,
     const c10::optional<at::Tensor>& key_padding_mask, double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_flash_attention_backward(grad_out, grad_lse, q_in, k_in, v_in, out, lse, key_padding_mask, dropout_p, seed,
-                                 scale);
+                                 scale, kAttentionMaxHeadDim);
   const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
@@ -175,8 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_backward_cuda(
 // split-KV version is the Triton kernel).
 at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                  const at::Tensor& cache_seqlens, c10::optional<double> scale) {
-  check_decode(q_in, k_in, v_in, cache_seqlens);
-  check_scale(scale);
+  check_decode(q_in, k_in, v_in, cache_seqlens, scale, kAttentionMaxHeadDim);
   const auto guard = device_guard(q_in, "q");
   const auto q = unit_last(q_in), k = unit_last(k_in), v = unit_last(v_in);
   const Geometry g = geometry(q, k, v);
