@@ -175,22 +175,32 @@ def _cases_gan():
         yield f"bias_act nobias {dt}", lambda dt=dt: gan.bias_act(_r(4, 6, dtype=dt), None, "relu")
         yield (f"bias_act_backward nobias {dt}",
                lambda dt=dt: gan.bias_act_backward(_r(4, 6, dtype=dt), _r(4, 6, dtype=dt), None, "relu"))
+
+
+def _cases_norm():
+    from .kernels import norm
+    for dt in FLOATS:
         for shape, groups in (((2, 8, 5, 5), 4), ((2, 64, 32, 32), 32), ((2, 4, 3), 2), ((2, 6, 1), 6)):
             x = _r(*shape, dtype=dt)
             w = torch.ones(shape[1], dtype=dt)
             for affine in (True, False):
                 wb = w if affine else None
                 yield (f"group_norm_silu {shape} affine={affine} {dt}",
-                       lambda x=x, wb=wb, g=groups: gan.group_norm_silu(x, wb, wb, g))
+                       lambda x=x, wb=wb, g=groups: norm.group_norm_silu(x, wb, wb, g))
                 mt = _compat.math_dtype(dt)
                 mean = torch.zeros(shape[0], groups, dtype=mt)
                 yield (f"group_norm_silu_backward {shape} affine={affine} {dt}",
-                       lambda x=x, wb=wb, g=groups, m=mean: gan.group_norm_silu_backward(x, x, wb, wb, m, m + 1, g))
+                       lambda x=x, wb=wb, g=groups, m=mean: norm.group_norm_silu_backward(x, x, wb, wb, m, m + 1, g))
+
+
+def _cases_contrastive():
+    from .kernels import contrastive
+    for dt in FLOATS:
         for d in (16, 128, 200):
             z = _r(5, d, dtype=dt)
-            yield f"info_nce_loss D={d} {dt}", lambda z=z: gan.info_nce_loss(z, z, 0.1)
+            yield f"info_nce_loss D={d} {dt}", lambda z=z: contrastive.info_nce_loss(z, z, 0.1)
             yield (f"info_nce_loss_backward D={d} {dt}",
-                   lambda z=z: gan.info_nce_loss_backward(torch.ones(()), z, z, torch.zeros(10), 0.1))
+                   lambda z=z: contrastive.info_nce_loss_backward(torch.ones(()), z, z, torch.zeros(10), 0.1))
 
 
 def _cases_vq():
@@ -268,8 +278,9 @@ def _cases_attention():
                        lambda qd=qd, c=cache: attention.decode_attention(qd, c, c, torch.tensor([300, 17])))
 
 
-FAMILIES = {"vae": _cases_vae, "flow": _cases_flow, "gan": _cases_gan, "vq": _cases_vq,
-            "diffusion": _cases_diffusion, "attention": _cases_attention}
+FAMILIES = {"vae": _cases_vae, "flow": _cases_flow, "gan": _cases_gan, "norm": _cases_norm,
+            "contrastive": _cases_contrastive, "vq": _cases_vq, "diffusion": _cases_diffusion,
+            "attention": _cases_attention}
 
 
 def record_all(families=None, arch=90, pattern=None):

@@ -248,6 +248,8 @@ def _(device, n):
                    "silu", 0.2, 1.0, 1), grad=(0, 1, 2), ranked=(2,), same_shape=((1, 0),))
 
 
+# -- norm ------------------------------------------------------------------------------------------
+
 def _gn(device, n):
     return _r(n, 4, 3, 3, device=device), _r(4, device=device, seed=1), _r(4, device=device, seed=2)
 
@@ -264,6 +266,8 @@ def _(device, n):
     return Sample((_r(n, 4, 3, 3, device=device, seed=3), x, w, b, mean, rstd, 2, True),
                   ranked=(2, 3), same_shape=((1, 0),))
 
+
+# -- contrastive -----------------------------------------------------------------------------------
 
 @sample("info_nce_loss")
 def _(device, n):

@@ -197,9 +197,9 @@ def _block_sum_users():
         "actnorm": lambda: fwd_bwd(ops.actnorm, [x4, r(5), r(5)]),
         # gan.cu: bias_act_backward_kernel's per-plane path (block_sum)
         "bias_act": lambda: fwd_bwd(ops.bias_act, [x4, r(5)]),
-        # gan.cu: group_norm forward (block_sum + broadcast) and backward (two block_sums)
+        # norm.cu: group_norm forward (block_sum + broadcast) and backward (two block_sums)
         "group_norm_silu": lambda: fwd_bwd(ops.group_norm_silu, [r(2, 6, 5, 7), r(6), r(6)], dict(num_groups=3)),
-        # gan.cu: info_nce_lse_kernel (block_max, block_sum), info_nce_weights_kernel
+        # contrastive.cu: info_nce_lse_kernel (block_max, block_sum), info_nce_weights_kernel
         "info_nce_loss": lambda: fwd_bwd(ops.info_nce_loss, [r(37, 16), r(37, 16)]),
         # vq.cu: vq_nearest_kernel (shared tiles), vq_segment_kernel (shared partials)
         "vq": lambda: _vq_check(r),

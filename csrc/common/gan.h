@@ -1,5 +1,6 @@
 #pragma once
-// Math shared by the CPU (.cpp) and CUDA (.cu) kernels of the GAN / SimCLR family.
+// Math shared by the CPU (.cpp) and CUDA (.cu) kernels of bias_act; group_norm_silu's SiLU
+// (common/norm.h) is its act_forward / act_slope<Act::kSilu> too.
 // `T` is the math type: float for fp16/bf16/fp32 inputs, double for fp64 — or, on the CPU, an
 // at::vec::Vectorized of those (cpu/gan.cpp declares the SIMD overloads of fexp / ferf /
 // fselect_* before including this file, so these templates run on vectors too).
@@ -48,17 +49,6 @@ FASTGEN_HD T act_slope(T y, T alpha) {
   } else {
     return T(0.5) * (T(1) + ferf(y * T(kSqrtHalf))) + y * fexp(T(-0.5) * y * y) * T(kInvSqrt2Pi);
   }
-}
-
-// ---- group_norm_silu --------------------------------------------------------------------------
-// Per (sample, group) of m elements, with xhat = (x - mean) * rstd, y = xhat * w + b and
-// gy = dL/dy (already through SiLU):  s1 = sum w * gy,  s2 = sum w * gy * xhat
-// = sum_c w_c * rstd * sa_c where sa_c = sum over the channel of gy * (x - mean). Then
-//   dx = rstd * w * gy + k1 * (x - mean) + k2,  k1 = -rstd^2 * s2 / m,  k2 = -rstd * s1 / m.
-template <typename T>
-FASTGEN_HD void group_norm_dx_coefs(T rstd, T s1, T s2, T m, T* k1, T* k2) {
-  *k1 = -rstd * rstd * s2 / m;
-  *k2 = -rstd * s1 / m;
 }
 
 }  // namespace fastgen

@@ -1,6 +1,7 @@
 #pragma once
 // Block reductions and the per-sample launch tiling of the CUDA kernels: one copy, used by
-// flow.cu, gan.cu and vae.cu (and by the cuda_emu build of them, against csrc/emu/). No ATen.
+// flow.cu, gan.cu, norm.cu, contrastive.cu and vae.cu (and by the cuda_emu build of them,
+// against csrc/emu/). No ATen.
 //
 // block_sum / block_max contract:
 //   - every thread of the block calls it, with blockDim.x == kThreads (a multiple of 32, <= 1024)
@@ -51,6 +52,17 @@ __device__ __forceinline__ T block_sum(T v) {
 template <int kThreads, typename T>
 __device__ __forceinline__ T block_max(T v) {
   return block_reduce<kThreads>(v, -std::numeric_limits<T>::infinity(), Max{});
+}
+
+// v of thread 0, in every thread of the block (all threads call it; it contains __syncthreads).
+template <typename acc_t>
+__device__ __forceinline__ acc_t broadcast_from_thread0(acc_t v) {
+  __shared__ acc_t slot;
+  if (threadIdx.x == 0) slot = v;
+  __syncthreads();
+  v = slot;
+  __syncthreads();
+  return v;
 }
 
 // Per-sample reductions over a (rows, cols) view: grid (rows, chunks); block (row, y) covers

@@ -3,7 +3,7 @@ from . import functional
 from .attention import KVCache, MultiheadAttention, scaled_dot_product_attention
 from .flows import (ActNorm, AdditiveCoupling, AffineCoupling, FlowSequential, InvConv2dLU,
                     NICEScaling, Split, Squeeze)
-from .gan import GroupNormSiLU
+from .norm import GroupNormSiLU
 from .vq import EMAVectorQuantizer, ResidualVQ, VectorQuantize, VectorQuantizer, vq_ema_update_
 
 __all__ = ["ActNorm", "AdditiveCoupling", "AffineCoupling", "EMAVectorQuantizer", "FlowSequential",

@@ -1,4 +1,4 @@
-"""Drop-in modules for the GAN / diffusion conv blocks."""
+"""Drop-in normalization modules for the GAN / diffusion conv blocks: GroupNorm + SiLU."""
 import torch
 from torch import nn
 

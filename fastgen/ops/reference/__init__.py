@@ -3,9 +3,9 @@ every kernel is tested against. Math runs in fp32 (fp64 for fp64 inputs); output
 kernels' contract (per-element outputs in the input dtype, per-sample reductions in the math
 dtype).
 
-One module per op family (vae, vq, attention, flow, diffusion, gan), the same names as
-fastgen/ops/<family>.py; every name is also here, so `reference.flash_attention` works.
-Nothing in fastgen imports this package at run time: the registry imports a reference
+One module per op family (vae, vq, attention, flow, diffusion, gan, norm, contrastive), the
+same names as fastgen/ops/<family>.py; every name is also here, so `reference.flash_attention`
+works. Nothing in fastgen imports this package at run time: the registry imports a reference
 function only when the "reference" backend runs (FusedOp(reference="<family>.<name>")), and
 the runtime helpers the ops need live in fastgen/ops/ (tests/test_op_contract.py checks both).
 """
@@ -29,5 +29,6 @@ from .diffusion import (  # noqa: F401
     flow_heun_step, PREDICTION_TYPES, VARIANCE_TYPES)
 from .gan import (  # noqa: F401
     bias_act_channel_shape, _activation, bias_act, bias_act_slope, bias_act_backward, sum_but_dim,
-    bias_act_curvature, group_norm_silu, _group_size, group_norm_silu_backward, info_nce_loss,
-    info_nce_loss_backward, BIAS_ACTS, INFO_NCE_NORM_EPS)
+    bias_act_curvature, BIAS_ACTS)
+from .norm import group_norm_silu, _group_size, group_norm_silu_backward  # noqa: F401
+from .contrastive import info_nce_loss, info_nce_loss_backward, INFO_NCE_NORM_EPS  # noqa: F401
