@@ -17,50 +17,6 @@
 #include "common/checks.h"
 
 namespace fastgen {
-namespace attention_detail {
-
-// Python's repr of a float ("0.25", "-1.0", "1e-05", "inf", "nan"), as the Python checks print
-// scale and dropout_p. (Generic; kept here, not in common/checks.h, which this family does not
-// edit; in a namespace of its own so that it cannot clash with other families' copies.)
-inline std::string py_float(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  if (v == 0) return std::signbit(v) ? "-0.0" : "0.0";
-  char buf[64];
-  for (int p = 1; p <= 17; ++p) {  // the shortest digits that read back as v
-    std::snprintf(buf, sizeof(buf), "%.*e", p - 1, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  std::string s(buf);
-  const bool neg = s[0] == '-';
-  if (neg) s.erase(0, 1);
-  const auto epos = s.find('e');
-  const int exp = std::atoi(s.c_str() + epos + 1);  // v = d.ddd * 10**exp
-  std::string digits;
-  for (size_t i = 0; i < epos; ++i)
-    if (s[i] != '.') digits += s[i];
-  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
-  std::string out;
-  if (exp >= -4 && exp < 16) {  // repr's fixed notation
-    const auto point = static_cast<size_t>(exp + 1);
-    if (exp < 0) {
-      out = "0." + std::string(static_cast<size_t>(-exp - 1), '0') + digits;
-    } else if (digits.size() <= point) {
-      out = digits + std::string(point - digits.size(), '0') + ".0";
-    } else {
-      out = digits.substr(0, point) + "." + digits.substr(point);
-    }
-  } else {  // "1e-05", "1.5e+16"
-    out = digits.substr(0, 1);
-    if (digits.size() > 1) out += "." + digits.substr(1);
-    const int a = exp < 0 ? -exp : exp;
-    out += std::string(exp < 0 ? "e-" : "e+") + (a < 10 ? "0" : "") + std::to_string(a);
-  }
-  return neg ? "-" + out : out;
-}
-
-}  // namespace attention_detail
-
 // No head-dim limit (the CPU kernels); the CUDA kernels pass kAttentionMaxHeadDim.
 constexpr int64_t kNoHeadDimLimit = std::numeric_limits<int64_t>::max();
 constexpr int64_t kAttentionMaxHeadDim = 256;
@@ -98,13 +54,13 @@ inline void check_attention(const at::Tensor& q, const at::Tensor& k, const at::
 inline void check_scale(const std::optional<double>& scale) {
   TORCH_CHECK_VALUE(!scale.has_value() || (*scale > 0 && *scale < std::numeric_limits<double>::infinity()),
                     "fastgen: scale must be a finite positive number, got " +
-                        attention_detail::py_float(scale.value_or(0.0)));
+                        py_float(scale.value_or(0.0)));
 }
 
 // _check_dropout_p (NaN fails too).
 inline void check_dropout_p(double dropout_p) {
   TORCH_CHECK_VALUE(dropout_p >= 0 && dropout_p <= 1,
-                    "fastgen: dropout_p must be in [0, 1], got " + attention_detail::py_float(dropout_p));
+                    "fastgen: dropout_p must be in [0, 1], got " + py_float(dropout_p));
 }
 
 // flash_attention's optional arguments: the key padding mask (True = padded) and, with dropout,

@@ -2,17 +2,21 @@
 // Argument checks shared by the CPU and CUDA entry points; they raise ValueError / TypeError
 // (TORCH_CHECK_VALUE / _TYPE) naming the argument. Where they run (fastgen/ops/_registry.py):
 // - ops registered with native_checks=True: on the cpu backend these checks are the only ones
-//   before the kernel (the Python check is skipped; it runs only after a rejection here, to
-//   raise the Python wording where the two differ). They must be complete for such an op.
+//   before the kernel (the Python check is skipped), so they must be complete for such an op.
 //   Tracing (the fake), the reference / triton / cuda_emu backends and CUDA tensors run the
 //   Python check first (NATIVE_CHECK_DEVICES in _registry.py says why not CUDA).
-// - other ops: the Python check runs first on every backend; these guard what it does not cover
-//   and direct torch.ops.fastgen.*_native callers.
-// tests/test_op_contract.py checks that every backend rejects the same bad inputs with the same words.
+// - other ops: the Python check runs first on every backend; these guard direct
+//   torch.ops.fastgen.*_native callers.
+// Either way a check here raises the Python check's exception type and exact words, in its
+// order: tests/test_op_contract.py calls each C++ op directly on every generated bad input and
+// compares, and checks that every backend rejects the same bad inputs with the same words.
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 
 #include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <string>
 
@@ -58,9 +62,90 @@ inline std::string py_dtype(at::ScalarType t) {
 
 inline std::string py_device(const at::Device& d) { return d.str(); }
 
+// repr(v) of a Python float, as f"{v}" / f"{v!r}" print it: "0.25", "-1.0", "1e-05", "1.5e+16",
+// "inf", "nan". The shortest digits that read back as v, in fixed notation for decimal exponents
+// -4 <= e < 16 (with ".0" when whole), else in exponent notation with at least two digits.
+inline std::string py_float(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  if (v == 0) return std::signbit(v) ? "-0.0" : "0.0";
+  char buf[64];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*e", prec - 1, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string s(buf);  // [-]d[.ddd]e(+|-)XX
+  const bool neg = s[0] == '-';
+  if (neg) s.erase(0, 1);
+  const size_t epos = s.find('e');
+  const int exp10 = std::atoi(s.c_str() + epos + 1);
+  std::string digits;
+  for (size_t i = 0; i < epos; ++i)
+    if (s[i] != '.') digits += s[i];
+  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+  const int decpt = exp10 + 1;  // v = 0.digits * 10**decpt
+  const int nd = static_cast<int>(digits.size());
+  std::string out;
+  if (decpt <= -4 || decpt > 16) {
+    out = digits.substr(0, 1);
+    if (nd > 1) out += "." + digits.substr(1);
+    std::snprintf(buf, sizeof buf, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
+    out += buf;
+  } else if (decpt <= 0) {
+    out = "0." + std::string(static_cast<size_t>(-decpt), '0') + digits;
+  } else if (decpt >= nd) {
+    out = digits + std::string(static_cast<size_t>(decpt - nd), '0') + ".0";
+  } else {
+    out = digits.substr(0, static_cast<size_t>(decpt)) + "." + digits.substr(static_cast<size_t>(decpt));
+  }
+  return neg ? "-" + out : out;
+}
+
+// f"{v:g}" of a Python float (C's %g, with nan unsigned as Python prints it).
+inline std::string py_format_g(double v) {
+  if (std::isnan(v)) return "nan";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// repr(s) of a Python str ('l2', "it's", 'a\\nb'): single quotes unless s holds ' and no ",
+// backslash escapes for the quote, the backslash and control characters; bytes >= 0x80 (UTF-8)
+// are kept as they are.
+inline std::string py_str(c10::string_view s) {
+  const bool dq = s.find('\'') != c10::string_view::npos && s.find('"') == c10::string_view::npos;
+  const char q = dq ? '"' : '\'';
+  std::string out(1, q);
+  for (const char ch : s) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (ch == q || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (ch == '\n') {
+      out += "\\n";
+    } else if (ch == '\r') {
+      out += "\\r";
+    } else if (ch == '\t') {
+      out += "\\t";
+    } else if (u < 0x20 || u == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", u);
+      out += hex;
+    } else {
+      out += ch;
+    }
+  }
+  return out + q;
+}
+
 // The dtypes fastgen's kernels take (FLOAT_DTYPES in fastgen/ops/_checks.py).
 inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+// The integer dtypes the index arguments take (_INT_DTYPES in fastgen/ops/diffusion.py).
+inline bool is_index_dtype(at::ScalarType t) {
+  return t == at::kChar || t == at::kByte || t == at::kShort || t == at::kInt || t == at::kLong;
 }
 
 // _checks.float_tensor

@@ -16,84 +16,6 @@
 
 namespace fastgen {
 
-// Python's spelling of the scalars the flow checks print (the messages read exactly like the
-// Python checks of fastgen/ops/flow.py). Not in common/checks.h: only this family prints them.
-
-// repr(v) of a Python float: the shortest digits that read back as v, in fixed notation for
-// decimal exponents -4 <= e < 16 (with ".0" when whole), else "1e-05" / "1.5e+16"; inf, nan.
-inline std::string flow_repr_float(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v < 0 ? "-inf" : "inf";
-  if (v == 0) return std::signbit(v) ? "-0.0" : "0.0";
-  char buf[64];
-  for (int p = 1; p <= 17; ++p) {
-    std::snprintf(buf, sizeof buf, "%.*e", p - 1, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  std::string s(buf);  // [-]d[.ddd]e(+|-)XX
-  const bool neg = s[0] == '-';
-  if (neg) s.erase(0, 1);
-  const size_t e = s.find('e');
-  const int exp10 = std::atoi(s.c_str() + e + 1);
-  std::string digits;
-  for (size_t i = 0; i < e; ++i)
-    if (s[i] != '.') digits += s[i];
-  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
-  const int decpt = exp10 + 1;  // v = 0.digits * 10^decpt
-  const int nd = static_cast<int>(digits.size());
-  std::string out;
-  if (decpt <= -4 || decpt > 16) {
-    out = digits.substr(0, 1);
-    if (nd > 1) out += "." + digits.substr(1);
-    char eb[16];
-    std::snprintf(eb, sizeof eb, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
-    out += eb;
-  } else if (decpt <= 0) {
-    out = "0." + std::string(-decpt, '0') + digits;
-  } else if (decpt >= nd) {
-    out = digits + std::string(decpt - nd, '0') + ".0";
-  } else {
-    out = digits.substr(0, decpt) + "." + digits.substr(decpt);
-  }
-  return neg ? "-" + out : out;
-}
-
-// f"{v:g}" of a Python float (C's %g, but nan unsigned as Python prints it).
-inline std::string flow_format_g(double v) {
-  if (std::isnan(v)) return "nan";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%g", v);
-  return buf;
-}
-
-// repr(s) of a Python str: single quotes unless s holds ' and no ", backslash escapes for the
-// quote, backslash and control characters (non-ASCII text is passed through as printable).
-inline std::string flow_repr_str(c10::string_view s) {
-  const bool dq = s.find('\'') != c10::string_view::npos && s.find('"') == c10::string_view::npos;
-  const char q = dq ? '"' : '\'';
-  std::string out(1, q);
-  for (const char ch : s) {
-    const auto u = static_cast<unsigned char>(ch);
-    if (ch == q || ch == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (ch == '\n') {
-      out += "\\n";
-    } else if (ch == '\r') {
-      out += "\\r";
-    } else if (ch == '\t') {
-      out += "\\t";
-    } else if (u < 0x20 || u == 0x7f) {
-      char eb[8];
-      std::snprintf(eb, sizeof eb, "\\x%02x", u);
-      out += eb;
-    } else {
-      out += ch;
-    }
-  }
-  return out + q;
-}
-
 // _check_scale_args (scale_fn, then clamp; the schema types the three): the scale function's id.
 inline int parse_scale_fn(c10::string_view name) {
   if (name == "exp") return kExp;
@@ -101,14 +23,14 @@ inline int parse_scale_fn(c10::string_view name) {
   if (name == "tanh_exp") return kTanhExp;
   if (name == "atan_exp") return kAtanExp;
   TORCH_CHECK_VALUE(false, std::string("fastgen: scale_fn must be one of ('exp', 'sigmoid', 'tanh_exp', "
-                    "'atan_exp'), got ") + flow_repr_str(name));
+                    "'atan_exp'), got ") + py_str(name));
   return kExp;
 }
 
 inline int check_scale_args(c10::string_view scale_fn, double clamp) {
   const int fn = parse_scale_fn(scale_fn);
   TORCH_CHECK_VALUE(std::isfinite(clamp) && clamp > 0,
-                    std::string("fastgen: clamp must be a finite float > 0, got ") + flow_repr_float(clamp));
+                    std::string("fastgen: clamp must be a finite float > 0, got ") + py_float(clamp));
   return fn;
 }
 
@@ -201,7 +123,7 @@ inline int parse_prior(c10::string_view name) {
   if (name == "gaussian") return kGaussian;
   if (name == "logistic") return kLogistic;
   TORCH_CHECK_VALUE(false, std::string("fastgen: prior must be one of ('gaussian', 'logistic'), got ") +
-                    flow_repr_str(name));
+                    py_str(name));
   return kGaussian;
 }
 

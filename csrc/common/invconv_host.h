@@ -26,7 +26,7 @@ inline void check_invconv_values(const at::Tensor& perm, const at::Tensor& sign)
   const int64_t c = s.numel();
   for (int64_t i = 0; i < c; ++i)
     TORCH_CHECK_VALUE(ps[i] == 1 || ps[i] == -1, "fastgen: sign must hold +1 or -1 (the signs of W's diagonal), got " +
-                      flow_format_g(ps[i]) + " at channel " + py_int(i));
+                      py_format_g(ps[i]) + " at channel " + py_int(i));
   const double* pp = p.const_data_ptr<double>();
   std::vector<int64_t> col_ones(c, 0);
   bool ok = true;

@@ -14,61 +14,6 @@
 
 namespace fastgen {
 
-// Python's repr of a float ("0.25", "-1.0", "1e-05", "inf", "nan"), for messages that print
-// one as the Python checks do (fastgen/ops/vq.py: f"{beta!r}", f"{decay}").
-inline std::string py_float(double v) {
-  if (std::isnan(v)) return "nan";
-  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-  char buf[64];
-  for (int p = 1; p <= 17; ++p) {  // the shortest digits that read back as v
-    std::snprintf(buf, sizeof(buf), "%.*e", p - 1, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  std::string s(buf);
-  const bool neg = s[0] == '-';
-  if (neg) s.erase(0, 1);
-  const auto epos = s.find('e');
-  const int exp = std::atoi(s.c_str() + epos + 1);
-  std::string digits;
-  for (size_t i = 0; i < epos; ++i)
-    if (s[i] != '.') digits += s[i];
-  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
-  std::string out;
-  if (exp >= -4 && exp < 16) {
-    const auto point = static_cast<size_t>(exp + 1);
-    if (exp < 0) out = "0." + std::string(static_cast<size_t>(-exp - 1), '0') + digits;
-    else if (digits.size() <= point) out = digits + std::string(point - digits.size(), '0') + ".0";
-    else out = digits.substr(0, point) + "." + digits.substr(point);
-  } else {
-    out = digits.substr(0, 1) + (digits.size() > 1 ? "." + digits.substr(1) : std::string());
-    std::snprintf(buf, sizeof(buf), "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
-    out += buf;
-  }
-  return neg ? "-" + out : out;
-}
-
-// Python's repr of a str ('l2', "it's"), for option names echoed back.
-inline std::string py_str(c10::string_view v) {
-  const bool dq = v.find('\'') != c10::string_view::npos && v.find('"') == c10::string_view::npos;
-  const char q = dq ? '"' : '\'';
-  std::string out(1, q);
-  for (const char ch : v) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (ch == q || ch == '\\') out += std::string("\\") + ch;
-    else if (ch == '\n') out += "\\n";
-    else if (ch == '\r') out += "\\r";
-    else if (ch == '\t') out += "\\t";
-    else if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      out += buf;
-    } else {
-      out += ch;
-    }
-  }
-  return out + q;
-}
-
 // fastgen/ops/vq.py _check_nearest, in its order.
 inline void check_vq_nearest(const at::Tensor& z, const at::Tensor& codebook, c10::string_view metric) {
   check_float_tensor(z, "z");

@@ -122,7 +122,7 @@ constexpr int64_t kRowsPerTask = 64;    // (N, C) layout: samples per dbias part
 
 at::Tensor bias_act_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& bias, c10::string_view act,
                         double alpha, double gain, int64_t dim) {
-  check_bias_act(x_in, bias, dim, alpha, gain);
+  check_bias_act(x_in, bias, act, alpha, gain, dim);
   const auto x = x_in.contiguous();
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (x.numel() == 0) return out;
@@ -158,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cpu(const at::Tensor& grad_
                                                          const std::optional<at::Tensor>& bias,
                                                          c10::string_view act, double alpha, double gain,
                                                          int64_t dim) {
-  check_bias_act_backward(grad_in, x_in, bias, dim, alpha, gain);
+  check_bias_act_backward(grad_in, x_in, bias, act, alpha, gain, dim);
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const ChannelView v(x, dim);

@@ -27,7 +27,7 @@ namespace {
 
 at::Tensor bias_act_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in, c10::string_view act,
                          double alpha, double gain, int64_t dim) {
-  check_bias_act(x_in, bias_in, dim, alpha, gain);
+  check_bias_act(x_in, bias_in, act, alpha, gain, dim);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous();
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -55,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
                                                           const std::optional<at::Tensor>& bias_in,
                                                           c10::string_view act, double alpha, double gain,
                                                           int64_t dim) {
-  check_bias_act_backward(grad_in, x_in, bias_in, dim, alpha, gain);
+  check_bias_act_backward(grad_in, x_in, bias_in, act, alpha, gain, dim);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
   auto dx = at::empty_like(x, at::MemoryFormat::Contiguous);

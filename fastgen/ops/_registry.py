@@ -51,11 +51,13 @@ class FusedOp:
     triton_dtypes: the floating dtypes the Triton kernel takes (None: all). On CUDA tensors,
                `auto` skips Triton for a call with a floating tensor of another dtype (fp64
                attention or VQ goes to the CUDA C++ kernel, which takes it).
-    native_checks: the C++ kernels validate every argument themselves, so on CPU tensors
-               (NATIVE_CHECK_DEVICES) the cpu backend's Python `check` (several microseconds per
-               call, much of a small op's time) runs only when the kernel rejects its arguments,
-               to raise its own error message. The fake (tracing), the reference / triton /
-               cuda_emu backends and CUDA tensors always run it first (see NATIVE_CHECK_DEVICES).
+    native_checks: the C++ kernels validate every argument themselves, in the Python `check`'s
+               order and words (csrc/common/checks.h; tests/test_op_contract.py compares the two
+               on every generated bad input), so on CPU tensors (NATIVE_CHECK_DEVICES) the cpu
+               backend does not run `check` (several microseconds per call, much of a small op's
+               time): the C++ layer is the one that rejects. The fake (tracing), the reference /
+               triton / cuda_emu backends and CUDA tensors run `check` first (see
+               NATIVE_CHECK_DEVICES).
                Such an op also skips its own dispatcher entry in eager calls on plain tensors
                that need no gradient (no autograd, or grad mode off, or no input requiring grad):
                once a (device, backend) has resolved to the C++ kernel, `__call__` calls
@@ -151,8 +153,8 @@ class FusedOp:
                             tensors = tensors + tuple(self.defaults[len(tensors):])
                         try:
                             return kernel(*tensors)
-                        except (RuntimeError, ValueError, TypeError, IndexError):
-                            self._reword(tensors)
+                        except RuntimeError:
+                            self._dispatcher_rejected(tensors)
                             raise
                     apply = self._functions.get(key) or self._eager_function(key)
                     if len(tensors) < len(self.defaults):
@@ -168,8 +170,8 @@ class FusedOp:
                         tensors = tensors + tuple(self.defaults[len(tensors):])
                     try:
                         return kernel(*tensors)
-                    except (RuntimeError, ValueError, TypeError, IndexError):
-                        self._reword(tensors)
+                    except RuntimeError:
+                        self._dispatcher_rejected(tensors)
                         raise
                 if self._autograd is not None:  # no gradient needed: the kernel, no autograd node
                     try:
@@ -189,7 +191,7 @@ class FusedOp:
         backward, setup_context = self._autograd
         device, backend = key[:2]
         run, keyword_only = functools.partial(self._run, device, backend=backend), {"backend": backend}
-        kernels, checked, check = self._kernels, self._checked, self.check
+        kernels, checked, dispatcher_rejected = self._kernels, self._checked, self._dispatcher_rejected
 
         def forward(ctx, *inputs):
             kernel = kernels.get(key)
@@ -198,8 +200,8 @@ class FusedOp:
             else:  # the C++ kernel checks its arguments: `_run` without its lookups (µs per call)
                 try:
                     output = kernel(*inputs)
-                except (RuntimeError, ValueError, TypeError, IndexError):
-                    check(*inputs)  # the same rejection, in the Python checks' words
+                except RuntimeError:
+                    dispatcher_rejected(inputs)
                     raise
             setup_context(ctx, inputs, keyword_only, output)
             return output
@@ -235,14 +237,16 @@ class FusedOp:
         if self._may_go_direct:
             self._direct[key] = kernel
         try:
-            return kernel(*tensors)
-        except (RuntimeError, ValueError, TypeError, IndexError):
-            self.check(*tensors)  # the same rejection, in the Python checks' words
+            return kernel(*tensors)  # the C++ checks, worded as `check` (tests/test_op_contract.py)
+        except RuntimeError:
+            self._dispatcher_rejected(tensors)
             raise
 
-    def _reword(self, tensors):
-        """After the C++ kernel rejected a direct call: raise the Python checks' error instead,
-        if they find one (non-tensor arguments first, as the dispatcher would)."""
+    def _dispatcher_rejected(self, tensors):
+        """The C++ op of a native_checks op raised a RuntimeError, not its checks' ValueError /
+        TypeError: the dispatcher refused the call before those checks ran (a non-tensor, or a
+        tensor on a device the op has no kernel for, such as meta next to CPU tensors). Raise what
+        the Python check says of these arguments, if it finds a fault; else the error stands."""
         self._reject_non_tensors(tensors)
         if len(tensors) < len(self.defaults):
             tensors = tensors + tuple(self.defaults[len(tensors):])

@@ -45,9 +45,11 @@ def _check_group_norm_silu_backward(grad, x, weight, bias, mean, rstd, num_group
     want = (x.shape[0], num_groups)
     for name, s in (("mean", mean), ("rstd", rstd)):
         _checks.float_tensor(name, s)
-        if tuple(s.shape) != want or s.dtype != math_dtype(x.dtype) or s.device != x.device:
-            raise ValueError(f"fastgen: {name} must be a {want} {math_dtype(x.dtype)} tensor on "
-                             f"{x.device} (the forward's), got {tuple(s.shape)} {s.dtype} on {s.device}")
+        if tuple(s.shape) != want or s.dtype != math_dtype(x.dtype):
+            raise ValueError(f"fastgen: {name} must be the forward's {want} {math_dtype(x.dtype)} statistics, "
+                             f"got {tuple(s.shape)} {s.dtype}")
+        if s.device != x.device:
+            raise ValueError(f"fastgen: {name} is on {s.device} but x is on {x.device}")
 
 
 def _fake_group_norm_silu_backward(grad, x, weight, bias, mean, rstd, num_groups, act=True):
