@@ -97,9 +97,11 @@ def _native_op(native_name):
     return getattr(torch.ops.fastgen, native_name).default
 
 
-def check_native_devices(native_name, args, main, other="meta"):
+def check_native_devices(native_name, args, main, other="meta", host_ok=()):
     """Moving any one tensor argument of torch.ops.fastgen.<native_name> to `other` must make the
     kernel of the main argument's device raise a ValueError naming that argument and both devices.
+    host_ok: the one-value arguments that may also be host tensors, worded as the Python checks
+    word them ("fastgen: timestep is on meta; expected the host or cpu").
 
     args: the op's arguments, every tensor on one device ("cpu", or "cuda:1" next to other="cuda:0")
     and used by the call (an empty placeholder tensor is skipped: the kernels ignore it). The CPU
@@ -114,8 +116,11 @@ def check_native_devices(native_name, args, main, other="meta"):
             continue  # (an empty tensor is an unused placeholder: the kernels do not check it)
         moved = list(args)
         moved[i] = t.to(other)
-        with pytest.raises(ValueError, match=f"fastgen: {name} is on {moved[i].device} but [a-z_0-9]+ is on "
-                                             f"{main_t.device}"):
+        if name in host_ok:
+            words = f"fastgen: {name} is on {moved[i].device}; expected the host or {main_t.device}$"
+        else:
+            words = f"fastgen: {name} is on {moved[i].device} but [a-z_0-9]+ is on {main_t.device}$"
+        with pytest.raises(ValueError, match=words):
             if main_t.device.type == "cpu":
                 op.redispatch(CPU_KEYS, *moved)
             else:

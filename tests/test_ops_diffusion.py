@@ -9,7 +9,7 @@ from fastgen.kernels import diffusion as triton_diffusion
 from fastgen.ops import reference
 from fastgen.testing import assert_close
 
-from conftest import CPU_KEYS, DispatchLog, _native_op, check_native_on_second_gpu, require_backend, two_gpus
+from conftest import DispatchLog, check_native_devices, check_native_on_second_gpu, require_backend, two_gpus
 
 OPS = ("add_noise", "get_velocity", "ddim_step", "ddpm_step", "flow_euler_step", "flow_heun_step")
 # odd sizes, a 1-D batch, >2-D samples, and enough elements for several Triton programs / CPU chunks
@@ -459,30 +459,10 @@ def _device_cases(device):
 
 
 def _check_devices(native_name, args, main, other):
-    """conftest.check_native_devices, but the one-value index arguments (timestep, step_index,
-    seed: these may also be host tensors) are worded as _check_index / _check_seed word them
-    ("fastgen: timestep is on meta; expected the host or cpu"): the C++ checks say what the
-    Python checks say (issue 18)."""
-    op = _native_op(native_name)
-    names = [a.name for a in op._schema.arguments]
-    main_t = args[names.index(main)]
-    checked = 0
-    for i, (name, t) in enumerate(zip(names, args)):
-        if name == main or not isinstance(t, torch.Tensor) or t.numel() == 0:
-            continue  # (an empty tensor is an unused placeholder: the kernels do not check it)
-        moved = list(args)
-        moved[i] = t.to(other)
-        if name in ("timestep", "step_index", "seed"):
-            words = f"fastgen: {name} is on {moved[i].device}; expected the host or {main_t.device}$"
-        else:
-            words = f"fastgen: {name} is on {moved[i].device} but [a-z_0-9]+ is on {main_t.device}$"
-        with pytest.raises(ValueError, match=words):
-            if main_t.device.type == "cpu":
-                op.redispatch(CPU_KEYS, *moved)
-            else:
-                op(*moved)
-        checked += 1
-    assert checked, f"{native_name}: no tensor argument besides {main}"
+    """conftest.check_native_devices; the one-value index arguments (timestep, step_index, seed:
+    these may also be host tensors) are worded as _check_index / _check_seed word them: the C++
+    checks say what the Python checks say (issue 18)."""
+    check_native_devices(native_name, args, main, other, host_ok=("timestep", "step_index", "seed"))
 
 
 def test_native_kernels_check_devices():
