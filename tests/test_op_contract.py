@@ -5,7 +5,10 @@ naming the argument and what was expected, or returns the same values as the ref
 C++ entry points (the CPU kernels here; the CUDA ones share the host checks in csrc/common/)
 are also called directly, so their own words are checked, not only the Python layer's.
 """
+import glob
 import math
+import os
+import re
 
 import pytest
 import torch
@@ -563,6 +566,43 @@ def test_native_errors_are_worded_as_the_python_checks(name):
             if got != python:
                 differ.append(f"{namespace} | {what}\n    C++:    {got}\n    Python: {python}")
     assert not differ, "\n".join(differ)
+
+
+def _torch_checks(source):
+    """(line, arguments) of each TORCH_CHECK* call in C++ source, its arguments split at the
+    top-level commas (string literals and brackets respected)."""
+    for m in re.finditer(r"\bTORCH_CHECK\w*\(", source):
+        args, current, depth, quoted, i = [], "", 1, False, m.end()
+        while depth:
+            c = source[i]
+            if c == '"' and source[i - 1] != "\\":
+                quoted = not quoted
+            elif not quoted and c in "([{":
+                depth += 1
+            elif not quoted and c in ")]}":
+                depth -= 1
+            if depth and c == "," and depth == 1 and not quoted:
+                args.append(current.strip())
+                current = ""
+            elif depth:
+                current += c
+            i += 1
+        yield source.count("\n", 0, m.start()) + 1, args + [current.strip()]
+
+
+def test_native_messages_format_no_number_through_an_ostream():
+    """Every C++ message is one std::string built with common/checks.h's formatters (py_int,
+    py_shape, py_device, ...): no number, shape or device goes through TORCH_CHECK's variadic
+    ostream formatting. On the H200 image of 2026-12-04 every CUDA entry point died with SIGSEGV
+    while raising a message that formatted an integer that way (NATIVE_CHECK_DEVICES in
+    fastgen/ops/_registry.py); the next GPU run tells whether this spelling avoids it."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "csrc", "**", "*.*"), recursive=True)):
+        for line, args in _torch_checks(open(path).read()):
+            formatted = [a for a in args[1:] if not a.startswith(('"', "std::string("))] if len(args) > 2 else []
+            if formatted:
+                found.append(f"{os.path.relpath(path)}:{line}: {formatted}")
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize("name", [n for n in OPS if fastgen.ops.REGISTRY[n]._autograd is not None or _mutated(n)])

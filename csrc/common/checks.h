@@ -25,7 +25,9 @@ namespace fastgen {
 // Python's spelling of shapes, dtypes and devices. Every C++ message reads exactly like the
 // Python check's (fastgen/ops/_checks.py words them): "(3, 4)", "(3,)", "torch.int32", "cuda:0".
 // Integers go through std::to_string and devices through Device::str(), not through an
-// ostream in this library's code (see NATIVE_CHECK_DEVICES in fastgen/ops/_registry.py).
+// ostream in this library's code (see NATIVE_CHECK_DEVICES in fastgen/ops/_registry.py): every
+// message of csrc/ is built as a std::string from these, none from TORCH_CHECK's variadic
+// ostream formatting of numbers, shapes or devices.
 inline std::string py_int(int64_t v) { return std::to_string(v); }
 
 inline std::string py_shape(c10::IntArrayRef sizes) {

@@ -6,6 +6,10 @@
 // the dispatcher chose the CUDA kernel for an argument the checks skip (an empty placeholder),
 // and that is reported here by name instead of by the guard's internal assert.
 #include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "common/checks.h"
 #ifndef FASTGEN_CUDA_EMU
 #include <c10/cuda/CUDAGuard.h>
 #endif
@@ -16,14 +20,14 @@ namespace fastgen {
 // The CPU execution model (csrc/emu/): the kernels run on CPU tensors; nothing to guard.
 struct EmuDeviceGuard {};
 inline EmuDeviceGuard device_guard(const at::Tensor& main, const char* name) {
-  TORCH_CHECK_VALUE(main.is_cpu(), "fastgen: ", name, " is on ", main.device(),
+  TORCH_CHECK_VALUE(main.is_cpu(), std::string("fastgen: ") + name + " is on " + py_device(main.device()) +
                     " but the cuda_emu backend runs CPU tensors");
   return {};
 }
 #else
 
 inline c10::cuda::CUDAGuard device_guard(const at::Tensor& main, const char* name) {
-  TORCH_CHECK_VALUE(main.is_cuda(), "fastgen: ", name, " is on ", main.device(),
+  TORCH_CHECK_VALUE(main.is_cuda(), std::string("fastgen: ") + name + " is on " + py_device(main.device()) +
                     " but another argument is on a CUDA device");
   return c10::cuda::CUDAGuard(main.device());
 }

@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_cuda(const at::Tensor& grad
   const ChannelView v(x, dim);
   const bool planes = v.inner > 1;
   const int64_t tiles = planes ? v.channels : (v.channels + kThreads - 1) / kThreads;
-  TORCH_CHECK_VALUE(tiles <= INT32_MAX, "fastgen: too many channels (", v.channels, ")");
+  TORCH_CHECK_VALUE(tiles <= INT32_MAX, "fastgen: too many channels (" + py_int(v.channels) + ")");
   // About 2048 blocks in all: enough to fill the GPU, few partials to sum.
   const int64_t row_blocks = std::min<int64_t>(std::max<int64_t>(1, 2048 / tiles), std::min<int64_t>(v.outer, 65535));
   const int64_t rows_per_block = (v.outer + row_blocks - 1) / row_blocks;
