@@ -31,12 +31,12 @@ inline void check_act(c10::string_view act) {
 // f(std::integral_constant<Act, A>) for the activation named `act` (checked by check_bias_act).
 template <typename F>
 void dispatch_act(c10::string_view act, F&& f) {
-  check_act(act);
-  switch (static_cast<Act>(parse_act(act))) {
-    case Act::kLeakyRelu: return f(std::integral_constant<Act, Act::kLeakyRelu>());
-    case Act::kRelu: return f(std::integral_constant<Act, Act::kRelu>());
-    case Act::kSilu: return f(std::integral_constant<Act, Act::kSilu>());
-    case Act::kGelu: return f(std::integral_constant<Act, Act::kGelu>());
+  switch (parse_act(act)) {
+    case static_cast<int>(Act::kLeakyRelu): return f(std::integral_constant<Act, Act::kLeakyRelu>());
+    case static_cast<int>(Act::kRelu): return f(std::integral_constant<Act, Act::kRelu>());
+    case static_cast<int>(Act::kSilu): return f(std::integral_constant<Act, Act::kSilu>());
+    case static_cast<int>(Act::kGelu): return f(std::integral_constant<Act, Act::kGelu>());
+    default: check_act(act);  // raises
   }
 }
 

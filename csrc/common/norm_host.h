@@ -37,11 +37,6 @@ inline void check_group_norm(const at::Tensor& x, const std::optional<at::Tensor
   }
 }
 
-inline void check_group_norm_forward(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                     const std::optional<at::Tensor>& bias, int64_t num_groups, double eps) {
-  check_group_norm(x, weight, bias, num_groups, eps);
-}
-
 // The backward's saved statistics: the forward's (N, num_groups) mean and rstd in the math dtype
 // on x's device (_check_group_norm_silu_backward: mean whole, then rstd).
 inline void check_group_norm_stats(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,

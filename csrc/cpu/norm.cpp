@@ -107,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cpu(const at::Ten
                                                                    const std::optional<at::Tensor>& weight,
                                                                    const std::optional<at::Tensor>& bias,
                                                                    int64_t num_groups, double eps, bool act) {
-  check_group_norm_forward(x_in, weight, bias, num_groups, eps);
+  check_group_norm(x_in, weight, bias, num_groups, eps);
   const auto x = x_in.contiguous();
   const GroupView v(x, num_groups);
   auto y = at::empty_like(x, at::MemoryFormat::Contiguous);

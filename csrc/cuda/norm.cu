@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_cuda(const at::Te
                                                                     const std::optional<at::Tensor>& weight_in,
                                                                     const std::optional<at::Tensor>& bias_in,
                                                                     int64_t num_groups, double eps, bool act) {
-  check_group_norm_forward(x_in, weight_in, bias_in, num_groups, eps);
+  check_group_norm(x_in, weight_in, bias_in, num_groups, eps);
   const auto guard = device_guard(x_in, "x");
   const auto x = x_in.contiguous();
   const std::optional<at::Tensor> weight = weight_in ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
